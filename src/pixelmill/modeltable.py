@@ -1,0 +1,161 @@
+"""The model table (`models.toml`): capabilities, limits, prices and retirement dates as data.
+
+Lookups accept a model's name or any of its aliases. Unknown models get no spec from here; the caller
+decides (OpenAI-compatible endpoints and custom deployments take the family's permissive rules).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pixelmill.errors import ConfigError
+
+
+class FreeSize(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    multiple: int = 16
+    min_ratio: float = 1 / 3
+    max_ratio: float = 3.0
+    max_width: int = 3840
+    max_height: int = 3840
+    max_pixels: int = 3840 * 2160
+    min_pixels: int = 0
+
+
+class Price(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text_in: float | None = None  # USD per 1M tokens
+    image_in: float | None = None
+    image_out: float | None = None
+    per_image: dict[str, float] = Field(default_factory=dict)  # "quality:size" -> USD
+    output_tokens: dict[str, int] = Field(default_factory=dict)  # "quality:size" or image size -> tokens
+    batch_discount: float | None = None
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    family: Literal["openai", "gemini", "diffusers"]
+    tasks: tuple[str, ...] = ("generate",)
+    sizes: tuple[str, ...] = ()
+    size_rule: Literal["list", "free"] = "list"
+    free_size: FreeSize | None = None
+    n_max: int = 1
+    qualities: tuple[str, ...] = ()
+    styles: tuple[str, ...] = ()
+    output_formats: tuple[str, ...] = ()
+    backgrounds: tuple[str, ...] = ()
+    response_formats: tuple[str, ...] = ()
+    moderation: bool = False
+    input_fidelity: bool = False
+    mask: bool = False
+    max_prompt_chars: int = 32000
+    max_input_images: int = 0
+    max_input_image_bytes: int = 50 * 1024 * 1024
+    input_formats: tuple[str, ...] = ()
+    square_input: bool = False
+    aspect_ratios: tuple[str, ...] = ()
+    image_sizes: tuple[str, ...] = ()
+    default_image_size: str | None = None
+    ratio_pixels: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    thinking: bool = False
+    strict_thought_signatures: bool = False
+    shutdown: dt.date | None = None
+    replacement: str | None = None
+    aliases: tuple[str, ...] = ()
+    price: Price = Field(default_factory=Price)
+    known: bool = True  # False for the permissive stand-in used for models the table does not list
+
+    def retired(self, today: dt.date | None = None) -> bool:
+        return self.shutdown is not None and self.shutdown <= (today or dt.date.today())
+
+    def retirement_notice(self, today: dt.date | None = None) -> str | None:
+        """A one-line notice for retired or soon-retired models; None when the model is current."""
+        if self.shutdown is None:
+            return None
+        instead = f"; use {self.replacement} instead" if self.replacement else ""
+        if self.retired(today):
+            return (
+                f"{self.name} was shut down on {self.shutdown.isoformat()}{instead}. Sending anyway: "
+                "gateways and older deployments may still serve it."
+            )
+        return f"{self.name} is deprecated and shuts down on {self.shutdown.isoformat()}{instead}."
+
+
+class ModelTable:
+    def __init__(self, specs: dict[str, ModelSpec], presets: dict[str, dict[str, str]]) -> None:
+        self.specs = specs
+        self.presets = presets
+        self._by_alias = {alias: spec for spec in specs.values() for alias in spec.aliases}
+
+    def get(self, name: str) -> ModelSpec | None:
+        return self.specs.get(name) or self._by_alias.get(name)
+
+    def resolve_preset(self, provider: str, name: str) -> str:
+        """`fast`, `base`, `best` become the provider's model; other names pass unchanged."""
+        return self.presets.get(provider, {}).get(name, name)
+
+    def family(self, family: str) -> list[ModelSpec]:
+        return [spec for spec in self.specs.values() if spec.family == family]
+
+    def merged(self, path: Path) -> ModelTable:
+        """This table with a user's file laid over it (whole models replaced or added)."""
+        specs, presets = _parse(_read_toml(path), str(path))
+        return ModelTable({**self.specs, **specs}, {**self.presets, **presets})
+
+
+def permissive_spec(name: str, family: Literal["openai", "gemini", "diffusers"]) -> ModelSpec:
+    """Rules for a model the table does not know: accept what the server accepts."""
+    return ModelSpec(
+        name=name,
+        family=family,
+        tasks=("generate", "edit", "variation"),
+        size_rule="free",
+        free_size=FreeSize(multiple=1, min_ratio=0.0, max_ratio=1e9, max_width=100000, max_height=100000,
+                           max_pixels=10**10),
+        n_max=10,
+        max_prompt_chars=10**7,
+        max_input_images=64,
+        max_input_image_bytes=100 * 1024 * 1024,
+        mask=True,
+        known=False,
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read model table {path}: {exc}") from exc
+
+
+def _parse(raw: dict[str, Any], origin: str) -> tuple[dict[str, ModelSpec], dict[str, dict[str, str]]]:
+    unknown = set(raw) - {"models", "presets"}
+    if unknown:
+        raise ConfigError(f"{origin}: unknown top-level key(s) {sorted(unknown)}; expected 'models', 'presets'")
+    specs: dict[str, ModelSpec] = {}
+    for name, body in raw.get("models", {}).items():
+        try:
+            specs[name] = ModelSpec(name=name, **body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"{origin}: model {name!r}, key {where!r}: {first['msg']}") from exc
+    return specs, dict(raw.get("presets", {}))
+
+
+@cache
+def builtin_table() -> ModelTable:
+    text = resources.files("pixelmill").joinpath("models.toml").read_text(encoding="utf-8")
+    specs, presets = _parse(tomllib.loads(text), "models.toml")
+    return ModelTable(specs, presets)

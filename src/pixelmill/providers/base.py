@@ -1,0 +1,147 @@
+"""The provider contract: one async call that takes a typed request and returns a typed result, or raises one
+of the errors in `pixelmill.errors`. Providers handle no policy: the engine owns concurrency, limits,
+retries, journaling and cost (the provider only reports what the wire said).
+
+A provider module reads top to bottom: build the request, send it, map the answer, map the errors.
+Built-in providers register through the `pixelmill.providers` entry-point group, like third-party ones.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from pixelmill.modeltable import ModelSpec
+    from pixelmill.params import ImageParams, WirePlan
+
+Task = Literal["generate", "edit", "variation"]
+
+
+@dataclass(frozen=True, slots=True)
+class InputImage:
+    """An image sent to a provider. `mime` is sniffed from the bytes, never trusted from a file name."""
+
+    data: bytes
+    mime: str
+    name: str  # where it came from, for error messages and multipart file names ("photo.png", "images[1]")
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(slots=True)
+class ChatTurn:
+    """One earlier exchange of a multi-turn conversation, for providers with chat (Gemini).
+
+    `model_content` is the model's turn exactly as it arrived (raw JSON), so that thought signatures and
+    every other field go back byte for byte."""
+
+    prompt: str
+    images: list[InputImage]
+    model_content: Any
+
+
+@dataclass(slots=True)
+class ImageRequest:
+    """One call to a provider. `params` are wire-level values, already mapped and validated for the model
+    (see `pixelmill.params`); they are what the row's `pixelmill.parameters` records."""
+
+    task: Task
+    model: str  # the name sent on the wire (a deployment name on Azure)
+    prompt: str
+    params: dict[str, Any] = field(default_factory=dict)
+    images: list[InputImage] = field(default_factory=list)
+    mask: InputImage | None = None
+    history: list[ChatTurn] = field(default_factory=list)
+    row: int = -1  # for logs only
+    timeout: float = 300.0
+
+
+@dataclass(slots=True)
+class GeneratedImage:
+    data: bytes
+    mime: str | None = None  # as the provider labelled it; the store sniffs the real format
+    revised_prompt: str | None = None
+
+
+@dataclass(slots=True)
+class ImageResult:
+    images: list[GeneratedImage]
+    usage: dict[str, Any] | None = None
+    text: str | None = None
+    finish_reason: str | None = None
+    request_id: str | None = None
+    model_content: Any = None  # the raw model turn, for chat providers' history
+    extra: dict[str, Any] = field(default_factory=dict)  # response metadata worth keeping (size, quality, ...)
+
+
+class Provider(abc.ABC):
+    """Base class of every provider.
+
+    `family` names the wire family whose rules `pixelmill.params` applies ("openai", "gemini", "diffusers").
+    `chat` says whether multi-turn rows can be sent as one conversation; without it the engine chains edits.
+    """
+
+    name: ClassVar[str]
+    family: ClassVar[str]
+    chat: ClassVar[bool] = False
+
+    def __init__(self, settings: ProviderSettings, env: Mapping[str, str]) -> None:
+        """Resolve credentials and base URL from `settings` and `env`; raise `ConfigError` naming the
+        variable to set when a key is missing. Open no connection here: `call` opens lazily."""
+        self.settings = settings
+
+    def spec_for(self, model: str) -> ModelSpec:
+        """The rules for `model`: the table's entry (by name or alias), else the family's permissive rules
+        with a notice (providers that must know every model raise `ConfigError` instead)."""
+        from pixelmill.modeltable import builtin_table, permissive_spec
+
+        return builtin_table().get(model) or permissive_spec(model, self.family)  # type: ignore[arg-type]
+
+    @abc.abstractmethod
+    def plan(self, spec: ModelSpec, params: ImageParams, task: Task) -> WirePlan:
+        """Map neutral parameters to this wire family's values for `spec`; raise `ConfigError` for what the
+        model cannot do. Called once per step before anything is sent (and per row when the task varies)."""
+
+    @abc.abstractmethod
+    async def call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
+        """Send one request. Raise only `pixelmill.errors` types; map third-party exceptions at the boundary."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Called once at the end of a run."""
+
+    def secrets(self) -> tuple[str, ...]:
+        """The credentials this provider holds, so that they can be scrubbed from anything written."""
+        return ()
+
+
+def provider_class(name: str) -> type[Provider]:
+    """Look up a provider by its entry-point name."""
+    from pixelmill.errors import ConfigError
+
+    found = entry_points(group="pixelmill.providers")
+    for ep in found:
+        if ep.name == name:
+            cls = ep.load()
+            if not (isinstance(cls, type) and issubclass(cls, Provider)):
+                raise ConfigError(f"entry point {ep.value!r} for provider {name!r} is not a Provider class")
+            return cls
+    known = ", ".join(sorted(ep.name for ep in found)) or "none installed"
+    raise ConfigError(f"unknown provider {name!r}: known providers are {known}")
+
+
+@dataclass(slots=True)
+class ProviderSettings:
+    """What a provider is constructed from. Keys resolve in each provider: a flag (here `api_key`) beats the
+    provider's own environment variable, which beats `DF_API_KEY`; `base_url` likewise beats `DF_BASE_URL`."""
+
+    base_url: str | None = None
+    api_key: str | None = None
+    api_version: str | None = None
+    connect_timeout: float = 30.0
+    # Download limits for images a provider answers with as URLs (dall-e), in bytes and seconds.
+    max_download_bytes: int = 64 * 1024 * 1024
+    options: dict[str, Any] = field(default_factory=dict)
