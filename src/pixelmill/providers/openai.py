@@ -1,0 +1,366 @@
+"""OpenAI Images API providers: OpenAI itself, Azure OpenAI, and any OpenAI-compatible endpoint.
+
+One module, three thin classes over the same wire adapter (reference image-apis.md 1 and 2):
+- generations: `POST {base}/images/generations`, JSON (orjson);
+- edits: `POST {base}/images/edits`, multipart: `image` for one input, `image[]` repeated for several, `mask`;
+- variations: `POST {base}/images/variations`, multipart (dall-e-2).
+Answers: `data[].b64_json` decoded with pybase64, or `data[].url` downloaded (bounded); `usage`,
+`revised_prompt`, `size`, `quality`, `output_format`, `background` and the request id are kept.
+Errors: `pixelmill.providers.openai_errors`.
+
+Credentials and base URLs (a flag beats the provider's variable, which beats the DF_* seed variables):
+
+- `openai`: key OPENAI_API_KEY > DF_API_KEY (required); URL OPENAI_BASE_URL > DF_BASE_URL > api.openai.com.
+- `azure`: key AZURE_OPENAI_API_KEY > DF_API_KEY, else an Entra ID token in AZURE_OPENAI_AD_TOKEN;
+  endpoint AZURE_OPENAI_ENDPOINT > DF_BASE_URL (required).
+- `openai-compatible`: key OPENAI_API_KEY > DF_API_KEY (optional: local servers often need none);
+  URL OPENAI_BASE_URL > DF_BASE_URL (required).
+
+An OpenAI base URL may be given with or without `/v1` (and a trailing slash): a bare host gets `/v1`; a URL
+with any path is used as it is (gateways such as `https://gw.example/openai` expect exactly that).
+Azure: `api-key` header; deployment URLs `{endpoint}/openai/deployments/{model}/images/...?api-version=` with
+`OPENAI_API_VERSION` (default 2025-04-01-preview), or the v1 API when the endpoint ends in `/openai/v1` (or
+`options["azure_api"] == "v1"`), where `api-version` is sent only when given as a flag.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import orjson
+
+from pixelmill.errors import ConfigError, Refused, TransientError
+from pixelmill.modeltable import ModelSpec, builtin_table, permissive_spec
+from pixelmill.params import ImageParams, WirePlan
+from pixelmill.params.openai import check_inputs, check_prompt, plan_openai
+from pixelmill.providers.base import (
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    InputImage,
+    Provider,
+    ProviderSettings,
+    Task,
+)
+from pixelmill.providers.http import HttpClient, decode_base64, parse_json
+from pixelmill.providers.openai_errors import ErrorContext, error_from_reply, request_id_of
+
+__all__ = ["AzureProvider", "OpenAICompatibleProvider", "OpenAIProvider", "normalize_base_url"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_AZURE_API_VERSION = "2025-04-01-preview"
+_ENDPOINTS: dict[Task, str] = {"generate": "generations", "edit": "edits", "variation": "variations"}
+_FORMAT_MIME = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
+_MIME_EXT = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
+_RESPONSE_EXTRA = ("size", "quality", "output_format", "background", "created")
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+# Room for the JSON around base64 images: 4/3 of the image bytes, plus the envelope.
+_ENVELOPE = 256 * 1024
+
+
+def normalize_base_url(url: str) -> str:
+    """`https://api.openai.com`, `.../v1` and `.../v1/` all become `https://api.openai.com/v1`; a URL with a
+    path other than `/` is kept as given (minus the trailing slash), so `/v1/v1` never happens."""
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"base URL {url!r} is not an http(s) URL: give one like https://api.openai.com/v1")
+    if parts.query or parts.fragment:
+        raise ConfigError("the base URL must not carry a query or fragment: give the URL up to /v1")
+    return url if parts.path else url + "/v1"
+
+
+def _first(*values: str | None) -> str | None:
+    for value in values:
+        if value and value.strip():
+            return value.strip()
+    return None
+
+
+class OpenAIProvider(Provider):
+    """api.openai.com, or a server given with --base-url that speaks the same wire (models from the table)."""
+
+    name: ClassVar[str] = "openai"
+    family: ClassVar[str] = "openai"
+    key_vars: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY", "DF_API_KEY")
+    url_vars: ClassVar[tuple[str, ...]] = ("OPENAI_BASE_URL", "DF_BASE_URL")
+    key_required: ClassVar[bool] = True
+    azure: ClassVar[bool] = False
+
+    def __init__(self, settings: ProviderSettings, env: Mapping[str, str]) -> None:
+        super().__init__(settings, env)
+        self._key = _first(settings.api_key, *(env.get(var) for var in self.key_vars))
+        self._headers = self._auth_headers(settings, env)
+        self.base_url = self._base_url(settings, env)
+        max_connections = int(settings.options.get("max_connections", 1024))
+        self._http = HttpClient(self.name, connect_timeout=settings.connect_timeout,
+                                max_connections=max_connections)
+
+    # ------------------------------------------------------------ configuration
+
+    def _key_hint(self) -> str:
+        first, *rest = self.key_vars
+        return f"set {first}" + (f" (or {', '.join(rest)})" if rest else "") + " to a valid key"
+
+    def _auth_headers(self, settings: ProviderSettings, env: Mapping[str, str]) -> dict[str, str]:
+        if self._key is None:
+            if self.key_required:
+                raise ConfigError(f"no API key for {self.name}: {self._key_hint()}")
+            return {}
+        headers = {"Authorization": f"Bearer {self._key}"}
+        optional = (("OpenAI-Organization", "OPENAI_ORG_ID"), ("OpenAI-Project", "OPENAI_PROJECT_ID"))
+        for header, var in optional:
+            value = _first(env.get(var))
+            if value:
+                headers[header] = value
+        return headers
+
+    def _base_url(self, settings: ProviderSettings, env: Mapping[str, str]) -> str:
+        return normalize_base_url(
+            _first(settings.base_url, *(env.get(var) for var in self.url_vars)) or DEFAULT_BASE_URL
+        )
+
+    def endpoint(self, task: Task, model: str) -> tuple[str, dict[str, str] | None]:
+        """The URL (and query) for `task` on `model`."""
+        return f"{self.base_url}/images/{_ENDPOINTS[task]}", None
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(v for v in (self._key, *self._headers.values()) if v and len(v) >= 8)
+
+    def spec_for(self, model: str) -> ModelSpec:
+        spec = builtin_table().get(model)
+        if spec is None:
+            return permissive_spec(model, "openai")
+        if spec.family != "openai":
+            raise ConfigError(
+                f"{model} is a {spec.family} model, not an OpenAI one: use --provider {spec.family}"
+            )
+        return spec
+
+    def plan(self, spec: ModelSpec, params: ImageParams, task: Task) -> WirePlan:
+        return plan_openai(spec, params, task, azure=self.azure)
+
+    # ------------------------------------------------------------ the call
+
+    async def call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
+        if request.task != "variation":
+            check_prompt(spec, request.prompt)
+        check_inputs(spec, request.task, request.images, request.mask)
+        url, query = self.endpoint(request.task, request.model)
+        label = f"{self.name} {request.model}"
+        data: bytes | aiohttp.FormData
+        if request.task == "generate":
+            data = orjson.dumps({"model": request.model, "prompt": request.prompt, **request.params})
+            headers = {**self._headers, "Content-Type": "application/json"}
+        else:
+            data = _multipart(request)
+            headers = self._headers
+        reply = await self._http.send(
+            "POST", url, data=data, headers=headers, params=query, time_limit=request.timeout,
+            max_bytes=self._answer_limit(request), label=label,
+        )
+        ctx = ErrorContext(label=label, model=request.model, spec=spec, key_hint=self._key_hint(),
+                           secrets=self.secrets(), deployment=self._deployment_urls())
+        if reply.status != 200:
+            raise error_from_reply(reply, ctx)
+        request_id = request_id_of(reply)
+        answer = parse_json(reply.body, label=label, http_status=200, request_id=request_id)
+        if isinstance(answer, dict) and answer.get("error") and not answer.get("data"):
+            raise error_from_reply(reply, ctx, error_body=answer)  # Azure: content filter inside a 200
+        return await self._result(answer, request, spec, request_id, label)
+
+    async def _result(
+        self, answer: Any, request: ImageRequest, spec: ModelSpec, request_id: str | None, label: str
+    ) -> ImageResult:
+        items = answer.get("data") if isinstance(answer, dict) else None
+        if not isinstance(items, list):
+            raise TransientError(
+                f"{label}: the answer has no `data` list (not an images answer)",
+                http_status=200, request_id=request_id, maybe_billed=True, code="malformed_body",
+            )
+        if not items:
+            raise Refused(
+                f"{label}: the answer holds no image (no reason given); not retried",
+                reason="no_image", http_status=200, request_id=request_id,
+            )
+        fmt = answer.get("output_format")
+        labelled = _FORMAT_MIME.get(str(fmt).lower()) if fmt else None
+        if labelled is None and spec.known and spec.response_formats:
+            labelled = "image/png"  # DALL·E answers are PNG
+        images: list[GeneratedImage] = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise TransientError(f"{label}: an item of `data` is not an object", http_status=200,
+                                     request_id=request_id, maybe_billed=True, code="malformed_body")
+            revised = item.get("revised_prompt")
+            if item.get("b64_json"):
+                data = decode_base64(item["b64_json"], label=label, request_id=request_id)
+                images.append(GeneratedImage(data, labelled, revised))
+            elif item.get("url"):
+                data, mime = await self._http.download_image(
+                    str(item["url"]), time_limit=request.timeout, max_bytes=self.settings.max_download_bytes
+                )
+                images.append(GeneratedImage(data, mime, revised))
+            else:
+                raise TransientError(f"{label}: an image item has neither b64_json nor url", http_status=200,
+                                     request_id=request_id, maybe_billed=True, code="malformed_body")
+        extra = {key: answer[key] for key in _RESPONSE_EXTRA if answer.get(key) is not None}
+        if images[0].revised_prompt:
+            extra["revised_prompt"] = images[0].revised_prompt
+        if request_id:
+            extra["request_id"] = request_id
+        usage = answer.get("usage")
+        return ImageResult(
+            images=images,
+            usage=usage if isinstance(usage, dict) else None,
+            request_id=request_id,
+            extra=extra,
+        )
+
+    def _answer_limit(self, request: ImageRequest) -> int:
+        try:
+            n = max(1, int(request.params.get("n") or 1))
+        except (TypeError, ValueError):
+            n = 10
+        return self.settings.max_download_bytes * n * 4 // 3 + _ENVELOPE
+
+    def _deployment_urls(self) -> bool:
+        return False
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class OpenAICompatibleProvider(OpenAIProvider):
+    """Any server that speaks the OpenAI Images wire (gateways, local servers). Models the table does not
+    know get permissive rules; `--param` values pass unchecked. The base URL is required, a key optional."""
+
+    name: ClassVar[str] = "openai-compatible"
+    key_required: ClassVar[bool] = False
+
+    def _base_url(self, settings: ProviderSettings, env: Mapping[str, str]) -> str:
+        url = _first(settings.base_url, *(env.get(var) for var in self.url_vars))
+        if url is None:
+            raise ConfigError(
+                "openai-compatible needs the server's URL: pass --base-url (or set OPENAI_BASE_URL or "
+                "DF_BASE_URL)"
+            )
+        return normalize_base_url(url)
+
+    def spec_for(self, model: str) -> ModelSpec:
+        spec = builtin_table().get(model)
+        if spec is None or spec.family != "openai":
+            return permissive_spec(model, "openai")
+        return spec
+
+
+class AzureProvider(OpenAIProvider):
+    """Azure OpenAI: deployment-scoped URLs with `api-version`, or the v1 API; `api-key` authentication.
+    `--model` is the deployment name; the table's rules apply when it matches a model name."""
+
+    name: ClassVar[str] = "azure"
+    key_vars: ClassVar[tuple[str, ...]] = ("AZURE_OPENAI_API_KEY", "DF_API_KEY")
+    url_vars: ClassVar[tuple[str, ...]] = ("AZURE_OPENAI_ENDPOINT", "DF_BASE_URL")
+    azure: ClassVar[bool] = True
+    v1: bool = False  # set from the endpoint while resolving it
+
+    def __init__(self, settings: ProviderSettings, env: Mapping[str, str]) -> None:
+        self._ad_token = _first(env.get("AZURE_OPENAI_AD_TOKEN"))
+        self._v1_opt_in = str(settings.options.get("azure_api", "")).lower() == "v1"
+        super().__init__(settings, env)
+        # The v1 API takes no dated version; send one there only when the user gave it as a flag.
+        self.api_version: str | None = _first(settings.api_version) if self.v1 else (
+            _first(settings.api_version, env.get("OPENAI_API_VERSION")) or DEFAULT_AZURE_API_VERSION
+        )
+
+    def _auth_headers(self, settings: ProviderSettings, env: Mapping[str, str]) -> dict[str, str]:
+        if self._key is not None:
+            return {"api-key": self._key}
+        if self._ad_token is not None:
+            return {"Authorization": f"Bearer {self._ad_token}"}
+        raise ConfigError(
+            f"no API key for azure: {self._key_hint()} (or AZURE_OPENAI_AD_TOKEN to an Entra ID token), and "
+            "AZURE_OPENAI_ENDPOINT to https://<resource>.openai.azure.com"
+        )
+
+    def _key_hint(self) -> str:
+        return "set AZURE_OPENAI_API_KEY (or DF_API_KEY) to a key of the resource"
+
+    def _base_url(self, settings: ProviderSettings, env: Mapping[str, str]) -> str:
+        url = _first(settings.base_url, *(env.get(var) for var in self.url_vars))
+        if url is None:
+            raise ConfigError(
+                "azure needs the resource endpoint: set AZURE_OPENAI_ENDPOINT (or pass --base-url) to "
+                "https://<resource>.openai.azure.com"
+            )
+        url = url.rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ConfigError(f"AZURE_OPENAI_ENDPOINT {url!r} is not like https://<resource>.openai.azure.com")
+        self.v1 = self._v1_opt_in or url.endswith("/openai/v1")
+        root = url.removesuffix("/openai/v1").removesuffix("/openai")
+        return f"{root}/openai/v1" if self.v1 else root
+
+    def endpoint(self, task: Task, model: str) -> tuple[str, dict[str, str] | None]:
+        query = {"api-version": self.api_version} if self.api_version else None
+        op = _ENDPOINTS[task]
+        if self.v1:
+            return f"{self.base_url}/images/{op}", query
+        return f"{self.base_url}/openai/deployments/{quote(model, safe='')}/images/{op}", query
+
+    def _deployment_urls(self) -> bool:
+        return not self.v1
+
+    def spec_for(self, model: str) -> ModelSpec:
+        spec = builtin_table().get(model)
+        if spec is None or spec.family != "openai":
+            return permissive_spec(model, "openai")  # a custom deployment name
+        return spec
+
+
+# ---------------------------------------------------------------- multipart bodies
+
+
+def _multipart(request: ImageRequest) -> aiohttp.FormData:
+    """Edits and variations as multipart/form-data, the way the official SDK sends them."""
+    form = aiohttp.FormData()
+    form.add_field("model", request.model)
+    if request.task == "edit":
+        form.add_field("prompt", request.prompt)
+    field = "image" if len(request.images) == 1 or request.task == "variation" else "image[]"
+    for index, image in enumerate(request.images):
+        form.add_field(field, image.data, filename=_filename(image, index), content_type=image.mime)
+    if request.mask is not None:
+        form.add_field("mask", request.mask.data, filename=_filename(request.mask, 0, "mask"),
+                       content_type=request.mask.mime)
+    for key, value in request.params.items():
+        text = _form_value(value)
+        if text is not None:
+            form.add_field(key, text)
+    return form
+
+
+def _form_value(value: Any) -> str | None:
+    """Form encodings the API reads: true/false, plain numbers, JSON for structures."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    return orjson.dumps(value).decode()
+
+
+def _filename(image: InputImage, index: int, stem: str = "image") -> str:
+    """A safe file name with the extension of the real format (the API reads the type from it too); local
+    paths are not sent."""
+    ext = _MIME_EXT.get(image.mime, ".bin")
+    base = _UNSAFE_NAME.sub("_", image.name.replace("\\", "/").rsplit("/", 1)[-1]).strip("._")[:64]
+    base = base.rsplit(".", 1)[0] if "." in base else base
+    return f"{base or f'{stem}_{index}'}{ext}"
