@@ -1,0 +1,108 @@
+"""The configuration of a run, as strict pydantic models (unknown keys are errors).
+
+The command line and pipeline files both produce a `RunConfig`; the engine takes nothing else.
+`fingerprint()` is what makes "another configuration" (refused on an existing RUNDIR without --restart):
+provider, model, prompt field or template, image and mask fields, image parameters. Base URLs, keys,
+concurrency, limits, retries, budget and output format are not part of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pixelmill.params import ImageParams
+
+DEFAULT_OUTPUT_FIELD = {"generate": "images", "edit": "output_image", "auto": "images"}
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: str = "openai"
+    model: str = "gpt-image-2"
+    base_url: str | None = None
+    base_model: str | None = None  # Azure: the model behind a deployment, for rules and prices
+    api_version: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)  # provider settings (diffusers: batch_size, devices)
+
+
+class StepConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "generate"
+    task: Literal["generate", "edit", "auto"] = "generate"
+    model: ModelRef = Field(default_factory=ModelRef)
+    fallback: tuple[ModelRef, ...] = ()
+    prompt: str | None = None  # a template with {field} placeholders, or a static prompt
+    prompt_field: str | None = None
+    image_field: str | None = None  # default "images" for edit
+    mask_field: str | None = None
+    output_field: str | None = None
+    params: ImageParams = Field(default_factory=ImageParams)
+
+    @property
+    def out_field(self) -> str:
+        return self.output_field or DEFAULT_OUTPUT_FIELD[self.task]
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "provider": self.model.provider,
+            "model": self.model.model,
+            "base_model": self.model.base_model,
+            "fallback": [(m.provider, m.model) for m in self.fallback],
+            "prompt": self.prompt,
+            "prompt_field": self.prompt_field,
+            "image_field": self.image_field,
+            "mask_field": self.mask_field,
+            "output_field": self.out_field,
+            "params": self.params.fingerprint(),
+        }
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    concurrency: int = Field(default=16, ge=1, le=4096)
+    rpm: float | None = Field(default=None, gt=0)
+    ipm: float | None = Field(default=None, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+    max_billed_retries: int = Field(default=1, ge=0)  # retries after truncated/malformed answers
+    timeout: float = Field(default=300.0, gt=0)  # one request
+    deadline: float = Field(default=600.0, gt=0)  # one row, all retries and 429 waits included
+    max_cost: float | None = Field(default=None, ge=0)
+    drain_timeout: float = Field(default=60.0, ge=0)  # how long Ctrl-C waits for calls in flight
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Path
+    source_format: str | None = None
+    output: Path
+    steps: tuple[StepConfig, ...]
+    pipeline: bool = False  # `run`: the pixelmill object is keyed by step name
+    limits: Limits = Field(default_factory=Limits)
+    id_field: str | None = None
+    format: Literal["jsonl", "parquet"] = "jsonl"
+    limit: int | None = Field(default=None, ge=0)
+    embed_images: bool = False
+    retry_failed: bool = False
+    restart: bool = False
+    allow_private_urls: bool = False
+    api_key: str | None = Field(default=None, repr=False, exclude=True)
+    models_file: Path | None = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "id_field": self.id_field,
+            "steps": {step.name: step.fingerprint() for step in self.steps},
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the journal keeps for `status` and the gallery (never a key)."""
+        data = self.model_dump(mode="json", exclude={"api_key"})
+        return data

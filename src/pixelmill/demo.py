@@ -1,0 +1,75 @@
+"""`pixelmill demo`: the whole job rehearsed offline, on the built-in emulator: generate product images for
+a bundled prompt file, edit some of them, and say where everything is. No key, no network, no cost."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+
+import orjson
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(f"demo: {text}\n")
+
+
+def run_demo(root: Path) -> int:
+    from pixelmill.api import emulated, run_config
+    from pixelmill.cli import build_config
+    from pixelmill.engine.progress import Progress
+    from pixelmill.engine.stats import RunStats
+
+    root.mkdir(parents=True, exist_ok=True)
+    prompts = root / "prompts.jsonl"
+    with resources.files("pixelmill").joinpath("data/demo_prompts.jsonl").open("rb") as src, \
+            prompts.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    _say(f"prompts: {prompts} (12 product photos); provider: the built-in emulator on loopback")
+
+    generate = build_config("generate", prompts, _options(root / "generate", id_field="id", size="1536x1024",
+                                                          quality="low"))
+    report = _run(generate, run_config, emulated, Progress, RunStats)
+    if report.exit_code not in (0, 1):
+        return report.exit_code
+
+    # Edit the first four generated images: each row points at a file of the first run.
+    edits = root / "edits.jsonl"
+    with (report.output).open("rb") as f, edits.open("wb") as out:
+        for line in list(f)[:4]:
+            row = orjson.loads(line)
+            if row.get("images"):
+                out.write(orjson.dumps({
+                    "id": row["id"],
+                    "images": [str((root / "generate" / row["images"][0]).resolve())],
+                    "prompt": f"Put this {row['id']} on a marble table, keep the lighting",
+                }) + b"\n")
+    edit = build_config("edit", edits, _options(root / "edit", id_field="id"))
+    report2 = _run(edit, run_config, emulated, Progress, RunStats)
+    _say(f"generated images: {root / 'generate' / 'images'}; table: {report.output}")
+    _say(f"edited images:    {root / 'edit' / 'images'}; table: {report2.output}")
+    _say("next: pixelmill status " + str(root / "generate"))
+    return max(report.exit_code, report2.exit_code)
+
+
+def _options(output: Path, **extra: object) -> dict[str, object]:
+    from pixelmill.cli import _job
+    import inspect
+
+    options: dict[str, object] = {
+        name: p.default for name, p in inspect.signature(_job).parameters.items()
+        if name not in ("task", "input", "quiet")
+    }
+    options.update(provider="emulator", model="gpt-image-2", output=output, restart=True, concurrency=8)
+    options.update(extra)
+    return options
+
+
+def _run(config, run_config, emulated, Progress, RunStats):  # type: ignore[no-untyped-def]
+    stats = RunStats()
+    progress = Progress(stats, quiet=False, interval=2.0)
+    with emulated(config) as config, progress:
+        report = run_config(config, stats=stats, notice=progress.notice, handle_signals=True)
+    progress.summary(report, config)
+    return report

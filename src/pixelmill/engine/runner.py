@@ -1,0 +1,684 @@
+"""The run: read records, send each row's steps through the limiter to its provider, store images, journal.
+
+Shape of a run:
+- one producer reads the source in chunks, gives every record its key (through the journal, so a resume names
+  files the same way) and queues the rows that still have work, through a bounded queue (memory stays flat);
+- workers take a row and carry it through every step in turn: step 2 of one row runs while step 1 of a later
+  row is in flight, with no barrier between steps or batches;
+- every call passes the limiter (concurrency slot, pacing, 429 pause, budget reservation), is retried by the
+  policy, and when it succeeds its images are written and then the journal says so;
+- an abort (auth, quota, missing model, budget, Ctrl-C) stops new calls at once, lets calls in flight finish
+  (bounded), and leaves the rest pending for a re-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pixelmill.config import RunConfig, StepConfig
+from pixelmill.cost import actual_cost, expected_cost
+from pixelmill.engine.limiter import Budget, Limiter
+from pixelmill.engine.retry import RetryPolicy, RetryState, next_delay
+from pixelmill.engine.rowinputs import StepInputs, gather_inputs
+from pixelmill.engine.stats import RunStats
+from pixelmill.errors import (
+    BudgetReached,
+    ConfigError,
+    FatalError,
+    InputError,
+    PixelmillError,
+    ProviderError,
+    RateLimited,
+    Refused,
+    redact,
+)
+from pixelmill.images import InputPolicy
+from pixelmill.journal import Journal, StepState
+from pixelmill.modeltable import ModelSpec, ModelTable, builtin_table, permissive_spec
+from pixelmill.params import ImageParams, WirePlan
+from pixelmill.providers.base import (
+    ChatTurn,
+    ImageRequest,
+    ImageResult,
+    InputImage,
+    Provider,
+    ProviderSettings,
+    provider_class,
+)
+from pixelmill.records import Record, default_key, read_records, sanitize_key
+from pixelmill.store import ImageStore
+
+CHUNK = 256
+
+
+@dataclass(slots=True)
+class StepRuntime:
+    config: StepConfig
+    provider: Provider
+    spec: ModelSpec
+    wire_model: str  # the name sent: what the user wrote (a preset resolved), e.g. an Azure deployment
+    plans: dict[tuple[str, bool], WirePlan] = field(default_factory=dict)
+
+    def plan(self, task: str, single: bool = False) -> WirePlan:
+        """The wire plan for `task`; `single` asks for one image (intermediate turns of a conversation)."""
+        key = (task, single)
+        if key not in self.plans:
+            params = self.config.params
+            if single:
+                params = params.model_copy(update={"n": 1})
+            self.plans[key] = self.provider.plan(self.spec, params, task)  # type: ignore[arg-type]
+        return self.plans[key]
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    aborted: str | None  # why the run stopped early, or None
+    abort_kind: str | None
+    stats: RunStats
+
+
+@dataclass(slots=True)
+class _Row:
+    record: Record
+    key: str
+    states: dict[str, StepState]
+
+
+class Runner:
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        env: Mapping[str, str],
+        stats: RunStats | None = None,
+        notice: Callable[[str], None] = lambda _: None,
+        table: ModelTable | None = None,
+    ) -> None:
+        self.config = config
+        self.env = env
+        self.stats = stats or RunStats()
+        self.notice = notice
+        self.table = table or builtin_table()
+        if config.models_file is not None:
+            self.table = self.table.merged(config.models_file)
+        self.rundir = config.output
+        self.steps: list[StepRuntime] = []
+        self.limits = config.limits
+        self.limiter = Limiter(self.limits.concurrency, self.limits.rpm, self.limits.ipm)
+        self.budget = Budget(self.limits.max_cost)
+        self.policy = RetryPolicy(self.limits.max_retries, self.limits.max_billed_retries, self.limits.deadline)
+        self.rng = random.Random()
+        self.stopping = asyncio.Event()
+        self.abort_reason: str | None = None
+        self.abort_kind: str | None = None
+        self.secrets: tuple[str, ...] = ()
+        self._session: Any = None
+        self.policy_inputs = InputPolicy(
+            base_dir=config.source.parent, allow_private_urls=config.allow_private_urls
+        )
+
+    # ------------------------------------------------------------ set-up (ConfigError here: nothing sent)
+    def prepare(self) -> None:
+        """Build providers, look up models and plan every step's parameters: everything that can be wrong with
+        the configuration is found here, before the journal is touched or a request is sent."""
+        for step in self.config.steps:
+            ref = step.model
+            settings = ProviderSettings(
+                base_url=ref.base_url, api_key=self.config.api_key, api_version=ref.api_version,
+                options=dict(ref.options),
+            )
+            provider = provider_class(ref.provider)(settings, self.env)
+            model = self.table.resolve_preset(ref.provider, ref.model)
+            spec = self._spec(provider, model, ref.base_model)
+            runtime = StepRuntime(step, provider, spec, model)
+            tasks = ["generate", "edit"] if step.task == "auto" else [step.task]
+            for task in tasks:
+                if task not in spec.tasks:
+                    raise ConfigError(f"step {step.name!r}: {spec.name} cannot {task}; it can "
+                                      f"{', '.join(spec.tasks)}")
+                plan = runtime.plan(task)
+                for line in plan.notices:
+                    self.notice(f"step {step.name!r}: {line}")
+            if (notice := spec.retirement_notice()) is not None:
+                self.notice(notice)
+            if not spec.known:
+                self.notice(f"{model} is not in the model table: its rules are not checked and its cost is unknown")
+            if self.limits.max_cost is not None:
+                plan = runtime.plan(tasks[0])
+                if expected_cost(spec, plan.params, 1) is None:
+                    raise ConfigError(
+                        f"step {step.name!r}: no price is known for {spec.name}, so --max-cost cannot be kept; "
+                        "add its price in a --models-file, or run without --max-cost"
+                    )
+            self.steps.append(runtime)
+            self.secrets += provider.secrets()
+        names = [s.config.name for s in self.steps]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"step names must be unique; got {names}")
+
+    def _spec(self, provider: Provider, model: str, base_model: str | None) -> ModelSpec:
+        lookup = base_model or model
+        spec = self.table.get(lookup)
+        if spec is None:
+            spec = provider.spec_for(lookup)
+        if spec.known and spec.family != provider.family:
+            raise ConfigError(f"{spec.name} is a {spec.family} model; it cannot be used with provider "
+                              f"{provider.name!r}")
+        return spec if spec.known or spec.family == provider.family else permissive_spec(lookup, provider.family)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------ the run
+    async def run(self) -> RunOutcome:
+        if not self.steps:
+            self.prepare()
+        journal = Journal.open(self.rundir)
+        try:
+            journal.bind(self.config.fingerprint(), self.config.snapshot(), restart=self.config.restart)
+            if self.config.restart:
+                _remove_images(self.rundir)
+            store = ImageStore(self.rundir)
+            await asyncio.to_thread(store.sweep_temporaries)
+            self.stats.spent_before = journal.spent()
+            self.budget.spent = self.stats.spent_before
+            if self.budget.limit is not None and self.budget.spent >= self.budget.limit:
+                self._abort(f"budget of ${self.budget.limit:.2f} already spent "
+                            f"(${self.budget.spent:.4f}); raise --max-cost to continue", "budget")
+            else:
+                await self._run_rows(journal, store)
+        finally:
+            for step in self.steps:
+                with contextlib.suppress(Exception):
+                    await step.provider.aclose()
+            if self._session is not None:
+                await self._session.close()
+            journal.close()
+        return RunOutcome(self.abort_reason, self.abort_kind, self.stats)
+
+    def stop(self, reason: str, kind: str = "interrupted") -> None:
+        """Stop sending (Ctrl-C): calls in flight finish and are recorded; the rest stays pending."""
+        self._abort(reason, kind)
+
+    def _abort(self, reason: str, kind: str) -> None:
+        if self.abort_reason is None:
+            self.abort_reason = redact(reason, self.secrets)
+            self.abort_kind = kind
+        self.stopping.set()
+
+    async def _run_rows(self, journal: Journal, store: ImageStore) -> None:
+        workers = self.limits.concurrency * 2 + 2
+        for step in self.steps:
+            workers = max(workers, int(getattr(step.provider, "preferred_concurrency", 0)))
+        queue: asyncio.Queue[_Row | None] = asyncio.Queue(maxsize=max(CHUNK, workers * 2))
+        producer = asyncio.create_task(self._produce(journal, queue, workers))
+        tasks = [asyncio.create_task(self._work(journal, store, queue)) for _ in range(workers)]
+        try:
+            done_producing = asyncio.ensure_future(producer)
+            await asyncio.wait([done_producing, asyncio.ensure_future(self.stopping.wait())],
+                               return_when=asyncio.FIRST_COMPLETED)
+            if self.stopping.is_set():
+                producer.cancel()
+                # Calls in flight finish (bounded); workers see `stopping` and take nothing new.
+                _, pending = await asyncio.wait(tasks, timeout=self.limits.drain_timeout)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            else:
+                producer.result()
+                await asyncio.gather(*tasks)
+        except BaseException:
+            producer.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(producer, *tasks, return_exceptions=True)
+            raise
+
+    async def _produce(self, journal: Journal, queue: asyncio.Queue[_Row | None], workers: int) -> None:
+        try:
+            chunk: list[Record] = []
+            for record in self._records():
+                chunk.append(record)
+                if len(chunk) >= CHUNK:
+                    await self._enqueue(journal, chunk, queue)
+                    chunk = []
+                if self.stopping.is_set():
+                    return
+            if chunk:
+                await self._enqueue(journal, chunk, queue)
+        finally:
+            if not self.stopping.is_set():
+                for _ in range(workers):
+                    await queue.put(None)
+
+    def _records(self) -> Any:
+        limit = self.config.limit
+        for record in read_records(self.config.source, self.config.source_format):
+            if limit is not None and record.index >= limit:
+                return
+            yield record
+
+    async def _enqueue(self, journal: Journal, chunk: list[Record], queue: asyncio.Queue[_Row | None]) -> None:
+        wanted = [(r.index, self._key(r)) for r in chunk]
+        keys = journal.assign_keys(wanted)
+        rows = [r.index for r in chunk]
+        states = {s.config.name: journal.states(s.config.name, rows) for s in self.steps}
+        for record in chunk:
+            self.stats.rows_read += 1
+            mine = {name: by_row[record.index] for name, by_row in states.items() if record.index in by_row}
+            if record.error is not None:
+                if not mine:
+                    error = {"kind": "input", "message": record.error}
+                    for step in self.steps:
+                        journal.save(step.config.name, record.index,
+                                     StepState("failed", info={"error": error}))
+                self._count_failure("input")
+                continue
+            if self._finished(mine):
+                self.stats.rows_skipped += 1
+                continue
+            await queue.put(_Row(record, keys[record.index], mine))
+            if self.stopping.is_set():
+                return
+
+    def _key(self, record: Record) -> str:
+        if self.config.id_field and record.data is not None:
+            value = record.data.get(self.config.id_field)
+            if value is not None and str(value).strip():
+                return sanitize_key(value)
+        return default_key(record.index)
+
+    def _finished(self, states: dict[str, StepState]) -> bool:
+        for step in self.steps:
+            state = states.get(step.config.name)
+            if state is None or state.status == "pending":
+                return False
+            if state.status == "failed":
+                return not self.config.retry_failed
+        return True
+
+    async def _work(self, journal: Journal, store: ImageStore, queue: asyncio.Queue[_Row | None]) -> None:
+        while not self.stopping.is_set():
+            item = await queue.get()
+            if item is None:
+                return
+            await self._process_row(journal, store, item)
+
+    # ------------------------------------------------------------ one row
+    async def _process_row(self, journal: Journal, store: ImageStore, row: _Row) -> None:
+        assert row.record.data is not None
+        data = dict(row.record.data)
+        rundir_fields: set[str] = set()
+        failed_step: str | None = None
+        for step in self.steps:
+            name = step.config.name
+            state = row.states.get(name) or StepState()
+            if failed_step is not None:
+                state = StepState("failed", info={"error": {
+                    "kind": "upstream", "message": f"not run: step {failed_step!r} failed for this row"}})
+                journal.save(name, row.record.index, state)
+                continue
+            if state.status == "done":
+                data[step.config.out_field] = state.outputs
+                rundir_fields.add(step.config.out_field)
+                continue
+            if state.status == "failed" and not self.config.retry_failed:
+                failed_step = name
+                continue
+            if self.stopping.is_set():
+                return
+            state = await self._run_step(journal, store, step, row, data, rundir_fields, state)
+            if state.status == "pending":  # stopped mid-row: the rest stays pending
+                return
+            if state.status == "failed":
+                failed_step = name
+            else:
+                data[step.config.out_field] = state.outputs
+                rundir_fields.add(step.config.out_field)
+        if failed_step is None:
+            self.stats.rows_done += 1
+
+    async def _run_step(
+        self,
+        journal: Journal,
+        store: ImageStore,
+        step: StepRuntime,
+        row: _Row,
+        data: dict[str, Any],
+        rundir_fields: set[str],
+        state: StepState,
+    ) -> StepState:
+        index = row.record.index
+        info = state.info
+        info.setdefault("provider", step.provider.name)
+        info.setdefault("model", step.wire_model)
+        info.pop("error", None)
+        try:
+            if self._session is None and self._needs_session(data):
+                import aiohttp
+
+                self._session = aiohttp.ClientSession()
+            inputs = await gather_inputs(
+                step.config, step.spec, data, rundir_fields=rundir_fields, policy=self.policy_inputs,
+                rundir=self.rundir, session=self._session,
+            )
+        except InputError as exc:
+            return self._fail(journal, step, index, state, exc)
+        try:
+            await self._send_turns(journal, store, step, row, inputs, state)
+        except _Stopped:
+            journal.save(step.config.name, index, state)  # stays pending, with what it has
+            return state
+        except (BudgetReached, FatalError) as exc:
+            kind = "budget" if isinstance(exc, BudgetReached) else exc.kind
+            self._abort(str(exc), kind)
+            journal.save(step.config.name, index, state)  # stays pending, with what it has
+            return state
+        except PixelmillError as exc:
+            return self._fail(journal, step, index, state, exc)
+        return state
+
+    def _needs_session(self, data: dict[str, Any]) -> bool:
+        return any(isinstance(v, str) and v.startswith(("http://", "https://")) for v in _walk(data))
+
+    async def _send_turns(
+        self, journal: Journal, store: ImageStore, step: StepRuntime, row: _Row, inputs: StepInputs,
+        state: StepState,
+    ) -> None:
+        """Send every call of the step: each turn of a conversation, each call of a split `n`. A call already
+        journaled as done (an earlier run) is not sent again."""
+        index = row.record.index
+        info = state.info
+        turns = inputs.turns
+        multi = len(turns) > 1
+        history: list[ChatTurn] = []
+        turn_log: list[dict[str, Any]] = info.setdefault("turns", []) if multi else []
+        previous_images: list[InputImage] = []
+        call_no = 0
+        for t, turn in enumerate(turns):
+            last = t == len(turns) - 1
+            if t == 0:
+                images = inputs.images
+            else:
+                extra = inputs.later_images[t - 1]
+                images = extra if step.provider.chat else previous_images + extra
+            task = "edit" if images or (t > 0 and not step.provider.chat) or history else inputs.task
+            if step.provider.chat and history:
+                task = "edit"
+            plan = step.plan(task, single=not last)
+            turn_outputs: list[str] = []
+            turn_texts: list[str] = []
+            model_content: Any = None
+            for params in plan.calls:
+                if call_no < state.calls_done:  # done in an earlier run
+                    done = _done_call(info, call_no)
+                    turn_outputs.extend(done.get("outputs", []))
+                    model_content = done.get("model_content")
+                    call_no += 1
+                    continue
+                if self.stopping.is_set():
+                    raise _Stopped()
+                request = ImageRequest(
+                    task=task,  # type: ignore[arg-type]
+                    model=step.wire_model,
+                    prompt=turn.prompt,
+                    params=params,
+                    images=images,
+                    mask=inputs.mask if t == 0 else None,
+                    history=list(history),
+                    row=index,
+                    timeout=self.limits.timeout,
+                )
+                result, attempts, reserved_images = await self._call(step, request, params)
+                state.attempts += attempts
+                paths = await self._store(store, step, row.key, state, plan, result)
+                cost = actual_cost(step.spec, params, result.usage, len(result.images))
+                state.cost += cost or 0.0
+                self.budget.settle(reserved_images, cost or 0.0)
+                self.stats.spent += cost or 0.0
+                _merge_result(info, result, params, cost, paths, call_no, multi)
+                turn_outputs.extend(paths)
+                if result.text:
+                    turn_texts.append(result.text)
+                model_content = result.model_content
+                call_no += 1
+                state.calls_done = call_no
+                journal.save(step.config.name, index, state)
+            if multi:
+                if len(turn_log) <= t:
+                    turn_log.append({"prompt": turn.prompt, "images": turn_outputs, "text": "\n".join(turn_texts)
+                                     or None})
+            if not last:
+                previous_images = await self._reload(store, turn_outputs)
+                if step.provider.chat:
+                    history.append(ChatTurn(turn.prompt, images, _restore_content(model_content, store)))
+        final = turn_log[-1]["images"] if multi else state.outputs
+        state.outputs = list(final)
+        state.status = "done"
+        info["attempts"] = state.attempts
+        info["cost_usd"] = round(state.cost, 6)
+        journal.save(step.config.name, index, state)
+
+    async def _call(self, step: StepRuntime, request: ImageRequest, params: dict[str, Any]) -> tuple[ImageResult, int, float]:
+        """One call with its retries. Returns the result, the attempts made, and the budget reserved."""
+        n_images = int(params.get("n", params.get("num_images_per_prompt", 1)) or 1)
+        expected = expected_cost(step.spec, params, n_images, len(request.prompt), len(request.images))
+        reserve = expected.high if expected else 0.0
+        retry = RetryState.start()
+        attempts = 0
+        while True:
+            if self.stopping.is_set() and attempts:
+                raise _Stopped()
+            self.budget.reserve(reserve)
+            try:
+                await self.limiter.admit(n_images)
+            except BaseException:
+                self.budget.settle(reserve, 0.0)
+                raise
+            if self.stopping.is_set():  # stopped while waiting for a slot: send nothing more
+                self.limiter.release()
+                self.budget.settle(reserve, 0.0)
+                raise _Stopped()
+            attempts += 1
+            self.stats.requests += 1
+            self.stats.in_flight += 1
+            try:
+                result = await step.provider.call(request, step.spec)
+            except ProviderError as exc:
+                self.budget.settle(reserve, 0.0)
+                if isinstance(exc, RateLimited):
+                    self.limiter.on_rate_limited(exc.retry_after)
+                    self.stats.rate_limited += 1
+                delay = next_delay(self.policy, retry, exc, self.rng)
+                if delay is None:
+                    exc.attempts = attempts  # type: ignore[attr-defined]
+                    raise
+                self.stats.retries += 1
+                await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                self.budget.settle(reserve, 0.0)
+                raise
+            finally:
+                self.stats.in_flight -= 1
+                self.limiter.release()
+            self.limiter.on_success()
+            if not result.images:
+                self.budget.settle(reserve, 0.0)
+                raise Refused(
+                    f"the provider answered without an image (finish reason {result.finish_reason})",
+                    reason=result.finish_reason or "no_image",
+                )
+            return result, attempts, reserve
+
+    async def _store(self, store: ImageStore, step: StepRuntime, key: str, state: StepState, plan: WirePlan,
+                     result: ImageResult) -> list[str]:
+        first = len(state.outputs)
+        compression = step.config.params.compression
+        paths: list[str] = []
+        for i, image in enumerate(result.images):
+            path, _ = await asyncio.to_thread(
+                store.write, step.config.name, key, first + i, image.data,
+                convert_to=plan.convert_to, compression=compression,
+            )
+            paths.append(path)
+        state.outputs.extend(paths)
+        self.stats.images += len(paths)
+        return paths
+
+    async def _reload(self, store: ImageStore, paths: list[str]) -> list[InputImage]:
+        from pixelmill.images import inspect_image
+
+        out = []
+        for path in paths:
+            data = await asyncio.to_thread((store.rundir / path).read_bytes)
+            out.append(inspect_image(data, name=path, field="previous turn", max_bytes=1 << 30))
+        return out
+
+    def _fail(self, journal: Journal, step: StepRuntime, index: int, state: StepState,
+              exc: PixelmillError) -> StepState:
+        error: dict[str, Any] = {"kind": exc.kind, "message": redact(str(exc), self.secrets)}
+        if isinstance(exc, ProviderError):
+            error["http_status"] = exc.http_status
+            if exc.code:
+                error["code"] = exc.code
+            if exc.request_id:
+                state.info.setdefault("request_ids", []).append(exc.request_id)
+            state.attempts += int(getattr(exc, "attempts", 1))
+            reason = getattr(exc, "reason", None)
+            if reason:
+                error["reason"] = reason
+        else:
+            error["http_status"] = None
+        if isinstance(exc, InputError) and exc.field:
+            error["field"] = exc.field
+        state.status = "failed"
+        state.info["error"] = error
+        state.info["attempts"] = state.attempts
+        state.info["cost_usd"] = round(state.cost, 6)
+        journal.save(step.config.name, index, state)
+        self._count_failure(exc.kind)
+        return state
+
+    def _count_failure(self, kind: str) -> None:
+        self.stats.rows_failed += 1
+        self.stats.failures[kind] = self.stats.failures.get(kind, 0) + 1
+
+
+class _Stopped(PixelmillError):
+    """Raised inside a row when the run is stopping: the row stays pending."""
+
+    kind = "interrupted"
+
+
+def _done_call(info: dict[str, Any], call_no: int) -> dict[str, Any]:
+    calls: list[dict[str, Any]] = info.get("calls", [])
+    return calls[call_no] if call_no < len(calls) else {}
+
+
+def _merge_result(info: dict[str, Any], result: ImageResult, params: dict[str, Any], cost: float | None,
+                  paths: list[str], call_no: int, multi: bool) -> None:
+    """Fold one call's answer into the row's `pixelmill` metadata."""
+    info.setdefault("parameters", params)
+    if result.usage is not None:
+        usages: list[dict[str, Any]] = info.setdefault("_usages", [])
+        usages.append(result.usage)
+        info["usage"] = result.usage if len(usages) == 1 else _sum_usage(usages)
+    if result.request_id:
+        info.setdefault("request_ids", []).append(result.request_id)
+    revised = [img.revised_prompt for img in result.images if img.revised_prompt]
+    if revised:
+        info["revised_prompt"] = revised[0] if len(revised) == 1 and "revised_prompt" not in info else \
+            ([info["revised_prompt"]] if isinstance(info.get("revised_prompt"), str) else
+             info.get("revised_prompt", [])) + revised
+    if result.text:
+        info["text"] = result.text
+    if result.finish_reason:
+        info["finish_reason"] = result.finish_reason
+    for key, value in result.extra.items():
+        info.setdefault(key, value)
+    calls: list[dict[str, Any]] = info.setdefault("calls", [])
+    entry: dict[str, Any] = {"outputs": paths, "cost_usd": cost}
+    if multi and result.model_content is not None:
+        entry["model_content"] = _strip_content(result.model_content, paths)
+    while len(calls) < call_no:
+        calls.append({})
+    calls[call_no:call_no + 1] = [entry]
+
+
+def _sum_usage(usages: list[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for usage in usages:
+        for key, value in usage.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+            elif isinstance(value, dict):
+                total[key] = _sum_usage([total.get(key, {}), value]) if key in total else dict(value)
+            else:
+                total.setdefault(key, value)
+    return total
+
+
+def _strip_content(content: Any, paths: list[str]) -> Any:
+    """A model turn for the journal: inline image data replaced by the path of the file it was saved to
+    (the images are on disk already), so the journal stays small and a resumed chat can rebuild the turn."""
+    if not isinstance(content, dict):
+        return content
+    out = dict(content)
+    parts = []
+    image_no = 0
+    for part in content.get("parts", []):
+        inline = part.get("inlineData") or part.get("inline_data") if isinstance(part, dict) else None
+        if inline and not part.get("thought") and image_no < len(paths):
+            part = {**part, "inlineData": {"mimeType": inline.get("mimeType", inline.get("mime_type")),
+                                           "$file": paths[image_no]}}
+            part.pop("inline_data", None)
+            image_no += 1
+        parts.append(part)
+    out["parts"] = parts
+    return out
+
+
+def _restore_content(content: Any, store: ImageStore) -> Any:
+    if not isinstance(content, dict):
+        return content
+    import pybase64
+
+    parts = []
+    for part in content.get("parts", []):
+        inline = part.get("inlineData") if isinstance(part, dict) else None
+        if inline and "$file" in inline:
+            data = (store.rundir / inline["$file"]).read_bytes()
+            part = {**part, "inlineData": {"mimeType": inline["mimeType"],
+                                           "data": pybase64.b64encode(data).decode()}}
+        parts.append(part)
+    return {**content, "parts": parts}
+
+
+def _walk(value: Any) -> Any:
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _walk(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _walk(v)
+    else:
+        yield value
+
+
+def _remove_images(rundir: Any) -> None:
+    import shutil
+
+    images = rundir / "images"
+    if images.is_dir():
+        shutil.rmtree(images)
+
+
+def now() -> float:
+    return time.time()
+
+
+__all__ = ["ImageParams", "RunOutcome", "Runner", "StepRuntime"]

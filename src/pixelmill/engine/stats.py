@@ -1,0 +1,31 @@
+"""Live counters of a run: the engine writes them, progress displays and summaries read them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RunStats:
+    started: float = field(default_factory=time.monotonic)
+    total: int | None = None  # rows in the source, when known
+    rows_read: int = 0
+    rows_skipped: int = 0  # already done in an earlier run
+    rows_done: int = 0
+    rows_failed: int = 0
+    images: int = 0
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    in_flight: int = 0
+    spent: float = 0.0  # this run
+    spent_before: float = 0.0  # earlier runs of the same RUNDIR
+    failures: dict[str, int] = field(default_factory=dict)  # error kind -> rows
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def images_per_minute(self) -> float:
+        elapsed = self.elapsed()
+        return self.images * 60.0 / elapsed if elapsed > 0 else 0.0

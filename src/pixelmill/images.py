@@ -1,0 +1,219 @@
+"""Image bytes: telling the real format from the bytes, loading input images from every kind of reference,
+and converting only where a model or the user needs another format.
+
+Formats are sniffed from magic numbers, never trusted from file names or labels. Pillow is imported only
+where pixels are touched (input checks and conversions), never on the output hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import io
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import pybase64
+
+from pixelmill.errors import InputError
+from pixelmill.providers.base import InputImage
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from pixelmill.modeltable import ModelSpec
+
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
+MIME_OF_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
+MAX_PIXELS = 178_956_970  # Pillow's own bomb threshold (2x its warning limit); larger is refused, not decoded
+
+
+def sniff(data: bytes) -> str | None:
+    """The MIME type of image bytes from their magic number, or None when they are not an image we know."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if len(data) >= 12 and data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"mif1", b"msf1"):
+        return "image/heic"
+    return None
+
+
+@dataclass(slots=True)
+class InputPolicy:
+    """Limits on input images, from the run's options."""
+
+    base_dir: Path
+    max_bytes: int = 50 * 1024 * 1024
+    url_timeout: float = 30.0
+    allow_private_urls: bool = False
+
+
+async def load_image(
+    ref: Any, *, field: str, policy: InputPolicy, session: aiohttp.ClientSession | None
+) -> InputImage:
+    """Load one input image from a path, an http(s) URL, a data URL, raw bytes or a HF image dict."""
+    name = field
+    if isinstance(ref, dict) and ("bytes" in ref or "path" in ref):  # Hugging Face `Image` feature
+        ref = ref.get("bytes") or ref.get("path")
+    if isinstance(ref, bytes | bytearray):
+        data = bytes(ref)
+    elif isinstance(ref, str) and ref.startswith("data:"):
+        data = _data_url(ref, field)
+    elif isinstance(ref, str) and ref.split(":", 1)[0].lower() in ("http", "https"):
+        data = await _fetch(ref, field=field, policy=policy, session=session)
+        name = urlsplit(ref).path.rsplit("/", 1)[-1] or field
+    elif isinstance(ref, str) and "://" in ref:
+        raise InputError(f"{field}: only http(s) URLs, data URLs and file paths are read, not {ref[:40]!r}",
+                         field=field)
+    elif isinstance(ref, str) and ref.strip():
+        path = Path(ref) if Path(ref).is_absolute() else policy.base_dir / ref
+        name = path.name
+        try:
+            size = path.stat().st_size
+            if size > policy.max_bytes:
+                raise InputError(f"{field}: {ref} is {size} bytes, over the limit of {policy.max_bytes}",
+                                 field=field)
+            data = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            raise InputError(f"{field}: image file {ref} not found (relative paths are read from "
+                             f"{policy.base_dir})", field=field) from None
+        except IsADirectoryError:
+            raise InputError(f"{field}: {ref} is a folder, not an image file", field=field) from None
+        except OSError as exc:
+            raise InputError(f"{field}: cannot read {ref}: {exc.strerror}", field=field) from None
+    else:
+        raise InputError(f"{field}: expected an image path, URL or data URL, got {type(ref).__name__}",
+                         field=field)
+    return await asyncio.to_thread(inspect_image, data, name=name, field=field, max_bytes=policy.max_bytes)
+
+
+def inspect_image(data: bytes, *, name: str, field: str, max_bytes: int) -> InputImage:
+    """Check that bytes are a whole, decodable image of sane dimensions; return it with its real type."""
+    if not data:
+        raise InputError(f"{field}: {name} is empty", field=field)
+    if len(data) > max_bytes:
+        raise InputError(f"{field}: {name} is {len(data)} bytes, over the limit of {max_bytes}", field=field)
+    mime = sniff(data)
+    if mime is None:
+        raise InputError(f"{field}: {name} is not a PNG, JPEG, WebP or GIF image", field=field)
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise InputError(f"{field}: {name} declares {width}x{height} pixels, too large to be safe",
+                                 field=field)
+            img.load()
+    except InputError:
+        raise
+    except Exception as exc:  # Pillow raises many types for broken files
+        raise InputError(f"{field}: {name} is not a readable image ({exc})", field=field) from None
+    return InputImage(data=data, mime=mime, name=name, width=width, height=height)
+
+
+def fit_for_model(image: InputImage, spec: ModelSpec, *, field: str) -> InputImage:
+    """Convert an input image the model cannot take as it is (CMYK, 16-bit, animated GIF, a format the model
+    does not list) into a PNG that keeps transparency; enforce the model's size limit."""
+    from PIL import Image
+
+    needs = bool(spec.input_formats) and image.mime not in spec.input_formats
+    with Image.open(io.BytesIO(image.data)) as img:
+        odd_mode = img.mode not in ("RGB", "RGBA", "L", "LA", "P")
+        animated = getattr(img, "is_animated", False)
+        if needs or odd_mode or animated:
+            img.seek(0)
+            target = "RGBA" if ("A" in img.getbands() or "transparency" in img.info) else "RGB"
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                img = img.point(lambda v: v / 256).convert("L")
+            out = io.BytesIO()
+            img.convert(target).save(out, format="PNG")
+            image = InputImage(out.getvalue(), "image/png", image.name, image.width, image.height)
+    if spec.square_input and image.width != image.height:
+        raise InputError(f"{field}: {spec.name} edits need a square image; {image.name} is "
+                         f"{image.width}x{image.height}", field=field)
+    if len(image.data) > spec.max_input_image_bytes:
+        raise InputError(f"{field}: {image.name} is {len(image.data)} bytes; {spec.name} takes at most "
+                         f"{spec.max_input_image_bytes}", field=field)
+    return image
+
+
+def convert(data: bytes, fmt: str, *, quality: int | None = None) -> bytes:
+    """Re-encode an output image in `fmt` (png, jpeg, webp), keeping transparency where the format can."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        out = io.BytesIO()
+        if fmt == "jpeg":
+            img = img.convert("RGB")
+            img.save(out, format="JPEG", quality=quality or 95)
+        else:
+            if img.mode not in ("RGB", "RGBA", "L", "LA"):
+                img = img.convert("RGBA")
+            img.save(out, format=fmt.upper(), **({"quality": quality} if quality else {}))
+        return out.getvalue()
+
+
+def data_url(data: bytes, mime: str | None = None) -> str:
+    return f"data:{mime or sniff(data) or 'application/octet-stream'};base64,{pybase64.b64encode(data).decode()}"
+
+
+def _data_url(ref: str, field: str) -> bytes:
+    header, sep, payload = ref.partition(",")
+    if not sep or ";base64" not in header:
+        raise InputError(f"{field}: data URL must be base64 (data:image/png;base64,...)", field=field)
+    try:
+        return pybase64.b64decode(payload, validate=True)
+    except ValueError:
+        raise InputError(f"{field}: data URL has invalid base64", field=field) from None
+
+
+async def _fetch(url: str, *, field: str, policy: InputPolicy, session: aiohttp.ClientSession | None) -> bytes:
+    import aiohttp
+
+    host = urlsplit(url).hostname or ""
+    if not policy.allow_private_urls:
+        await _refuse_private(host, field)
+    if session is None:
+        raise InputError(f"{field}: cannot fetch {url}: no HTTP session", field=field)
+    try:
+        timeout = aiohttp.ClientTimeout(total=policy.url_timeout)
+        async with session.get(url, timeout=timeout, allow_redirects=False) as resp:
+            if resp.status != 200:
+                raise InputError(f"{field}: fetching {url} gave HTTP {resp.status}", field=field)
+            if (resp.content_length or 0) > policy.max_bytes:
+                raise InputError(f"{field}: {url} is over the limit of {policy.max_bytes} bytes", field=field)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                size += len(chunk)
+                if size > policy.max_bytes:
+                    raise InputError(f"{field}: {url} is over the limit of {policy.max_bytes} bytes",
+                                     field=field)
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise InputError(f"{field}: cannot fetch {url}: {type(exc).__name__}", field=field) from None
+
+
+async def _refuse_private(host: str, field: str) -> None:
+    """Refuse URLs that point at this machine or a private network (SSRF), unless the run allows them."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        raise InputError(f"{field}: cannot resolve host {host!r}", field=field) from None
+    for info in infos:
+        addr = ipaddress.ip_address(info[4][0])
+        if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved or addr.is_multicast:
+            raise InputError(
+                f"{field}: {host} is a private or loopback address; pass --allow-private-urls to read it",
+                field=field,
+            )
