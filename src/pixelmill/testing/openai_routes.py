@@ -20,9 +20,9 @@ from aiohttp import web
 
 from pixelmill.testing import wire_errors as we
 from pixelmill.testing.faults import read_markers
-from pixelmill.testing.images import MIME, Rendered, colour_for
+from pixelmill.testing.images import Rendered, colour_for
 from pixelmill.testing.log import RequestRecord
-from pixelmill.testing.server import Emulator
+from pixelmill.testing.server import Emulator, exchange
 from pixelmill.testing.validation import ImageJob, Upload, build_job, read_upload
 
 _API_VERSION = re.compile(r"^(\d{4}-\d{2}-\d{2}(-preview)?|preview|latest|v1)$")
@@ -110,7 +110,7 @@ class _Routes:
         v1_azure: bool = False,
     ) -> web.StreamResponse:
         emu = self.emu
-        record: RequestRecord = request["record"]
+        record: RequestRecord = exchange(request).record
         form, body, uploads = await _read_body(request, endpoint)
         if v1_azure:
             asked = body.get("model")
@@ -211,7 +211,7 @@ class _Routes:
 
     def _stream(self, request: web.Request, job: ImageJob, rendered: list[Rendered]) -> web.StreamResponse:
         """SSE: `partial_images` partial events, then one completed event per image."""
-        record: RequestRecord = request["record"]
+        record: RequestRecord = exchange(request).record
         kind = "image_generation" if job.endpoint == "generations" else "image_edit"
         common = {"size": f"{job.width}x{job.height}", "quality": job.quality, "background": job.background,
                   "output_format": job.output_format}
@@ -227,7 +227,7 @@ class _Routes:
         body = b"".join(chunks)
         record.bytes_out = len(body)
         return web.Response(body=body, content_type="text/event-stream",
-                            headers={"x-request-id": record.id, **request.get("rate_headers", {})})
+                            headers={"x-request-id": record.id, **exchange(request).rate_headers})
 
     def _file_url(self, request: web.Request, image: Rendered) -> str:
         files = self.emu.files
@@ -275,7 +275,7 @@ class _Routes:
 
 
 def _tag(request: web.Request, family: str, endpoint: str) -> RequestRecord:
-    record: RequestRecord = request["record"]
+    record: RequestRecord = exchange(request).record
     record.family = family
     record.endpoint = endpoint
     return record
@@ -347,7 +347,8 @@ def usage(job: ImageJob, images: int | None = None) -> dict[str, Any]:
 
 
 def _input_image_tokens(upload: Upload, high_fidelity: bool) -> int:
-    w, h = upload.info.width, upload.info.height
+    w: float = upload.info.width
+    h: float = upload.info.height
     scale = min(1.0, 2048 / max(w, h))
     w, h = w * scale, h * scale
     scale = min(1.0, 768 / min(w, h))

@@ -18,6 +18,7 @@ import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -33,6 +34,22 @@ from pixelmill.testing.log import RequestLog, RequestRecord, public_headers
 from pixelmill.testing.ratelimit import SlidingWindow
 
 RECORD_KEY: web.AppKey[Any] = web.AppKey("pixelmill_emulator")
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What the emulator keeps about one request while it is being answered."""
+
+    record: RequestRecord
+    cut: bool = False  # the connection was closed on purpose: nothing more may be written
+    rate_headers: dict[str, str] = field(default_factory=dict)
+
+
+EXCHANGE: web.RequestKey[Exchange] = web.RequestKey("pixelmill_exchange", Exchange)
+
+
+def exchange(request: web.Request) -> Exchange:
+    return request[EXCHANGE]
 QUICK_FAULTS = frozenset({"rate_limit", "rate_limit_no_header", "auth", "quota"})
 STATUS_OF_FAULT = {"server_error": 500, "bad_gateway": 502, "unavailable": 503, "gateway_timeout": 504}
 
@@ -216,7 +233,8 @@ class Emulator:
             bytes_in=request.content_length or 0,
             headers=public_headers(request.headers),
         )
-        request["record"] = record
+        ex = Exchange(record)
+        request[EXCHANGE] = ex
         self._log.append(record)
         self.in_flight += 1
         if self.in_flight > self.max_in_flight:
@@ -226,7 +244,7 @@ class Emulator:
                 response = await handler(request)
             except we.WireError as err:
                 response = self.error_response(record, err)
-            if record.status is None and not request.get("cut"):
+            if record.status is None and not ex.cut:
                 record.status = response.status
             response.headers.setdefault("x-request-id", record.id)
             return response
@@ -272,7 +290,8 @@ class Emulator:
     ) -> Decision:
         """Decide this request's fate and wait its latency. Raises the WireError of quick answers (rate limit,
         auth and quota faults) and of error faults (5xx, moderation); returns the decision for content faults."""
-        record: RequestRecord = request["record"]
+        ex = exchange(request)
+        record = ex.record
         config = self._config
         self._admitted += 1
         decision = self._dice.decide(config, self._admitted, markers)
@@ -286,15 +305,15 @@ class Emulator:
                 err = rate_limited(verdict.retry_after, verdict.what)
                 err.headers.update(rate_headers)
                 raise err
-        request["rate_headers"] = rate_headers
+        ex.rate_headers = rate_headers
         fault = decision.fault
         if fault in QUICK_FAULTS:
             hint = config.retry_after if fault == "rate_limit" else None
             if fault in ("rate_limit", "rate_limit_no_header"):
                 raise rate_limited(hint, "requests")
-            err = fault_error(fault, None)
-            if err is not None:
-                raise err
+            quick = fault_error(fault, None)
+            if quick is not None:
+                raise quick
         if fault == "timeout":
             record.latency = config.timeout_hold
             await asyncio.sleep(config.timeout_hold)
@@ -305,16 +324,16 @@ class Emulator:
         if fault == "reset":
             self.cut(request)
         if fault is not None and fault not in ("truncated", "malformed", "invalid_base64"):
-            err = fault_error(fault, None)
-            if err is not None:
-                raise err
+            late = fault_error(fault, None)
+            if late is not None:
+                raise late
         return decision
 
     def cut(self, request: web.Request) -> None:
         """Close the connection at once, without an answer (a TCP reset where the platform allows)."""
-        request["cut"] = True
-        record: RequestRecord = request["record"]
-        record.status = None
+        ex = exchange(request)
+        ex.cut = True
+        ex.record.status = None
         transport = request.transport
         if transport is None:
             return
@@ -334,10 +353,11 @@ class Emulator:
         headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
         """The 200 answer, or the fault's damaged version of it."""
-        record: RequestRecord = request["record"]
-        all_headers = {"x-request-id": record.id, **request.get("rate_headers", {}), **(headers or {})}
+        ex = exchange(request)
+        record = ex.record
+        all_headers = {"x-request-id": record.id, **ex.rate_headers, **(headers or {})}
         fault = decision.fault
-        if fault == "reset" or request.get("cut"):
+        if fault == "reset" or ex.cut:
             return web.Response(status=200)  # the transport is gone; this is never written
         if fault == "invalid_base64" and corrupt is not None:
             payload = corrupt(payload)
@@ -351,10 +371,10 @@ class Emulator:
         return web.Response(body=body, content_type="application/json", headers=all_headers)
 
     def _send_truncated(self, request: web.Request, body: bytes, headers: dict[str, str]) -> None:
-        record: RequestRecord = request["record"]
-        record.status = 200
-        record.bytes_out = len(body) // 2
-        request["cut"] = True
+        ex = exchange(request)
+        ex.record.status = 200
+        ex.record.bytes_out = len(body) // 2
+        ex.cut = True
         transport = request.transport
         if transport is None:
             return

@@ -42,7 +42,9 @@ def openai_error(
     return WireError(status, body, code=code or type, headers=headers)
 
 
-def invalid_value(param: str, value: object, allowed: list[str] | tuple[str, ...], *, code: str = "invalid_value") -> WireError:
+def invalid_value(
+    param: str, value: object, allowed: list[str] | tuple[str, ...], *, code: str = "invalid_value"
+) -> WireError:
     listed = ", ".join(f"'{a}'" for a in allowed)
     return openai_error(400, f"Invalid value: '{value}'. Supported values are: {listed}.", param=param, code=code)
 
