@@ -102,7 +102,7 @@ def _command(task: str, doc: str) -> Any:
     def command(**kwargs: Any) -> None:
         _job(task, **kwargs)
 
-    sig = inspect.signature(_job)
+    sig = inspect.signature(_job, eval_str=True)
     command.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])  # type: ignore[attr-defined]
     command.__doc__ = doc
     command.__wrapped__ = None  # type: ignore[attr-defined]
@@ -227,7 +227,7 @@ def emulate(
     """Serve the local API emulator (OpenAI, Azure and Gemini wire formats) until stopped. Loopback only."""
     from pixelmill.testing import EmulatorConfig, serve
 
-    config = EmulatorConfig(latency=latency, latency_sigma=sigma, rate_limit_rpm=rpm, rate_limit_ipm=ipm,
+    config = EmulatorConfig(latency=latency, latency_sigma=sigma, rpm=int(rpm) if rpm else None, ipm=int(ipm) if ipm else None,
                             serve_retired=True)
     typer.echo(f"pixelmill emulator on http://127.0.0.1:{port} (OpenAI base URL http://127.0.0.1:{port}/v1); "
                "Ctrl-C stops it")

@@ -45,7 +45,7 @@ def run_demo(root: Path) -> int:
                     "images": [str((root / "generate" / row["images"][0]).resolve())],
                     "prompt": f"Put this {row['id']} on a marble table, keep the lighting",
                 }) + b"\n")
-    edit = build_config("edit", edits, _options(root / "edit", id_field="id"))
+    edit = build_config("edit", edits, _options(root / "edit", id_field="id", quality="low"))
     report2 = _run(edit, run_config, emulated, Progress, RunStats)
     _say(f"generated images: {root / 'generate' / 'images'}; table: {report.output}")
     _say(f"edited images:    {root / 'edit' / 'images'}; table: {report2.output}")
@@ -54,8 +54,9 @@ def run_demo(root: Path) -> int:
 
 
 def _options(output: Path, **extra: object) -> dict[str, object]:
-    from pixelmill.cli import _job
     import inspect
+
+    from pixelmill.cli import _job
 
     options: dict[str, object] = {
         name: p.default for name, p in inspect.signature(_job).parameters.items()

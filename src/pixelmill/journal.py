@@ -86,7 +86,7 @@ class Journal:
         theirs = self.get_meta("fingerprint")
         if theirs is not None and theirs != mine:
             if not restart:
-                changed = _diff(orjson.loads(theirs), fingerprint)
+                changed = _diff(orjson.loads(theirs), orjson.loads(mine))
                 raise ConfigError(
                     f"{self.path.parent.parent} holds a run of another configuration ({changed}). Use another "
                     "--output folder, or --restart to discard that run and start over."
@@ -191,6 +191,10 @@ class Journal:
         return out
 
 
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return "changed: " + ", ".join(keys) if keys else "changed"
+def _diff(old: Any, new: Any, path: str = "") -> str:
+    """What changed between two fingerprints, as `steps.generate.params.quality: 'low' -> 'high'`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        parts = [_diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
+                 for k in sorted(set(old) | set(new), key=str) if old.get(k) != new.get(k)]
+        return "; ".join(p for p in parts if p) or "changed"
+    return f"{path or 'configuration'}: {old!r} -> {new!r}"

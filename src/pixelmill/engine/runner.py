@@ -598,8 +598,10 @@ def _merge_result(info: dict[str, Any], result: ImageResult, params: dict[str, A
         info["text"] = result.text
     if result.finish_reason:
         info["finish_reason"] = result.finish_reason
-    for key, value in result.extra.items():
-        info.setdefault(key, value)
+    if result.extra:
+        response: dict[str, Any] = info.setdefault("response", {})
+        for key, value in result.extra.items():
+            response.setdefault(key, value)
     calls: list[dict[str, Any]] = info.setdefault("calls", [])
     entry: dict[str, Any] = {"outputs": paths, "cost_usd": cost}
     if multi and result.model_content is not None:
