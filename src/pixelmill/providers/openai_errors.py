@@ -79,7 +79,7 @@ def error_from_reply(reply: Reply, ctx: ErrorContext, *, error_body: Any = None)
     fields = _error_fields(reply.body if error_body is None else error_body)
     code = fields.code
     lowered = {(code or "").lower(), (fields.type or "").lower(), (fields.inner_code or "").lower()}
-    server = redact(fields.message, ctx.secrets) if fields.message else "no message"
+    server = redact(fields.message, ctx.secrets).rstrip(". ") if fields.message else "no message"
     where = f"{ctx.label}: HTTP {status}" + (f" {code}" if code else "")
     if reply.headers.get("x-should-retry", "").lower() == "false":
         server += " (the server says not to retry)"
