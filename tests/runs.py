@@ -52,3 +52,14 @@ def cli_process(*args: str | Path, env: dict[str, str] | None = None, **popen: A
 
 def prompts(n: int, prefix: str = "prompt") -> list[dict[str, Any]]:
     return [{"prompt": f"{prefix} number {i}"} for i in range(n)]
+
+
+def run_api(emu: Any, src: Path, out: Path, task: str = "generate", **options: Any) -> Any:
+    """A run through the Python API with fast retries (backoff of 10-50 ms), against `emu` over HTTP."""
+    from pixelmill.api import run_config
+    from pixelmill.cli import build_config, job_options
+
+    engine = {"retry_base": 0.01, "retry_cap": 0.05, **options.pop("engine", {})}
+    config = build_config(task, src, job_options(output=out, base_url=emu.openai_base_url, api_key=TEST_KEY,
+                                                 engine=engine, **options))
+    return run_config(config)

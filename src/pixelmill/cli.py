@@ -115,6 +115,22 @@ app.command("edit")(_command("edit", "Image editing over every record of INPUT (
                                      "several user messages make a multi-turn edit)."))
 
 
+def job_options(**overrides: Any) -> dict[str, Any]:
+    """The options of generate/edit with their command-line defaults, updated by `overrides` (for the demo,
+    the Python API and tests: one list of options, the command line's)."""
+    import inspect
+
+    options: dict[str, Any] = {
+        name: p.default for name, p in inspect.signature(_job).parameters.items()
+        if name not in ("task", "input", "quiet")
+    }
+    unknown = set(overrides) - set(options) - {"engine"}  # engine: Limits fields with no flag
+    if unknown:
+        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    options.update(overrides)
+    return options
+
+
 def _parse_params(pairs: list[str] | None) -> dict[str, Any]:
     import orjson
 
@@ -169,7 +185,8 @@ def build_config(task: str, input: Path, options: dict[str, Any]) -> Any:
         config = RunConfig(
             source=input, output=o["output"] or Path("pixelmill-out") / input.stem, steps=(step,),
             limits=Limits(concurrency=o["concurrency"], rpm=o["rpm"], ipm=o["ipm"], max_retries=o["max_retries"],
-                          timeout=o["timeout"], deadline=o["deadline"], max_cost=o["max_cost"]),
+                          timeout=o["timeout"], deadline=o["deadline"], max_cost=o["max_cost"],
+                          **o.get("engine", {})),
             id_field=o["id_field"], format=o["format"], limit=o["limit"], embed_images=o["embed_images"],
             retry_failed=o["retry_failed"], restart=o["restart"], allow_private_urls=o["allow_private_urls"],
             api_key=o["api_key"], models_file=o["models_file"],

@@ -75,6 +75,8 @@ class Limits(BaseModel):
     deadline: float = Field(default=600.0, gt=0)  # one row, all retries and 429 waits included
     max_cost: float | None = Field(default=None, ge=0)
     drain_timeout: float = Field(default=60.0, ge=0)  # how long Ctrl-C waits for calls in flight
+    retry_base: float = Field(default=0.5, gt=0)  # first backoff step, seconds (doubles per retry)
+    retry_cap: float = Field(default=30.0, gt=0)
 
 
 class RunConfig(BaseModel):

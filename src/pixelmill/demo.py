@@ -54,17 +54,10 @@ def run_demo(root: Path) -> int:
 
 
 def _options(output: Path, **extra: object) -> dict[str, object]:
-    import inspect
+    from pixelmill.cli import job_options
 
-    from pixelmill.cli import _job
-
-    options: dict[str, object] = {
-        name: p.default for name, p in inspect.signature(_job).parameters.items()
-        if name not in ("task", "input", "quiet")
-    }
-    options.update(provider="emulator", model="gpt-image-2", output=output, restart=True, concurrency=8)
-    options.update(extra)
-    return options
+    return job_options(provider="emulator", model="gpt-image-2", output=output, restart=True, concurrency=8,
+                       **extra)
 
 
 def _run(config, run_config, emulated, Progress, RunStats):  # type: ignore[no-untyped-def]

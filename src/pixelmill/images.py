@@ -8,8 +8,8 @@ where pixels are touched (input checks and conversions), never on the output hot
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import io
+import ipaddress
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 MIME_OF_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
-MAX_PIXELS = 178_956_970  # Pillow's own bomb threshold (2x its warning limit); larger is refused, not decoded
+MAX_PIXELS = 89_478_485  # Pillow's warning threshold (about 9459x9459); larger is refused, not decoded
 
 
 def sniff(data: bytes) -> str | None:
@@ -104,17 +104,24 @@ def inspect_image(data: bytes, *, name: str, field: str, max_bytes: int) -> Inpu
     mime = sniff(data)
     if mime is None:
         raise InputError(f"{field}: {name} is not a PNG, JPEG, WebP or GIF image", field=field)
+    import warnings
+
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise InputError(f"{field}: {name} declares {width}x{height} pixels, too large to be safe",
-                                 field=field)
-            img.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                if width * height > MAX_PIXELS:
+                    raise InputError(f"{field}: {name} declares {width}x{height} pixels, too large to be safe",
+                                     field=field)
+                img.load()
     except InputError:
         raise
+    except Image.DecompressionBombError:
+        raise InputError(f"{field}: {name} declares more than {MAX_PIXELS} pixels, too large to be safe "
+                         "(a decompression bomb?)", field=field) from None
     except Exception as exc:  # Pillow raises many types for broken files
         raise InputError(f"{field}: {name} is not a readable image ({exc})", field=field) from None
     return InputImage(data=data, mime=mime, name=name, width=width, height=height)

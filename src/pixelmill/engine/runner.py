@@ -112,7 +112,8 @@ class Runner:
         self.limits = config.limits
         self.limiter = Limiter(self.limits.concurrency, self.limits.rpm, self.limits.ipm)
         self.budget = Budget(self.limits.max_cost)
-        self.policy = RetryPolicy(self.limits.max_retries, self.limits.max_billed_retries, self.limits.deadline)
+        self.policy = RetryPolicy(self.limits.max_retries, self.limits.max_billed_retries, self.limits.deadline,
+                                  self.limits.retry_base, self.limits.retry_cap)
         self.rng = random.Random()
         self.stopping = asyncio.Event()
         self.abort_reason: str | None = None
