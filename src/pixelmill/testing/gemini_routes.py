@@ -1,11 +1,299 @@
-"""Gemini routes (placeholder until the Gemini emulation lands)."""
+"""Gemini routes: `POST /v1beta/models/{model}:generateContent` (and `:streamGenerateContent?alt=sse`),
+`GET /v1beta/models[/{model}]`.
+
+Answers follow `GenerateContentResponse`: optional thought parts (`"thought": true`, with draft images) before
+the final parts, a text part and the image part, `thoughtSignature` on the final parts of thinking models,
+`finishReason`, `usageMetadata`, `modelVersion`, `responseId`. Refusals are 200 answers, as on the real API:
+`promptFeedback.blockReason` with no candidate, or a candidate without an image (`IMAGE_SAFETY`, `NO_IMAGE`,
+or `STOP` with words only).
+"""
 
 from __future__ import annotations
 
+import math
+import secrets
+from typing import Any
+
+import orjson
 from aiohttp import web
 
-from pixelmill.testing.server import Emulator
+from pixelmill.params import nearest_ratio
+from pixelmill.testing import signatures
+from pixelmill.testing import wire_errors as we
+from pixelmill.testing.faults import Decision, read_markers
+from pixelmill.testing.gemini_validation import GeminiJob, build_gemini_job, resolve_gemini_model
+from pixelmill.testing.images import Rendered, colour_for
+from pixelmill.testing.server import Emulator, exchange
+
+SIZE_FACTOR = {"512": 0.5, "512px": 0.5, "1K": 1.0, "2K": 2.0, "4K": 4.0}
+PROMPT_IMAGE_TOKENS = 258
+_STATUS_OF_FAULT = {"server_error": 500, "bad_gateway": 502, "unavailable": 503, "gateway_timeout": 504}
+GEMINI_ROUTES: web.AppKey[Any] = web.AppKey("pixelmill_gemini_routes")
 
 
 def register(app: web.Application, emu: Emulator) -> None:
-    return None
+    """Gemini's routes under v1beta, v1alpha and v1 (google-genai 3.x defaults to v1). `GET /v1/models` is
+    shared with OpenAI: `gemini_routes.wants_gemini` tells them apart by the key's header."""
+    routes = _GeminiRoutes(emu)
+    for version in ("v1beta", "v1alpha", "v1"):
+        app.router.add_post(f"/{version}/models/{{target}}", routes.generate)
+        if version != "v1":
+            app.router.add_get(f"/{version}/models", routes.list_models)
+            app.router.add_get(f"/{version}/models/{{target}}", routes.get_model)
+    app[GEMINI_ROUTES] = routes
+
+
+def wants_gemini(request: web.Request) -> bool:
+    """A request that carries a Gemini key (header or `?key=`) and no OpenAI bearer token."""
+    return ("x-goog-api-key" in request.headers or "key" in request.query) and "Authorization" not in request.headers
+
+
+def gemini_routes(app: web.Application) -> _GeminiRoutes:
+    routes: _GeminiRoutes = app[GEMINI_ROUTES]
+    return routes
+
+
+class _GeminiRoutes:
+    def __init__(self, emu: Emulator) -> None:
+        self.emu = emu
+
+    def _auth(self, request: web.Request) -> None:
+        record = exchange(request).record
+        key = request.headers.get("x-goog-api-key") or request.query.get("key")
+        if self.emu.check_key(key):
+            record.auth = "valid"
+            return
+        record.auth = "invalid" if key else "missing"
+        raise we.gemini_auth(bool(key))
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        emu = self.emu
+        record = exchange(request).record
+        record.family = "gemini"
+        model, _, method = request.match_info["target"].partition(":")
+        record.endpoint = method or "unknown"
+        record.model = model
+        self._auth(request)
+        if method not in ("generateContent", "streamGenerateContent"):
+            raise we.gemini_error(404, "NOT_FOUND", f"Method {method or '(none)'} is not found for models/{model}.")
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise we.gemini_invalid("Invalid JSON payload received. Unexpected token.") from None
+        config = emu.config
+        job = build_gemini_job(body, model, table=emu.table, serve_retired=config.serve_retired,
+                               today=config.today, secret=emu.secret)
+        record.model = job.spec.name
+        record.prompt = job.prompt[:1000]
+        record.n = 1
+        record.input_images = job.input_images
+        record.size = f"{job.aspect_ratio or 'auto'}/{job.image_size or 'default'}"
+        _resolve_size(job)
+
+        def fault_error(fault: str, _hint: float | None) -> we.WireError | None:
+            if fault == "auth":
+                return we.gemini_auth(True)
+            if fault == "quota":
+                return we.gemini_quota(job.spec.name)
+            if fault in _STATUS_OF_FAULT:
+                return we.gemini_server(_STATUS_OF_FAULT[fault])
+            return None
+
+        def rate_limited(retry_after: float | None, _what: str) -> we.WireError:
+            return we.gemini_rate_limit(job.spec.name, retry_after)
+
+        wants_image = "IMAGE" in job.modalities
+        decision = await emu.admit(request, images=1 if wants_image else 0, markers=read_markers(job.prompt),
+                                   fault_error=fault_error, rate_limited=rate_limited)
+        fault = decision.fault
+        if fault == "moderation":
+            fault = emu.dice_choice(("prompt_blocked", "image_safety"))
+            record.fault = f"moderation:{fault}"
+        payload = self._answer(job, decision, fault)
+        record.images = _count_images(payload)
+        record.thoughts = sum(1 for c in payload.get("candidates") or []
+                              for p in (c.get("content") or {}).get("parts", []) if p.get("thought"))
+        if method == "streamGenerateContent":
+            return self._stream(request, payload, decision)
+        return emu.send(request, payload, decision, corrupt=_corrupt)
+
+    def _answer(self, job: GeminiJob, decision: Decision, fault: str | None) -> dict[str, Any]:
+        emu = self.emu
+        spec = job.spec
+        secret = emu.secret
+        prompt_tokens = max(1, math.ceil(job.text_chars / 4)) + PROMPT_IMAGE_TOKENS * job.input_images
+        usage: dict[str, Any] = {
+            "promptTokenCount": prompt_tokens,
+            "totalTokenCount": prompt_tokens,
+            "promptTokensDetails": _details(max(1, math.ceil(job.text_chars / 4)),
+                                            PROMPT_IMAGE_TOKENS * job.input_images),
+        }
+        base: dict[str, Any] = {"usageMetadata": usage, "modelVersion": job.model_asked,
+                                "responseId": secrets.token_urlsafe(16)}
+        if fault == "prompt_blocked":
+            return {"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": _ratings(blocked=True)}, **base}
+        if fault in ("image_safety", "no_image"):
+            finish = "IMAGE_SAFETY" if fault == "image_safety" else "NO_IMAGE"
+            candidate: dict[str, Any] = {"finishReason": finish, "index": 0}
+            if fault == "image_safety":
+                candidate["finishMessage"] = "Unable to show the generated image: it may violate our policies."
+            return {"candidates": [candidate], **base}
+        parts: list[dict[str, Any]] = []
+        thought_tokens = 0
+        thinking = spec.thinking
+        if thinking and (decision.thoughts or job.include_thoughts):
+            parts.append({"text": "**Composing the scene**\n\nI am planning the layout and the light.",
+                          "thought": True})
+            thought_tokens += 120
+            for k in range(emu.config.thought_drafts if decision.thoughts else 0):
+                draft = self._render(job, f"draft{k}")
+                parts.append({"inlineData": {"mimeType": draft.mime, "data": draft.b64}, "thought": True})
+                thought_tokens += _image_tokens(job)
+        text_tokens = 0
+        if fault == "text_only" or "IMAGE" not in job.modalities:
+            words = ("I can't create that image. Try describing the scene differently."
+                     if fault == "text_only" else f"A description of: {job.prompt[:200]}")
+            part: dict[str, Any] = {"text": words}
+            if thinking:
+                part["thoughtSignature"] = signatures.sign_text(secret, words)
+            parts.append(part)
+            text_tokens = max(1, len(words) // 4)
+            images = 0
+        else:
+            if "TEXT" in job.modalities:
+                words = "Here is the image you asked for."
+                part = {"text": words}
+                if thinking:
+                    part["thoughtSignature"] = signatures.sign_text(secret, words)
+                parts.append(part)
+                text_tokens = max(1, len(words) // 4)
+            image = self._render(job, "final")
+            image_part: dict[str, Any] = {"inlineData": {"mimeType": image.mime, "data": image.b64}}
+            if thinking:
+                image_part["thoughtSignature"] = signatures.sign_image(secret, image.digest)
+            parts.append(image_part)
+            images = 1
+        output_tokens = text_tokens + images * _image_tokens(job)
+        usage["candidatesTokenCount"] = output_tokens
+        usage["totalTokenCount"] = prompt_tokens + output_tokens + thought_tokens
+        usage["candidatesTokensDetails"] = _details(text_tokens, images * _image_tokens(job))
+        if thought_tokens:
+            usage["thoughtsTokenCount"] = thought_tokens
+        return {
+            "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+            **base,
+        }
+
+    def _render(self, job: GeminiJob, salt: str) -> Rendered:
+        fmt = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}.get(self.emu.config.gemini_mime, "png")
+        return self.emu.images.get(job.width, job.height, fmt, colour_for(f"{job.prompt}#{salt}"),
+                                   pad_to=self.emu.config.image_bytes)
+
+    def _stream(self, request: web.Request, payload: dict[str, Any], decision: Decision) -> web.StreamResponse:
+        """`alt=sse`: thought parts (if any) in a first event, the rest in a second."""
+        ex = exchange(request)
+        candidates = payload.get("candidates") or []
+        events = [payload]
+        if candidates and "content" in candidates[0]:
+            parts = candidates[0]["content"]["parts"]
+            thoughts = [p for p in parts if p.get("thought")]
+            if thoughts:
+                rest = [p for p in parts if not p.get("thought")]
+                first = {**payload, "candidates": [{"content": {"role": "model", "parts": thoughts}, "index": 0}]}
+                last = {**payload, "candidates": [{**candidates[0], "content": {"role": "model", "parts": rest}}]}
+                events = [first, last]
+        body = b"".join(b"data: " + orjson.dumps(e) + b"\r\n\r\n" for e in events)
+        ex.record.images = _count_images(payload)
+        ex.record.bytes_out = len(body)
+        return web.Response(body=body, content_type="text/event-stream",
+                            headers={"x-request-id": ex.record.id, **ex.rate_headers})
+
+    async def list_models(self, request: web.Request) -> web.StreamResponse:
+        record = exchange(request).record
+        record.family, record.endpoint = "gemini", "models"
+        self._auth(request)
+        config = self.emu.config
+        models = [
+            _model_object(spec.name, spec.max_prompt_chars)
+            for spec in self.emu.table.family("gemini")
+            if not spec.retired(config.today) or config.serve_retired
+        ]
+        return web.Response(body=orjson.dumps({"models": models}), content_type="application/json")
+
+    async def get_model(self, request: web.Request) -> web.StreamResponse:
+        record = exchange(request).record
+        record.family, record.endpoint = "gemini", "models"
+        self._auth(request)
+        config = self.emu.config
+        name = request.match_info["target"]
+        spec = resolve_gemini_model(self.emu.table, name, serve_retired=config.serve_retired, today=config.today)
+        return web.Response(body=orjson.dumps(_model_object(spec.name, spec.max_prompt_chars)),
+                            content_type="application/json")
+
+
+def _resolve_size(job: GeminiJob) -> None:
+    spec = job.spec
+    ratio = job.aspect_ratio
+    if ratio is None and job.turn_images and spec.aspect_ratios:
+        first = job.turn_images[0]
+        ratio = nearest_ratio(first.width / first.height, spec.aspect_ratios)
+    ratio = ratio or "1:1"
+    width, height = spec.ratio_pixels.get(ratio, (1024, 1024))
+    factor = SIZE_FACTOR.get(job.image_size or spec.default_image_size or "1K", 1.0)
+    job.width, job.height = max(1, round(width * factor)), max(1, round(height * factor))
+
+
+def _image_tokens(job: GeminiJob) -> int:
+    table = job.spec.price.output_tokens
+    size = job.image_size or job.spec.default_image_size or "1K"
+    return table.get("512" if size == "512px" else size) or next(iter(table.values()), 1290)
+
+
+def _details(text: int, image: int) -> list[dict[str, Any]]:
+    out = []
+    if text:
+        out.append({"modality": "TEXT", "tokenCount": text})
+    if image:
+        out.append({"modality": "IMAGE", "tokenCount": image})
+    return out
+
+
+def _ratings(*, blocked: bool) -> list[dict[str, Any]]:
+    return [
+        {"category": "HARM_CATEGORY_SEXUALLY_EXPLICIT", "probability": "NEGLIGIBLE"},
+        {"category": "HARM_CATEGORY_HATE_SPEECH", "probability": "NEGLIGIBLE"},
+        {"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"},
+        {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH" if blocked else "NEGLIGIBLE",
+         **({"blocked": True} if blocked else {})},
+    ]
+
+
+def _count_images(payload: dict[str, Any]) -> int:
+    count = 0
+    for candidate in payload.get("candidates") or []:
+        for part in (candidate.get("content") or {}).get("parts", []):
+            if "inlineData" in part and not part.get("thought"):
+                count += 1
+    return count
+
+
+def _corrupt(payload: dict[str, Any]) -> dict[str, Any]:
+    """The `invalid_base64` fault: the final image's data is not base64."""
+    out = orjson.loads(orjson.dumps(payload))
+    for candidate in out.get("candidates") or []:
+        for part in (candidate.get("content") or {}).get("parts", []):
+            if "inlineData" in part and not part.get("thought"):
+                part["inlineData"]["data"] = "!!not*base64%%" + part["inlineData"]["data"][14:]
+    return dict(out)
+
+
+def _model_object(name: str, max_chars: int) -> dict[str, Any]:
+    return {
+        "name": f"models/{name}",
+        "version": "001",
+        "displayName": name,
+        "inputTokenLimit": max_chars // 4,
+        "outputTokenLimit": 32768,
+        "supportedGenerationMethods": ["generateContent", "countTokens"],
+    }

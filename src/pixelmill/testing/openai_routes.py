@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from pixelmill.testing import gemini_routes
 from pixelmill.testing import wire_errors as we
 from pixelmill.testing.faults import read_markers
 from pixelmill.testing.images import Rendered, colour_for
@@ -34,7 +35,7 @@ def register(app: web.Application, emu: Emulator) -> None:
     for endpoint in ("generations", "edits", "variations"):
         app.router.add_post(f"/v1/images/{endpoint}", routes.openai(endpoint))
     app.router.add_get("/v1/models", routes.models)
-    app.router.add_get("/v1/models/{model}", routes.model)
+    app.router.add_get("/v1/models/{target}", routes.model)
     for endpoint in ("generations", "edits"):
         app.router.add_post(f"/openai/deployments/{{deployment}}/images/{endpoint}", routes.azure(endpoint))
         app.router.add_post(f"/openai/v1/images/{endpoint}", routes.azure_v1(endpoint))
@@ -240,6 +241,8 @@ class _Routes:
     # ------------------------------------------------------------ other routes
 
     async def models(self, request: web.Request) -> web.StreamResponse:
+        if gemini_routes.wants_gemini(request):
+            return await gemini_routes.gemini_routes(request.app).list_models(request)
         record = _tag(request, "openai", "models")
         self._auth(record, _bearer(request), azure=False)
         config = self.emu.config
@@ -252,9 +255,11 @@ class _Routes:
         return web.json_response({"object": "list", "data": data}, dumps=_dumps)
 
     async def model(self, request: web.Request) -> web.StreamResponse:
+        if gemini_routes.wants_gemini(request):
+            return await gemini_routes.gemini_routes(request.app).get_model(request)
         record = _tag(request, "openai", "models")
         self._auth(record, _bearer(request), azure=False)
-        name = request.match_info["model"]
+        name = request.match_info["target"]
         config = self.emu.config
         spec = self.emu.table.get(name)
         if spec is None or spec.family != "openai" or (spec.retired(config.today) and not config.serve_retired):

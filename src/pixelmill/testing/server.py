@@ -329,6 +329,10 @@ class Emulator:
                 raise late
         return decision
 
+    def dice_choice(self, options: tuple[str, ...]) -> str:
+        """A seeded choice (for faults with variants)."""
+        return self._dice.choice(options)
+
     def cut(self, request: web.Request) -> None:
         """Close the connection at once, without an answer (a TCP reset where the platform allows)."""
         ex = exchange(request)
