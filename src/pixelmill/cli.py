@@ -95,18 +95,16 @@ def _job(
 
 
 def _command(task: str, doc: str) -> Any:
-    import functools
+    """A command with `_job`'s options, bound to `task` (one option list for generate and edit)."""
     import inspect
 
-    @functools.wraps(_job)
     def command(**kwargs: Any) -> None:
         _job(task, **kwargs)
 
     sig = inspect.signature(_job, eval_str=True)
     command.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])  # type: ignore[attr-defined]
+    command.__name__ = task
     command.__doc__ = doc
-    command.__wrapped__ = None  # type: ignore[attr-defined]
-    del command.__wrapped__
     return command
 
 

@@ -89,9 +89,11 @@ def actual_cost(spec: ModelSpec, params: dict[str, Any], usage: dict[str, Any] |
         text_in = details.get("text_tokens", usage.get("input_tokens", 0) if not details else 0)
         image_in = details.get("image_tokens", 0)
         out = usage.get("output_tokens", 0)
-        return (text_in * (price.text_in or 0) + image_in * (price.image_in or 0) + out * price.image_out) / M
+        return float(text_in * (price.text_in or 0) + image_in * (price.image_in or 0) + out * price.image_out) / M
     expected = expected_cost(spec, params, images)
-    return None if expected is None else expected.high if not price.per_image else expected.low
+    if expected is None:
+        return None
+    return float(expected.low if price.per_image else expected.high)
 
 
 def _gemini_cost(spec: ModelSpec, usage: dict[str, Any]) -> float:

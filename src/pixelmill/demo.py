@@ -7,8 +7,13 @@ import shutil
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
+
+if TYPE_CHECKING:
+    from pixelmill.api import RunReport
+    from pixelmill.config import RunConfig
 
 
 def _say(text: str) -> None:
@@ -16,10 +21,7 @@ def _say(text: str) -> None:
 
 
 def run_demo(root: Path) -> int:
-    from pixelmill.api import emulated, run_config
     from pixelmill.cli import build_config
-    from pixelmill.engine.progress import Progress
-    from pixelmill.engine.stats import RunStats
 
     root.mkdir(parents=True, exist_ok=True)
     prompts = root / "prompts.jsonl"
@@ -30,7 +32,7 @@ def run_demo(root: Path) -> int:
 
     generate = build_config("generate", prompts, _options(root / "generate", id_field="id", size="1536x1024",
                                                           quality="low"))
-    report = _run(generate, run_config, emulated, Progress, RunStats)
+    report = _run(generate)
     if report.exit_code not in (0, 1):
         return report.exit_code
 
@@ -46,7 +48,7 @@ def run_demo(root: Path) -> int:
                     "prompt": f"Put this {row['id']} on a marble table, keep the lighting",
                 }) + b"\n")
     edit = build_config("edit", edits, _options(root / "edit", id_field="id", quality="low"))
-    report2 = _run(edit, run_config, emulated, Progress, RunStats)
+    report2 = _run(edit)
     _say(f"generated images: {root / 'generate' / 'images'}; table: {report.output}")
     _say(f"edited images:    {root / 'edit' / 'images'}; table: {report2.output}")
     _say("next: pixelmill status " + str(root / "generate"))
@@ -60,10 +62,14 @@ def _options(output: Path, **extra: object) -> dict[str, object]:
                        **extra)
 
 
-def _run(config, run_config, emulated, Progress, RunStats):  # type: ignore[no-untyped-def]
+def _run(config: RunConfig) -> RunReport:
+    from pixelmill.api import emulated, run_config
+    from pixelmill.engine.progress import Progress
+    from pixelmill.engine.stats import RunStats
+
     stats = RunStats()
     progress = Progress(stats, quiet=False, interval=2.0)
-    with emulated(config) as config, progress:
-        report = run_config(config, stats=stats, notice=progress.notice, handle_signals=True)
-    progress.summary(report, config)
+    with emulated(config) as emulated_config, progress:
+        report = run_config(emulated_config, stats=stats, notice=progress.notice, handle_signals=True)
+    progress.summary(report, emulated_config)
     return report

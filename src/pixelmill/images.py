@@ -139,10 +139,11 @@ def fit_for_model(image: InputImage, spec: ModelSpec, *, field: str) -> InputIma
         if needs or odd_mode or animated:
             img.seek(0)
             target = "RGBA" if ("A" in img.getbands() or "transparency" in img.info) else "RGB"
+            frame: Image.Image = img
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                img = img.point(lambda v: v / 256).convert("L")
+                frame = img.point(lambda v: v / 256).convert("L")
             out = io.BytesIO()
-            img.convert(target).save(out, format="PNG")
+            frame.convert(target).save(out, format="PNG")
             image = InputImage(out.getvalue(), "image/png", image.name, image.width, image.height)
     if spec.square_input and image.width != image.height:
         raise InputError(f"{field}: {spec.name} edits need a square image; {image.name} is "
@@ -160,12 +161,10 @@ def convert(data: bytes, fmt: str, *, quality: int | None = None) -> bytes:
     with Image.open(io.BytesIO(data)) as img:
         out = io.BytesIO()
         if fmt == "jpeg":
-            img = img.convert("RGB")
-            img.save(out, format="JPEG", quality=quality or 95)
+            img.convert("RGB").save(out, format="JPEG", quality=quality or 95)
         else:
-            if img.mode not in ("RGB", "RGBA", "L", "LA"):
-                img = img.convert("RGBA")
-            img.save(out, format=fmt.upper(), **({"quality": quality} if quality else {}))
+            frame = img if img.mode in ("RGB", "RGBA", "L", "LA") else img.convert("RGBA")
+            frame.save(out, format=fmt.upper(), **({"quality": quality} if quality else {}))
         return out.getvalue()
 
 

@@ -130,7 +130,8 @@ class Journal:
     # ------------------------------------------------------------ results
     def states(self, step: str, rows: list[int]) -> dict[int, StepState]:
         out: dict[int, StepState] = {}
-        query = "SELECT row, status, attempts, calls_done, outputs, cost, info FROM results WHERE step = ? AND row IN ({})"
+        query = ("SELECT row, status, attempts, calls_done, outputs, cost, info FROM results "
+                 "WHERE step = ? AND row IN ({})")
         for row, status, attempts, calls, outputs, cost, info in self._select_in(query, rows, (step,)):
             out[row] = StepState(status, attempts, calls, orjson.loads(outputs), cost, orjson.loads(info))
         return out

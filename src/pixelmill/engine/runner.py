@@ -448,10 +448,9 @@ class Runner:
                 call_no += 1
                 state.calls_done = call_no
                 journal.save(step.config.name, index, state)
-            if multi:
-                if len(turn_log) <= t:
-                    turn_log.append({"prompt": turn.prompt, "images": turn_outputs, "text": "\n".join(turn_texts)
-                                     or None})
+            if multi and len(turn_log) <= t:
+                turn_log.append({"prompt": turn.prompt, "images": turn_outputs,
+                                 "text": "\n".join(turn_texts) or None})
             if not last:
                 previous_images = await self._reload(store, turn_outputs)
                 if step.provider.chat:
@@ -463,7 +462,9 @@ class Runner:
         info["cost_usd"] = round(state.cost, 6)
         journal.save(step.config.name, index, state)
 
-    async def _call(self, step: StepRuntime, request: ImageRequest, params: dict[str, Any]) -> tuple[ImageResult, int, float]:
+    async def _call(
+        self, step: StepRuntime, request: ImageRequest, params: dict[str, Any]
+    ) -> tuple[ImageResult, int, float]:
         """One call with its retries. Returns the result, the attempts made, and the budget reserved."""
         n_images = int(params.get("n", params.get("num_images_per_prompt", 1)) or 1)
         expected = expected_cost(step.spec, params, n_images, len(request.prompt), len(request.images))
