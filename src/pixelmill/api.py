@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pixelmill.config import Limits, ModelRef, RunConfig, StepConfig
+from pixelmill.config import RunConfig
 from pixelmill.engine.runner import Runner, RunOutcome
 from pixelmill.engine.stats import RunStats
 from pixelmill.journal import Journal
-from pixelmill.params import ImageParams
 from pixelmill.sinks import OutputCounts, write_output
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_CONFIG, EXIT_ABORTED = 0, 1, 2, 3
@@ -124,28 +123,14 @@ def emulated(config: RunConfig) -> Iterator[RunConfig]:
 
 
 def _config(task: str, input: str | Path, output: str | Path | None, options: dict[str, Any]) -> RunConfig:
-    source = Path(input)
-    param_names = set(ImageParams.model_fields)
-    limit_names = set(Limits.model_fields)
-    ref_names = set(ModelRef.model_fields)
-    step_names = {"prompt", "prompt_field", "image_field", "mask_field", "output_field", "name"}
-    run_names = {"id_field", "format", "limit", "embed_images", "retry_failed", "restart", "allow_private_urls",
-                 "api_key", "source_format", "models_file"}
-    params = {k: options.pop(k) for k in list(options) if k in param_names}
-    limits = {k: options.pop(k) for k in list(options) if k in limit_names}
-    ref = {k: options.pop(k) for k in list(options) if k in ref_names}
-    step = {k: options.pop(k) for k in list(options) if k in step_names}
-    run = {k: options.pop(k) for k in list(options) if k in run_names}
-    if options:
-        raise TypeError(f"unknown option(s): {', '.join(sorted(options))}")
-    step.setdefault("name", task)
-    return RunConfig(
-        source=source,
-        output=Path(output) if output else Path("pixelmill-out") / source.stem,
-        steps=(StepConfig(task=task, model=ModelRef(**ref), params=ImageParams(**params), **step),),  # type: ignore[arg-type]
-        limits=Limits(**limits),
-        **run,
-    )
+    """The same configuration the command line builds, from the same options in snake_case."""
+    from pixelmill.cli import build_config, job_options
+
+    if "param" in options and isinstance(options["param"], dict):
+        options["param"] = [f"{k}={v}" for k, v in options["param"].items()]
+    config: RunConfig = build_config(task, Path(input), job_options(
+        output=Path(output) if output is not None else None, **options))
+    return config
 
 
 def generate(input: str | Path, *, output: str | Path | None = None, **options: Any) -> RunReport:
