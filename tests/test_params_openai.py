@@ -196,6 +196,7 @@ def test_azure_has_no_webp() -> None:
     assert result.params["output_format"] == "png"
     assert "output_compression" not in result.params
     assert result.convert_to == "webp"
+    assert "applied when converting" in result.notices[1]
     assert plan("gpt-image-1.5", azure=True, output_format="jpeg").params["output_format"] == "jpeg"
 
 
@@ -280,6 +281,8 @@ def test_param_passthrough_is_unchanged_and_wins() -> None:
     assert result.params == {"quality": "medium", "n": 2, "user": "u-1", "partial_images": 0}
     with pytest.raises(ConfigError, match="--param cannot set model"):
         plan("gpt-image-2", extra={"model": "other"})
+    with pytest.raises(ConfigError, match="stream=true is not supported"):
+        plan("gpt-image-2", extra={"stream": True})
 
 
 # ---------------------------------------------------------------- per-row checks

@@ -78,6 +78,8 @@ def plan_openai(spec: ModelSpec, params: ImageParams, task: Task, *, azure: bool
         raise ConfigError(
             f"--param cannot set {', '.join(reserved)}: use --model, the prompt and image fields instead"
         )
+    if str(params.extra.get("stream", "")).lower() in ("true", "1"):
+        raise ConfigError("--param stream=true is not supported: pixelmill reads whole answers; remove it")
     if params.n is None:
         counts: list[int | None] = [None]
     else:
@@ -150,9 +152,10 @@ def _check_task(spec: ModelSpec, task: Task, azure: bool) -> None:
             "Azure OpenAI has no image variations endpoint: use the openai provider with dall-e-2"
         )
     if task not in spec.tasks:
+        example = {"edit": "gpt-image-2", "variation": "dall-e-2"}.get(task, "gpt-image-2")
         raise ConfigError(
             f"{spec.name} does not do {task} (it does: {', '.join(spec.tasks)}); choose a model that does, "
-            "for example gpt-image-2 for edits"
+            f"for example {example}"
         )
 
 
@@ -243,8 +246,7 @@ def _background_format_compression(
         wire["output_compression"] = params.compression
     elif plan.convert_to in ("jpeg", "webp"):
         plan.notices.append(
-            f"compression is not sent: {spec.name} does not return {plan.convert_to}; the converted files "
-            "use the encoder's default quality"
+            f"compression is not sent (no {plan.convert_to} answers to ask for): it is applied when converting"
         )
     else:
         raise ConfigError(
