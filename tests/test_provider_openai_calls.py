@@ -265,3 +265,34 @@ async def test_one_session_carries_many_requests_in_flight(openai: OpenAIProvide
     assert elapsed < 2.0  # 64 x 0.3 s one after another would be 19 s
     session = openai._http.session()
     assert session.connector is not None and session.connector.limit >= 1024
+
+
+async def test_compatible_servers_answering_relative_or_data_urls() -> None:
+    """Some OpenAI-compatible servers answer `url` with a path on themselves, or with a data URL."""
+    import pybase64
+    from aiohttp import web
+
+    image = png(16, 16).data
+
+    async def generations(request: web.Request) -> web.Response:
+        inline = "data:image/png;base64," + pybase64.b64encode(image).decode()
+        return web.json_response({"created": 1, "data": [{"url": "/outputs/a.png"}, {"url": inline}]})
+
+    async def output(request: web.Request) -> web.Response:
+        return web.Response(body=image, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_post("/api/v1/images/generations", generations)
+    app.router.add_get("/outputs/a.png", output)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    provider = OpenAICompatibleProvider(ProviderSettings(base_url=f"http://127.0.0.1:{port}/api/v1"), {})
+    try:
+        result, _ = await send(provider, "local-sdxl", n=2)
+    finally:
+        await provider.aclose()
+        await runner.cleanup()
+    assert [(i.data, i.mime) for i in result.images] == [(image, "image/png"), (image, "image/png")]

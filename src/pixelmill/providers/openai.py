@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
 import orjson
@@ -201,9 +201,7 @@ class OpenAIProvider(Provider):
                 data = decode_base64(item["b64_json"], label=label, request_id=request_id)
                 images.append(GeneratedImage(data, labelled, revised))
             elif item.get("url"):
-                data, mime = await self._http.download_image(
-                    str(item["url"]), time_limit=request.timeout, max_bytes=self.settings.max_download_bytes
-                )
+                data, mime = await self._fetch(str(item["url"]), request, label, request_id)
                 images.append(GeneratedImage(data, mime, revised))
             else:
                 raise TransientError(f"{label}: an image item has neither b64_json nor url", http_status=200,
@@ -219,6 +217,20 @@ class OpenAIProvider(Provider):
             usage=usage if isinstance(usage, dict) else None,
             request_id=request_id,
             extra=extra,
+        )
+
+    async def _fetch(
+        self, url: str, request: ImageRequest, label: str, request_id: str | None
+    ) -> tuple[bytes, str | None]:
+        """An image given as a URL: downloaded (bounded), or decoded when a compatible server inlines it as a
+        data URL; a relative URL is resolved against the base URL."""
+        if url.startswith("data:"):
+            head, _, payload = url.partition(",")
+            data = decode_base64(payload, label=label, request_id=request_id)
+            return data, (head[5:].split(";", 1)[0] or None)
+        return await self._http.download_image(
+            urljoin(self.base_url + "/", url), time_limit=request.timeout,
+            max_bytes=self.settings.max_download_bytes,
         )
 
     def _answer_limit(self, request: ImageRequest) -> int:
