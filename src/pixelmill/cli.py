@@ -59,6 +59,7 @@ def _job(
     mask_field: Annotated[str | None, typer.Option(help="Field holding the mask (PNG, transparent = edit).")] = None,
     id_field: Annotated[str | None, typer.Option(help="Field whose value names the row's image files.")] = None,
     output_field: Annotated[str | None, typer.Option(help="Output field [default: images / output_image].")] = None,
+    name_template: Annotated[str | None, typer.Option(help='Image file names below RUNDIR/images, e.g. "{key}_{field}_{i}" [default: {step}/{key}_{i}].')] = None,
     n: Annotated[int | None, typer.Option("--n", help="Images per row.")] = None,
     size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT or auto.")] = None,
     aspect_ratio: Annotated[str | None, typer.Option(help="W:H, e.g. 16:9.")] = None,
@@ -178,7 +179,8 @@ def build_config(task: str, input: Path, options: dict[str, Any]) -> Any:
             model=ModelRef(provider=provider, model=model, base_url=o["base_url"], base_model=o["base_model"],
                            api_version=o["api_version"], options=model_options),
             prompt=o["prompt_template"], prompt_field=o["prompt_field"], image_field=o["image_field"],
-            mask_field=o["mask_field"], output_field=o["output_field"], params=params,
+            mask_field=o["mask_field"], output_field=o["output_field"], name_template=o["name_template"],
+            params=params,
         )
         config = RunConfig(
             source=input, output=o["output"] or Path("pixelmill-out") / input.stem, steps=(step,),

@@ -8,11 +8,13 @@ concurrency, limits, retries, budget and output format are not part of it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pixelmill.errors import ConfigError
 from pixelmill.params import ImageParams
 
 DEFAULT_OUTPUT_FIELD = {"generate": "images", "edit": "output_image", "auto": "images"}
@@ -41,7 +43,27 @@ class StepConfig(BaseModel):
     image_field: str | None = None  # default "images" for edit
     mask_field: str | None = None
     output_field: str | None = None
+    name_template: str | None = None  # image file names below RUNDIR/images; default "{step}/{key}_{i}"
     params: ImageParams = Field(default_factory=ImageParams)
+
+    @field_validator("name_template")
+    @classmethod
+    def _name_template(cls, value: str | None) -> str | None:
+        if value is not None:
+            from pixelmill.store import check_name_template
+
+            try:
+                check_name_template(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value) or ".." in value:
+            raise ValueError(f"step name {value!r} must be letters, digits, '_', '-' or '.' (it names a folder)")
+        return value
 
     @property
     def out_field(self) -> str:
@@ -59,6 +81,7 @@ class StepConfig(BaseModel):
             "image_field": self.image_field,
             "mask_field": self.mask_field,
             "output_field": self.out_field,
+            "name_template": self.name_template,
             "params": self.params.fingerprint(),
         }
 

@@ -52,7 +52,7 @@ from pixelmill.providers.base import (
     provider_class,
 )
 from pixelmill.records import Record, default_key, read_records, sanitize_key
-from pixelmill.store import ImageStore
+from pixelmill.store import DEFAULT_NAME, ImageStore, image_stem
 
 CHUNK = 256
 
@@ -433,13 +433,14 @@ class Runner:
                     row=index,
                     timeout=self.limits.timeout,
                 )
-                result, attempts, reserved_images = await self._call(step, request, params)
-                state.attempts += attempts
-                paths = await self._store(store, step, row.key, state, plan, result)
+                result, attempts, reserved = await self._call(step, request, params)
+                # Settled before the images are written, so that a failed write cannot leave budget reserved.
                 cost = actual_cost(step.spec, params, result.usage, len(result.images))
-                state.cost += cost or 0.0
-                self.budget.settle(reserved_images, cost or 0.0)
+                self.budget.settle(reserved, cost or 0.0)
                 self.stats.spent += cost or 0.0
+                state.attempts += attempts
+                state.cost += cost or 0.0
+                paths = await self._store(store, step, row.key, index, state, plan, result)
                 _merge_result(info, result, params, cost, paths, call_no, multi)
                 turn_outputs.extend(paths)
                 if result.text:
@@ -474,7 +475,7 @@ class Runner:
         while True:
             if self.stopping.is_set() and attempts:
                 raise _Stopped()
-            self.budget.reserve(reserve)
+            await self.budget.reserve(reserve)  # waits while calls in flight hold the rest of the budget
             try:
                 await self.limiter.admit(n_images)
             except BaseException:
@@ -516,15 +517,16 @@ class Runner:
                 )
             return result, attempts, reserve
 
-    async def _store(self, store: ImageStore, step: StepRuntime, key: str, state: StepState, plan: WirePlan,
-                     result: ImageResult) -> list[str]:
+    async def _store(self, store: ImageStore, step: StepRuntime, key: str, row: int, state: StepState,
+                     plan: WirePlan, result: ImageResult) -> list[str]:
         first = len(state.outputs)
         compression = step.config.params.compression
         paths: list[str] = []
         for i, image in enumerate(result.images):
+            stem = image_stem(step.config.name_template or DEFAULT_NAME, step=step.config.name, key=key,
+                              i=first + i, row=row, field=step.config.out_field)
             path, _ = await asyncio.to_thread(
-                store.write, step.config.name, key, first + i, image.data,
-                convert_to=plan.convert_to, compression=compression,
+                store.write, stem, image.data, convert_to=plan.convert_to, compression=compression,
             )
             paths.append(path)
         state.outputs.extend(paths)
