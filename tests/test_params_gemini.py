@@ -178,6 +178,13 @@ def test_output_format_is_converted_not_sent(fmt: str) -> None:
     assert len(wire.notices) == 1 and "converted" in wire.notices[0]
 
 
+def test_compression_goes_to_the_local_conversion() -> None:
+    wire = plan(PRO, output_format="webp", compression=70)
+    assert wire.convert_to == "webp"
+    assert wire.notices == [f"{PRO}: the Gemini API cannot be told an output format; images that do not arrive "
+                            "as webp are converted after download (compression 70)"]
+
+
 def test_quality_hints_are_noticed_not_sent() -> None:
     wire = plan(PRO, quality="high", compression=80, input_fidelity="high", moderation="low")
     assert wire.params == {"responseModalities": ["TEXT", "IMAGE"]}

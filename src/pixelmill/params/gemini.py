@@ -10,9 +10,10 @@ a seed, and its thinking level. Everything else is decided here, once per step, 
   accepts `1K` (nothing is sent: that is what it makes) and refuses the others: asking for 4K and silently
   getting 1K would waste a paid run.
 - `n` > 1 becomes n calls: Gemini returns one image per call.
-- Hints that only tune quality (`quality`, `input_fidelity`, `compression`, `moderation`) have no Gemini
-  equivalent: a notice says they are not sent, so switching `--provider` needs no other change.
-- `output_format` cannot be chosen on the Gemini API: the store converts the bytes (`WirePlan.convert_to`).
+- Hints that only tune quality (`quality`, `input_fidelity`, `moderation`) have no Gemini equivalent: a notice
+  says they are not sent, so switching `--provider` needs no other change.
+- `output_format` cannot be chosen on the Gemini API: the store converts the bytes (`WirePlan.convert_to`),
+  at `compression` when given (without an output format, `compression` is noticed as not sent).
 - What changes what the image is and cannot be done (style presets, transparent backgrounds, negative prompts,
   steps, guidance, masks, variations) stops the step with `ConfigError` naming the model, the parameter and
   what to do instead.
@@ -84,8 +85,9 @@ def plan_gemini(spec: ModelSpec, params: ImageParams, task: Task) -> WirePlan:
     convert_to = None
     if params.output_format is not None:
         convert_to = params.output_format
+        level = f" (compression {params.compression})" if params.compression is not None else ""
         notices.append(f"{spec.name}: the Gemini API cannot be told an output format; images that do not "
-                       f"arrive as {params.output_format} are converted after download")
+                       f"arrive as {params.output_format} are converted after download{level}")
 
     calls = [copy.deepcopy(config) for _ in split_n(params.n or 1, 1)]
     return WirePlan(calls=calls, notices=notices, convert_to=convert_to,
@@ -178,7 +180,8 @@ def _unsent_hints(spec: ModelSpec, params: ImageParams) -> list[str]:
     unsent = [f"{name}={value!r}" for name, value in (
         ("quality", params.quality),
         ("input_fidelity", params.input_fidelity),
-        ("compression", params.compression),
+        # With an output format, compression is used by the local conversion; alone it does nothing.
+        ("compression", None if params.output_format else params.compression),
         ("moderation", params.moderation),
     ) if value is not None]
     if not unsent:
