@@ -221,16 +221,67 @@ def _execute(config: Any, *, quiet: bool) -> int:
     from pixelmill.engine.progress import Progress
     from pixelmill.engine.stats import RunStats
 
+    from pixelmill.status import rebuild_command, remember_command
+
     stats = RunStats()
-    progress = Progress(stats, quiet=quiet)
+    progress = Progress(stats, quiet=quiet, config=config)
+    resume = rebuild_command(config)  # before `emulated` rewrites the provider: resuming starts an emulator too
     with emulated(config) as config, progress:
         report = run_config(config, stats=stats, notice=progress.notice, handle_signals=True)
+    remember_command(config.output, resume)
     progress.summary(report, config)
     return report.exit_code
 
 
 def _error(message: str) -> None:
     sys.stderr.write(f"pixelmill: error: {message}\n")
+
+
+@app.command("run")
+def run_pipeline(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline file (YAML).", show_default=False)],
+    output: Output = None,
+    format: Annotated[str | None, typer.Option("--format", help="Output format: jsonl or parquet.")] = None,
+    limit: Limit = None,
+    api_key: ApiKey = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight.")] = None,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute at most.")] = None,
+    ipm: Annotated[float | None, typer.Option(help="Images per minute at most.")] = None,
+    max_retries: Annotated[int | None, typer.Option(help="Retries of transient errors per call.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds for one request.")] = None,
+    deadline: Annotated[float | None, typer.Option(help="Seconds for one row, retries included.")] = None,
+    max_cost: Annotated[float | None, typer.Option(help="Budget in USD for this run directory, across resumes.")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Also re-request rows that failed.")] = False,
+    restart: Annotated[bool, typer.Option(help="Discard the run in the output folder and start over.")] = False,
+    embed_images: Annotated[bool, typer.Option(help="Images as data URLs in the output.")] = False,
+    allow_private_urls: Annotated[bool, typer.Option(help="Let input image URLs point at private addresses.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """A multi-step pipeline from a YAML file (source, models, limits, steps)."""
+    from pixelmill.errors import ConfigError, redact
+
+    try:
+        config = pipeline_config(pipeline, locals())
+        code = _execute(config, quiet=quiet)
+    except ConfigError as exc:
+        _error(redact(str(exc), (api_key or "",)))
+        code = EXIT_CONFIG
+    raise typer.Exit(code)
+
+
+def pipeline_config(path: Path, options: dict[str, Any]) -> Any:
+    """The RunConfig of a pipeline file with the command line's overrides."""
+    from pixelmill.pipeline import load_pipeline
+
+    limit_keys = ("concurrency", "rpm", "ipm", "max_retries", "timeout", "deadline", "max_cost")
+    overrides = {
+        "output": options.get("output"), "format": options.get("format"), "limit": options.get("limit"),
+        "api_key": options.get("api_key"), "retry_failed": options.get("retry_failed") or None,
+        "restart": options.get("restart") or None, "embed_images": options.get("embed_images") or None,
+        "allow_private_urls": options.get("allow_private_urls") or None,
+        "limits": {k: options.get(k) for k in limit_keys},
+    }
+    return load_pipeline(path, overrides)
 
 
 @app.command()

@@ -110,6 +110,7 @@ class RunConfig(BaseModel):
     output: Path
     steps: tuple[StepConfig, ...]
     pipeline: bool = False  # `run`: the pixelmill object is keyed by step name
+    origin: str | None = None  # the pipeline file, for error messages
     limits: Limits = Field(default_factory=Limits)
     id_field: str | None = None
     format: Literal["jsonl", "parquet"] = "jsonl"

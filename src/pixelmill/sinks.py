@@ -20,7 +20,7 @@ from pixelmill.images import data_url
 from pixelmill.journal import Journal, StepState
 from pixelmill.records import Record, read_records
 
-_PRIVATE = ("calls", "_usages")  # journal bookkeeping, not for the user
+_PRIVATE = ("calls", "_usages", "target")  # journal bookkeeping, not for the user
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pixelmill.config import RunConfig, StepConfig
+from pixelmill.config import ModelRef, RunConfig, StepConfig
 from pixelmill.cost import actual_cost, expected_cost
 from pixelmill.engine.limiter import Budget, Limiter
 from pixelmill.engine.retry import RetryPolicy, RetryState, next_delay
@@ -64,6 +64,7 @@ class StepRuntime:
     spec: ModelSpec
     wire_model: str  # the name sent: what the user wrote (a preset resolved), e.g. an Azure deployment
     plans: dict[tuple[str, bool], WirePlan] = field(default_factory=dict)
+    fallbacks: list[StepRuntime] = field(default_factory=list)  # tried in order when this model fails a row
 
     def plan(self, task: str, single: bool = False) -> WirePlan:
         """The wire plan for `task`; `single` asks for one image (intermediate turns of a conversation)."""
@@ -129,39 +130,44 @@ class Runner:
         """Build providers, look up models and plan every step's parameters: everything that can be wrong with
         the configuration is found here, before the journal is touched or a request is sent."""
         for step in self.config.steps:
-            ref = step.model
-            settings = ProviderSettings(
-                base_url=ref.base_url, api_key=self.config.api_key, api_version=ref.api_version,
-                options=dict(ref.options),
-            )
-            provider = provider_class(ref.provider)(settings, self.env)
-            model = self.table.resolve_preset(ref.provider, ref.model)
-            spec = self._spec(provider, model, ref.base_model)
-            runtime = StepRuntime(step, provider, spec, model)
-            tasks = ["generate", "edit"] if step.task == "auto" else [step.task]
-            for task in tasks:
-                if task not in spec.tasks:
-                    raise ConfigError(f"step {step.name!r}: {spec.name} cannot {task}; it can "
-                                      f"{', '.join(spec.tasks)}")
-                plan = runtime.plan(task)
-                for line in plan.notices:
-                    self.notice(f"step {step.name!r}: {line}")
-            if (notice := spec.retirement_notice()) is not None:
-                self.notice(notice)
-            if not spec.known:
-                self.notice(f"{model} is not in the model table: its rules are not checked and its cost is unknown")
-            if self.limits.max_cost is not None:
-                plan = runtime.plan(tasks[0])
-                if expected_cost(spec, plan.params, 1) is None:
-                    raise ConfigError(
-                        f"step {step.name!r}: no price is known for {spec.name}, so --max-cost cannot be kept; "
-                        "add its price in a --models-file, or run without --max-cost"
-                    )
+            try:
+                runtime = self._target(step, step.model)
+                runtime.fallbacks = [self._target(step, ref) for ref in step.fallback]
+            except ConfigError as exc:
+                where = f"{self.config.origin}: " if self.config.origin else ""
+                raise ConfigError(f"{where}step {step.name!r}: {exc}") from None
             self.steps.append(runtime)
-            self.secrets += provider.secrets()
         names = [s.config.name for s in self.steps]
         if len(set(names)) != len(names):
             raise ConfigError(f"step names must be unique; got {names}")
+
+    def _target(self, step: StepConfig, ref: ModelRef) -> StepRuntime:
+        """One model a step can use: its provider, rules and wire plans, checked now."""
+        settings = ProviderSettings(
+            base_url=ref.base_url, api_key=self.config.api_key, api_version=ref.api_version,
+            options=dict(ref.options),
+        )
+        provider = provider_class(ref.provider)(settings, self.env)
+        model = self.table.resolve_preset(ref.provider, ref.model)
+        spec = self._spec(provider, model, ref.base_model)
+        runtime = StepRuntime(step, provider, spec, model)
+        tasks = ["generate", "edit"] if step.task == "auto" else [step.task]
+        for task in tasks:
+            if task not in spec.tasks:
+                raise ConfigError(f"{spec.name} cannot {task}; it can {', '.join(spec.tasks)}")
+            for line in runtime.plan(task).notices:
+                self.notice(f"step {step.name!r}, {model}: {line}")
+        if (notice := spec.retirement_notice()) is not None:
+            self.notice(notice)
+        if not spec.known:
+            self.notice(f"{model} is not in the model table: its rules are not checked and its cost is unknown")
+        if self.limits.max_cost is not None and expected_cost(spec, runtime.plan(tasks[0]).params, 1) is None:
+            raise ConfigError(
+                f"no price is known for {spec.name}, so --max-cost cannot be kept; "
+                "add its price in a --models-file, or run without --max-cost"
+            )
+        self.secrets += provider.secrets()
+        return runtime
 
     def _spec(self, provider: Provider, model: str, base_model: str | None) -> ModelSpec:
         lookup = base_model or model
@@ -352,11 +358,43 @@ class Runner:
         rundir_fields: set[str],
         state: StepState,
     ) -> StepState:
+        """Run one step for one row: on its model, then on each fallback model in turn if the row fails
+        (refused, rejected, out of retries, or its input does not suit the model). The row records which
+        model made its image and why the earlier ones did not."""
         index = row.record.index
-        info = state.info
-        info.setdefault("provider", step.provider.name)
-        info.setdefault("model", step.wire_model)
-        info.pop("error", None)
+        targets = [step, *step.fallbacks]
+        first = int(state.info.get("target", 0))  # a resumed row goes on with the model it was using
+        for number in range(first, len(targets)):
+            target = targets[number]
+            if number != first:
+                attempt = {"model": state.info.get("model"), "error": state.info.get("error")}
+                state = StepState(attempts=state.attempts, cost=state.cost, info={
+                    "fallbacks": [*state.info.get("fallbacks", []), attempt]})
+            state.info["target"] = number
+            state.info["provider"] = target.provider.name
+            state.info["model"] = target.wire_model
+            state = await self._run_target(journal, store, target, row, data, rundir_fields, state)
+            if state.status != "failed" or number == len(targets) - 1:
+                break
+            self.stats.rows_failed -= 1  # counted again if the last model fails too
+            self.stats.failures[state.info["error"]["kind"]] -= 1
+        if not step.fallbacks:
+            state.info.pop("target", None)
+            journal.save(step.config.name, index, state)
+        return state
+
+    async def _run_target(
+        self,
+        journal: Journal,
+        store: ImageStore,
+        step: StepRuntime,
+        row: _Row,
+        data: dict[str, Any],
+        rundir_fields: set[str],
+        state: StepState,
+    ) -> StepState:
+        index = row.record.index
+        state.info.pop("error", None)
         try:
             if self._session is None and self._needs_session(data):
                 import aiohttp
@@ -441,7 +479,9 @@ class Runner:
                 state.attempts += attempts
                 state.cost += cost or 0.0
                 paths = await self._store(store, step, row.key, index, state, plan, result)
-                _merge_result(info, result, params, cost, paths, call_no, multi)
+                # A chat's model turn goes back byte for byte (thought signatures cover the image bytes): its
+                # images are kept by path only when the files hold exactly those bytes (no conversion).
+                _merge_result(info, result, params, cost, paths, call_no, multi, by_path=plan.convert_to is None)
                 turn_outputs.extend(paths)
                 if result.text:
                     turn_texts.append(result.text)
@@ -584,7 +624,7 @@ def _done_call(info: dict[str, Any], call_no: int) -> dict[str, Any]:
 
 
 def _merge_result(info: dict[str, Any], result: ImageResult, params: dict[str, Any], cost: float | None,
-                  paths: list[str], call_no: int, multi: bool) -> None:
+                  paths: list[str], call_no: int, multi: bool, *, by_path: bool) -> None:
     """Fold one call's answer into the row's `pixelmill` metadata."""
     info.setdefault("parameters", params)
     if result.usage is not None:
@@ -609,7 +649,7 @@ def _merge_result(info: dict[str, Any], result: ImageResult, params: dict[str, A
     calls: list[dict[str, Any]] = info.setdefault("calls", [])
     entry: dict[str, Any] = {"outputs": paths, "cost_usd": cost}
     if multi and result.model_content is not None:
-        entry["model_content"] = _strip_content(result.model_content, paths)
+        entry["model_content"] = _strip_content(result.model_content, paths) if by_path else result.model_content
     while len(calls) < call_no:
         calls.append({})
     calls[call_no:call_no + 1] = [entry]
