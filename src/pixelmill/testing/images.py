@@ -42,12 +42,18 @@ class Rendered:
         return MIME[self.format]
 
 
+def _palette() -> tuple[tuple[int, int, int], ...]:
+    rng = random.Random(20261122)
+    return tuple((rng.randrange(30, 226), rng.randrange(30, 226), rng.randrange(30, 226)) for _ in range(PALETTE_SIZE))
+
+
+PALETTE = _palette()
+
+
 def colour_for(text: str) -> tuple[int, int, int]:
     """One of PALETTE_SIZE colours, chosen by the text's hash (stable across runs)."""
     h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=4).digest()
-    index = int.from_bytes(h, "big") % PALETTE_SIZE
-    rng = random.Random(index)
-    return (rng.randrange(30, 226), rng.randrange(30, 226), rng.randrange(30, 226))
+    return PALETTE[int.from_bytes(h, "big") % PALETTE_SIZE]
 
 
 class ImageCache:
