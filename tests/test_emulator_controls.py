@@ -26,9 +26,9 @@ BODY = {"model": "gpt-image-2", "prompt": "a kite", "quality": "low"}
 
 
 async def _post(session: aiohttp.ClientSession, emu: Emulator, body: dict[str, Any] | None = None,
-                timeout: float = 10.0) -> tuple[int, CIMultiDict[str], bytes]:
+                limit_s: float = 10.0) -> tuple[int, CIMultiDict[str], bytes]:
     async with session.post(emu.openai_base_url + "/images/generations", json=body or BODY,
-                            timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                            timeout=aiohttp.ClientTimeout(total=limit_s)) as resp:
         return resp.status, CIMultiDict(resp.headers), await resp.read()
 
 
@@ -129,7 +129,7 @@ async def test_transport_faults_as_a_client_sees_them(emulator: Emulator) -> Non
         assert status == 429 and "retry-after" not in headers
         emulator.configure(timeout_hold=5.0)
         with pytest.raises(asyncio.TimeoutError):
-            await _post(session, emulator, {**BODY, "prompt": "[[fault:timeout]]"}, timeout=0.2)
+            await _post(session, emulator, {**BODY, "prompt": "[[fault:timeout]]"}, limit_s=0.2)
     for _ in range(50):
         if emulator.in_flight == 0:
             break
