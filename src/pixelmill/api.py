@@ -23,6 +23,7 @@ from pixelmill.engine.runner import Runner, RunOutcome
 from pixelmill.engine.stats import RunStats
 from pixelmill.journal import Journal
 from pixelmill.sinks import OutputCounts, write_output
+from pixelmill.status import remember_outcome
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_CONFIG, EXIT_ABORTED = 0, 1, 2, 3
 
@@ -58,6 +59,9 @@ async def arun(
     outcome: RunOutcome = await runner.run()
     journal = Journal.open(config.output)
     try:
+        s = outcome.stats
+        remember_outcome(journal, aborted=outcome.aborted, kind=outcome.abort_kind, spent=s.spent,
+                         requests=s.requests, images=s.images)
         path, counts = await asyncio.to_thread(write_output, config, journal)
     finally:
         journal.close()

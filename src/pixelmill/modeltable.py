@@ -36,6 +36,7 @@ class Price(BaseModel):
     text_in: float | None = None  # USD per 1M tokens
     image_in: float | None = None
     image_out: float | None = None
+    text_out: float | None = None  # text and thinking output (Gemini; gpt-image-1.5 text out)
     per_image: dict[str, float] = Field(default_factory=dict)  # "quality:size" -> USD
     output_tokens: dict[str, int] = Field(default_factory=dict)  # "quality:size" or image size -> tokens
     batch_discount: float | None = None
@@ -109,9 +110,40 @@ class ModelTable:
         return [spec for spec in self.specs.values() if spec.family == family]
 
     def merged(self, path: Path) -> ModelTable:
-        """This table with a user's file laid over it (whole models replaced or added)."""
-        specs, presets = _parse(_read_toml(path), str(path))
-        return ModelTable({**self.specs, **specs}, {**self.presets, **presets})
+        """This table with a user's file laid over it, key by key: an entry for a known model (by name or
+        alias) changes only the keys it gives, at any depth (`[models."gpt-image-2".price]` with one key
+        changes one price); an entry for a new model must be complete. Presets merge per provider."""
+        raw = _read_toml(path)
+        origin = str(path)
+        models = raw.get("models", {})
+        if not isinstance(models, dict):
+            raise ConfigError(f"{origin}: 'models' must be a table of models")
+        layered: dict[str, Any] = {}
+        for name, body in models.items():
+            if not isinstance(body, dict):
+                raise ConfigError(f"{origin}: model {name!r} must be a table of keys")
+            base = self.get(name)
+            if base is None:
+                layered[name] = body
+            else:
+                own = base.model_dump(exclude={"name", "known"}, exclude_unset=False)
+                layered[base.name] = _deep_merge(own, body)
+        specs, presets = _parse({**raw, "models": layered}, origin)
+        merged_presets = {p: dict(v) for p, v in self.presets.items()}
+        for provider, names in presets.items():
+            merged_presets.setdefault(provider, {}).update(names)
+        return ModelTable({**self.specs, **specs}, merged_presets)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` laid on `base`: tables merge key by key, everything else (lists included) is replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def permissive_spec(name: str, family: Literal["openai", "gemini", "diffusers"]) -> ModelSpec:

@@ -1,95 +1,245 @@
-"""What a user sees while a run goes: a live line on a terminal (rich), one plain line every few seconds
-otherwise, notices as they come, and a summary at the end."""
+"""What a user sees while a run goes, and when it ends.
+
+- On a terminal: a live display (rich) redrawn a few times a second: a bar of rows done of the total, rows
+  failed, images per minute, the time left, spend so far and projected to the end (against the budget), calls
+  in flight, 429s and retries.
+- Elsewhere (a log file, CI): one plain line every few seconds.
+- `quiet`: nothing while running; a short summary at the end.
+- At the end: the summary `pixelmill status` prints (per step done / failed / pending, spend, failures grouped,
+  how to continue, where the output is), plus this run's own numbers.
+
+The engine streams its source and never counts it, so the total comes from a background thread that counts
+the source's rows cheaply (`status.count_rows`: lines of a JSONL, Parquet metadata); until it has, the display
+shows no bar and no time left.
+"""
 
 from __future__ import annotations
 
 import sys
 import threading
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pixelmill.engine.stats import RunStats
 
 if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+
     from pixelmill.api import RunReport
+    from pixelmill.config import RunConfig
 
 
 class Progress:
-    def __init__(self, stats: RunStats, *, quiet: bool = False, interval: float | None = None) -> None:
+    def __init__(
+        self,
+        stats: RunStats,
+        *,
+        quiet: bool = False,
+        interval: float | None = None,
+        config: RunConfig | None = None,
+        stream: TextIO | None = None,
+        console: Console | None = None,
+        tty: bool | None = None,
+    ) -> None:
         self.stats = stats
         self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.interval = interval if interval is not None else (0.5 if self.tty else 10.0)
+        self.config = config
+        self.stream = stream if stream is not None else sys.stderr
+        self.console = console
+        self.tty = tty if tty is not None else (console.is_terminal if console is not None else _isatty(self.stream))
+        self.interval = interval if interval is not None else (0.25 if self.tty else 5.0)
+        self.budget = config.limits.max_cost if config is not None else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._counter: threading.Thread | None = None
         self._live: Any = None
 
-    def line(self) -> str:
+    # ------------------------------------------------------------ numbers
+    def processed(self) -> int:
+        """Rows finished one way or the other, earlier runs' included."""
         s = self.stats
-        total = f"/{s.total}" if s.total else ""
-        spend = s.spent_before + s.spent
-        return (
-            f"rows {s.rows_done + s.rows_skipped} done, {s.rows_failed} failed{total} | {s.images} images "
-            f"({s.images_per_minute():.0f}/min) | {s.in_flight} in flight | ${spend:.4f} | "
-            f"{s.rate_limited} x 429, {s.retries} retries"
-        )
+        return s.rows_done + s.rows_failed + s.rows_skipped
 
+    def eta(self) -> float | None:
+        """Seconds left at this run's pace, or None while the total or the pace is unknown."""
+        s = self.stats
+        worked = s.rows_done + s.rows_failed
+        elapsed = s.elapsed()
+        if s.total is None or worked == 0 or elapsed <= 0:
+            return None
+        return max(0, s.total - self.processed()) * elapsed / worked
+
+    def spent(self) -> float:
+        return self.stats.spent_before + self.stats.spent
+
+    def projected(self) -> float | None:
+        """Spend at the end of the run at this run's cost per row, or None while unknown."""
+        s = self.stats
+        worked = s.rows_done + s.rows_failed
+        if s.total is None or worked == 0:
+            return None
+        return self.spent() + s.spent / worked * max(0, s.total - self.processed())
+
+    def line(self) -> str:
+        """The plain one-line form (logs, non-terminals)."""
+        s = self.stats
+        total = f"/{s.total}" if s.total is not None else ""
+        eta = self.eta()
+        projected = self.projected()
+        parts = [
+            f"rows {self.processed()}{total} ({s.rows_done + s.rows_skipped} done, {s.rows_failed} failed)",
+            f"{s.images} images, {s.images_per_minute():.0f}/min",
+            f"{s.in_flight} in flight",
+            f"ETA {_duration(eta)}" if eta is not None else "ETA ?",
+            f"${self.spent():.4f} spent" + (f", ~${projected:.4f} projected" if projected is not None else "")
+            + (f" of ${self.budget:.2f}" if self.budget is not None else ""),
+            f"{s.rate_limited} x 429, {s.retries} retries",
+        ]
+        return " | ".join(parts)
+
+    def renderable(self) -> RenderableType:
+        """The live display: a bar, then two lines of numbers."""
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        s = self.stats
+        done = s.rows_done + s.rows_skipped
+        head = Table.grid(padding=(0, 1))
+        head.add_column()
+        head.add_column()
+        if s.total:
+            bar = ProgressBar(total=float(s.total), completed=float(self.processed()), width=40)
+            pct = 100.0 * self.processed() / s.total
+            head.add_row(bar, Text(f"{pct:3.0f}%  rows {self.processed()}/{s.total}"))
+        else:
+            head.add_row(Text("rows"), Text(f"{self.processed()} (counting the source...)"))
+        eta = self.eta()
+        projected = self.projected()
+        rows = Text.assemble(
+            (f"{done} done", "green"), "  ",
+            (f"{s.rows_failed} failed", "red" if s.rows_failed else ""), "  ",
+            f"{s.images} images  {s.images_per_minute():.1f}/min  ",
+            f"{s.in_flight} in flight  ",
+            f"elapsed {_duration(s.elapsed())}  ETA {_duration(eta) if eta is not None else '?'}",
+        )
+        money = Text.assemble(
+            f"spent ${self.spent():.4f}",
+            f"  projected ~${projected:.4f}" if projected is not None else "",
+            (f"  budget ${self.budget:.2f}", "yellow" if projected and self.budget and projected > self.budget
+             else "") if self.budget is not None else "",
+            "  ",
+            (f"{s.rate_limited} x 429", "yellow" if s.rate_limited else ""),
+            f"  {s.retries} retries",
+        )
+        return Group(head, rows, money)
+
+    # ------------------------------------------------------------ the display's life
     def notice(self, text: str) -> None:
         if self._live is not None:
-            self._live.console.print(f"[yellow]notice:[/yellow] {text}", markup=True, highlight=False)
+            self._live.console.print(f"[yellow]notice:[/yellow] {_markup_escape(text)}", highlight=False)
         else:
-            sys.stderr.write(f"pixelmill: notice: {text}\n")
+            self.stream.write(f"pixelmill: notice: {text}\n")
+            self.stream.flush()
 
     def __enter__(self) -> Progress:
         if self.quiet:
             return self
+        self._start_counting()
         if self.tty:
             from rich.console import Console
             from rich.live import Live
 
-            self._live = Live(self.line(), console=Console(stderr=True), refresh_per_second=4, transient=True)
+            console = self.console or Console(file=self.stream)
+            self._live = Live(get_renderable=self.renderable, console=console,
+                              refresh_per_second=max(1.0, 1.0 / self.interval), transient=True)
             self._live.start()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
+        else:
+            self._thread = threading.Thread(target=self._loop, name="pixelmill-progress", daemon=True)
+            self._thread.start()
         return self
+
+    def _start_counting(self) -> None:
+        """Count the source's rows in the background, for the bar, ETA and projection."""
+        if self.config is None or self.stats.total is not None:
+            return
+        config = self.config
+
+        def count() -> None:
+            from pixelmill.status import count_rows
+
+            total = count_rows(config.source, config.source_format, config.limit)
+            if total is not None and self.stats.total is None:
+                self.stats.total = total
+
+        self._counter = threading.Thread(target=count, name="pixelmill-count-rows", daemon=True)
+        self._counter.start()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            if self._live is not None:
-                self._live.update(self.line())
-            else:
-                sys.stderr.write(f"pixelmill: {self.line()}\n")
-                sys.stderr.flush()
+            self.stream.write(f"pixelmill: {self.line()}\n")
+            self.stream.flush()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
+            self._thread = None
         if self._live is not None:
             self._live.stop()
             self._live = None
 
-    def summary(self, report: RunReport, config: Any) -> None:
-        c = report.counts
+    # ------------------------------------------------------------ the end
+    def summary(self, report: RunReport, config: RunConfig) -> None:
+        """What the run did, as `pixelmill status` says it, with this run's own numbers; shortened to the
+        essentials with `quiet` (the reason of a stop is always said)."""
+        from pixelmill.errors import PixelmillError
+        from pixelmill.status import describe, read_status
+
         s = report.stats
-        lines = [
-            f"{c.rows} rows: {c.done} done, {c.failed} failed, {c.pending} pending; {s.images} images made in "
-            f"this run, {s.requests} requests ({s.rate_limited} rate-limited, {s.retries} retried) in "
-            f"{s.elapsed():.1f}s",
-            f"spent ${s.spent:.4f} in this run, ${s.spent_before + s.spent:.4f} in all",
-        ]
-        if s.failures:
-            lines.append("failures: " + ", ".join(f"{k} {v}" for k, v in sorted(s.failures.items())))
-        lines.append(f"output: {report.output}")
-        if report.aborted:
-            lines.append(f"stopped: {report.aborted}")
-        if c.pending or report.aborted:
-            lines.append("re-run the same command to continue; done rows are not sent again")
-        elif c.failed:
-            lines.append("re-run with --retry-failed to try the failed rows again")
-        if not self.quiet or report.aborted:
-            for line in lines:
-                sys.stderr.write(f"pixelmill: {line}\n")
+        c = report.counts
+        this_run = (
+            f"this run: {s.images} images from {s.requests} requests ({s.rate_limited} rate-limited, {s.retries} "
+            f"retried) in {_duration(s.elapsed())}, {s.images_per_minute():.1f} images/min, ${s.spent:.4f}"
+        )
+        try:
+            lines = describe(read_status(config.output, rows=c.rows))
+        except PixelmillError:  # no journal: nothing was run
+            lines = [f"{c.rows} rows: {c.done} done, {c.failed} failed, {c.pending} pending",
+                     f"output: {report.output}"]
+        if self.quiet:
+            keep = ("run ", "last run: stopped", "to continue", "output:")
+            lines = [line for line in lines if line.startswith(keep)]
+        else:
+            lines.insert(1, this_run)
+        for line in lines:
+            self.stream.write(f"pixelmill: {line}\n")
+        self.stream.flush()
 
 
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _markup_escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

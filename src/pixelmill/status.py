@@ -1,0 +1,461 @@
+"""`pixelmill status RUNDIR`, and the summary at the end of every run: per step done / failed / pending,
+spend against the budget, failure reasons grouped with counts and an example row, how the last run ended,
+and the command that resumes it. Everything is read from the journal (and the source, for its row count), so
+it works on finished, failed, interrupted and running runs alike, and never changes the run.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pixelmill.config import RunConfig
+from pixelmill.errors import ConfigError
+from pixelmill.journal import Journal
+
+JOURNAL = Path(".pixelmill") / "journal.sqlite"
+MESSAGE_MAX = 240  # characters of an example failure message
+
+
+@dataclass(slots=True)
+class StepStatus:
+    name: str
+    task: str
+    provider: str
+    model: str
+    done: int = 0
+    failed: int = 0
+    pending: int = 0
+    images: int = 0
+    spent: float = 0.0
+
+
+@dataclass(slots=True)
+class FailureGroup:
+    step: str
+    kind: str
+    code: str | None  # the provider's code or reason, or the HTTP status, when there is one
+    count: int
+    example_row: int
+    example_key: str | None
+    example_message: str
+
+
+@dataclass(slots=True)
+class RunStatus:
+    rundir: Path
+    rows: int | None  # rows of the source (None when the source cannot be read)
+    rows_seen: int  # rows the journal knows
+    steps: list[StepStatus]
+    failures: list[FailureGroup]
+    spent: float
+    budget: float | None
+    done: int = 0  # rows done in every step
+    failed: int = 0  # rows failed in some step
+    pending: int = 0  # the rest: never sent, or stopped before the end
+    output: Path | None = None
+    last_run: dict[str, Any] = field(default_factory=dict)
+    last_write: float | None = None  # wall-clock time of the journal's last result
+    command: str | None = None  # the command that resumes the run
+    source_note: str | None = None
+    pipeline: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["rundir"] = str(self.rundir)
+        data["output"] = None if self.output is None else str(self.output)
+        return data
+
+
+# ---------------------------------------------------------------- reading
+
+
+def journal_path(rundir: Path) -> Path:
+    return rundir / JOURNAL
+
+
+def open_journal(rundir: Path) -> Journal:
+    """The journal of an existing run; never creates one."""
+    path = journal_path(rundir)
+    if not path.is_file():
+        raise ConfigError(f"{rundir} holds no pixelmill run (no {JOURNAL}): give the folder that was passed as "
+                          "--output (default pixelmill-out/<input name>)")
+    try:
+        return Journal(path)
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"cannot read the journal {path}: {exc}") from exc
+
+
+def load_config(journal: Journal) -> RunConfig | None:
+    """The configuration the run was made with (its snapshot in the journal), or None when unreadable."""
+    raw = journal.get_meta("config")
+    if raw is None:
+        return None
+    try:
+        return RunConfig.model_validate(orjson.loads(raw))
+    except (ValueError, TypeError):
+        return None
+
+
+def count_rows(source: Path, fmt: str | None = None, limit: int | None = None) -> int | None:
+    """The number of records `read_records` yields for `source`, read cheaply: non-blank lines of JSONL, CSV
+    records, Parquet metadata; a JSON array is parsed. None when the source cannot be read."""
+    from pixelmill.records import read_records, source_format
+
+    try:
+        kind = source_format(source, fmt)
+        if kind == "jsonl":
+            count = 0
+            with source.open("rb") as f:
+                for line in f:
+                    if line.strip():
+                        count += 1
+        elif kind == "parquet":
+            import pyarrow.parquet as pq
+
+            count = int(pq.ParquetFile(source).metadata.num_rows)
+        elif kind == "csv":
+            import csv
+
+            with source.open("r", encoding="utf-8-sig", newline="") as f:
+                count = max(0, sum(1 for _ in csv.reader(f)) - 1)
+        else:
+            count = sum(1 for _ in read_records(source, kind))
+    except (OSError, ConfigError, ValueError):
+        return None
+    except Exception:  # a broken Parquet file and the like: the count is only informative
+        return None
+    return count if limit is None else min(count, limit)
+
+
+def read_status(rundir: Path, *, rows: int | None = None) -> RunStatus:
+    """The state of the run in `rundir`. `rows` (the source's row count) is counted when not given."""
+    journal = open_journal(rundir)
+    try:
+        return _read(journal, rundir, rows)
+    finally:
+        journal.close()
+
+
+def _read(journal: Journal, rundir: Path, rows: int | None) -> RunStatus:
+    config = load_config(journal)
+    db = journal.db
+    step_names: list[str]
+    if config is not None:
+        step_names = [s.name for s in config.steps]
+    else:
+        step_names = [r[0] for r in db.execute("SELECT DISTINCT step FROM results ORDER BY step")]
+    source_note = None
+    if rows is None and config is not None:
+        rows = count_rows(config.source, config.source_format, config.limit)
+        if rows is None:
+            source_note = f"the source {config.source} cannot be read: pending counts only the rows already seen"
+    rows_seen = int(db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+    total = rows if rows is not None else rows_seen
+
+    steps: list[StepStatus] = []
+    for name in step_names:
+        step_config = next((s for s in config.steps if s.name == name), None) if config else None
+        step = StepStatus(
+            name=name,
+            task=step_config.task if step_config else "?",
+            provider=step_config.model.provider if step_config else "?",
+            model=step_config.model.model if step_config else "?",
+        )
+        for status, n, spent in db.execute(
+            "SELECT status, COUNT(*), COALESCE(SUM(cost), 0) FROM results WHERE step = ? GROUP BY status", (name,)
+        ):
+            if status == "done":
+                step.done = int(n)
+            elif status == "failed":
+                step.failed = int(n)
+            step.spent += float(spent)
+        step.images = _images(db, name)
+        step.pending = max(0, total - step.done - step.failed)
+        steps.append(step)
+
+    done, failed = _row_outcomes(db, step_names)
+    last_write = db.execute("SELECT MAX(updated) FROM results").fetchone()[0]
+    status = RunStatus(
+        rundir=rundir,
+        rows=rows,
+        rows_seen=rows_seen,
+        steps=steps,
+        failures=_failures(db, step_names),
+        spent=journal.spent(),
+        budget=config.limits.max_cost if config else None,
+        done=done,
+        failed=failed,
+        pending=max(0, total - done - failed),
+        output=_output_path(rundir, config),
+        last_run=_meta_json(journal, "last_run"),
+        last_write=float(last_write) if last_write is not None else None,
+        source_note=source_note,
+        pipeline=bool(config and config.pipeline),
+    )
+    status.command = resume_command(journal, config, status)
+    return status
+
+
+def _images(db: sqlite3.Connection, step: str) -> int:
+    total = 0
+    for (outputs,) in db.execute("SELECT outputs FROM results WHERE step = ? AND status = 'done'", (step,)):
+        total += len(orjson.loads(outputs))
+    return total
+
+
+def _row_outcomes(db: sqlite3.Connection, steps: list[str]) -> tuple[int, int]:
+    """(rows done in every step, rows failed in some step): the output's own counts."""
+    if not steps:
+        return 0, 0
+    marks = ",".join("?" * len(steps))
+    failed = db.execute(
+        f"SELECT COUNT(DISTINCT row) FROM results WHERE status = 'failed' AND step IN ({marks})", steps
+    ).fetchone()[0]
+    done = db.execute(
+        f"SELECT COUNT(*) FROM (SELECT row FROM results WHERE step IN ({marks}) GROUP BY row "
+        "HAVING SUM(status = 'done') = ?)", (*steps, len(steps))
+    ).fetchone()[0]
+    return int(done), int(failed)
+
+
+def _failures(db: sqlite3.Connection, steps: list[str]) -> list[FailureGroup]:
+    """Failed rows grouped by step, error kind and code, in order of size, each with its first row."""
+    groups: dict[tuple[str, str, str | None], FailureGroup] = {}
+    cursor = db.execute(
+        "SELECT s.step, s.row, r.key, s.info FROM results s LEFT JOIN records r ON r.row = s.row "
+        "WHERE s.status = 'failed' ORDER BY s.row"
+    )
+    for step, row, key, info in cursor:
+        if step not in steps:
+            continue
+        error = (orjson.loads(info) or {}).get("error") or {}
+        kind = str(error.get("kind") or "unknown")
+        code = error.get("code") or error.get("reason") or error.get("http_status")
+        code = None if code is None else str(code)
+        group = groups.get((step, kind, code))
+        if group is None:
+            message = str(error.get("message") or "")
+            if len(message) > MESSAGE_MAX:
+                message = message[: MESSAGE_MAX - 1] + "…"
+            groups[(step, kind, code)] = FailureGroup(step, kind, code, 1, int(row), key, message)
+        else:
+            group.count += 1
+    return sorted(groups.values(), key=lambda g: (-g.count, g.step, g.example_row))
+
+
+def _output_path(rundir: Path, config: RunConfig | None) -> Path | None:
+    names = ["output.parquet", "output.jsonl"] if config and config.format == "parquet" else \
+        ["output.jsonl", "output.parquet"]
+    for name in names:
+        if (rundir / name).is_file():
+            return rundir / name
+    return None
+
+
+def _meta_json(journal: Journal, key: str) -> dict[str, Any]:
+    raw = journal.get_meta(key)
+    if raw is None:
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# ---------------------------------------------------------------- what the last run did, and how to resume
+
+
+def remember_outcome(journal: Journal, *, aborted: str | None, kind: str | None, spent: float,
+                     requests: int, images: int) -> None:
+    """Written at the end of a run, so that `status` can say how it ended (a killed run writes nothing, and
+    `status` then says it was interrupted or is still running)."""
+    journal.set_meta("last_run", orjson.dumps({
+        "finished": time.time(), "aborted": aborted, "kind": kind, "spent": round(spent, 6),
+        "requests": requests, "images": images,
+    }).decode())
+
+
+def remember_command(rundir: Path, command: str | None) -> None:
+    """Keep the command that resumes the run (see `rebuild_command`), for `status` to show. Nothing is written
+    when the run left no journal or there is no command."""
+    if command is None or not journal_path(rundir).is_file():
+        return
+    journal = Journal(journal_path(rundir))
+    try:
+        journal.set_meta("command", command)
+    finally:
+        journal.close()
+
+
+def resume_command(journal: Journal, config: RunConfig | None, status: RunStatus) -> str | None:
+    """The command that continues the run: the one the command line recorded (with `--provider emulator` as
+    given), else one rebuilt from the configuration snapshot (runs made through the Python API)."""
+    command = journal.get_meta("command")
+    if command is None and config is not None:
+        command = rebuild_command(config)
+    return command
+
+
+_LIMIT_FLAGS = {"concurrency": "--concurrency", "rpm": "--rpm", "ipm": "--ipm", "max_retries": "--max-retries",
+                "timeout": "--timeout", "deadline": "--deadline", "max_cost": "--max-cost"}
+
+
+def rebuild_command(config: RunConfig) -> str | None:
+    """The `generate` / `edit` command line of a one-step configuration (never a key, never --restart, which
+    a resume must not repeat); None for pipelines, whose file is not in the configuration."""
+    if config.pipeline or len(config.steps) != 1:
+        return None
+    from pixelmill.config import Limits
+
+    step = config.steps[0]
+    args = ["pixelmill", step.task if step.task != "auto" else "edit", str(config.source), "-o", str(config.output)]
+    ref = step.model
+    args += ["--provider", ref.provider, "--model", ref.model]
+    options: list[tuple[str, Any]] = [
+        ("--base-url", ref.base_url), ("--base-model", ref.base_model), ("--api-version", ref.api_version),
+        ("--prompt-field", step.prompt_field), ("--prompt-template", step.prompt),
+        ("--image-field", step.image_field), ("--mask-field", step.mask_field), ("--id-field", config.id_field),
+        ("--output-field", step.output_field), ("--limit", config.limit),
+        ("--format", config.format if config.format != "jsonl" else None),
+        ("--models-file", config.models_file),
+    ]
+    params = step.params.model_dump(exclude_none=True)
+    extra = {**params.pop("extra", {}), **ref.options}
+    for name, value in params.items():
+        options.append(("--" + name.replace("_", "-"), value))
+    for name, value in extra.items():
+        options.append(("--param", f"{name}={value if isinstance(value, str) else orjson.dumps(value).decode()}"))
+    defaults = Limits()
+    for name, flag in _LIMIT_FLAGS.items():
+        value = getattr(config.limits, name)
+        if value != getattr(defaults, name):
+            options.append((flag, f"{value:g}" if isinstance(value, float) else value))
+    for flag, value in options:
+        if value is not None:
+            args += [flag, str(value)]
+    for flag, on in (("--embed-images", config.embed_images), ("--allow-private-urls", config.allow_private_urls)):
+        if on:
+            args.append(flag)
+    return shlex.join(args)
+
+
+def with_option(command: str, flag: str, value: str | None = None) -> str:
+    """`command` with `flag` (and its value) set, replacing an earlier value of the same flag."""
+    args = shlex.split(command)
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if arg == flag:
+            skip = value is not None and i + 1 < len(args)
+            continue
+        if arg.startswith(flag + "="):
+            continue
+        out.append(arg)
+    out += [flag] if value is None else [flag, value]
+    return shlex.join(out)
+
+
+# ---------------------------------------------------------------- what the user reads
+
+
+def describe(status: RunStatus, *, now: float | None = None) -> list[str]:
+    """The status as lines of plain text (the same lines end every run)."""
+    now = time.time() if now is None else now
+    lines: list[str] = []
+    rows = status.rows if status.rows is not None else status.rows_seen
+    lines.append(f"run {status.rundir}: {rows} rows: {status.done} done, {status.failed} failed, "
+                 f"{status.pending} pending")
+    if status.source_note:
+        lines.append(f"note: {status.source_note}")
+    lines += _step_table(status.steps)
+    budget = f" of a ${status.budget:.2f} budget" if status.budget is not None else ""
+    lines.append(f"spent: ${status.spent:.4f}{budget}")
+    if status.failures:
+        lines.append(f"failures ({sum(g.count for g in status.failures)} row-steps):")
+        for group in status.failures:
+            code = f" {group.code}" if group.code else ""
+            where = f"row {group.example_row}" + (f" ({group.example_key})" if group.example_key else "")
+            lines.append(f"  {group.step}: {group.kind}{code} x{group.count}; e.g. {where}: {group.example_message}")
+    lines.append(_state_line(status, now))
+    lines += next_steps(status)
+    if status.output is not None:
+        lines.append(f"output: {status.output}")
+    return lines
+
+
+def _step_table(steps: list[StepStatus]) -> list[str]:
+    header = ("step", "model", "done", "failed", "pending", "images", "spent")
+    rows = [(s.name, f"{s.provider} {s.model}", str(s.done), str(s.failed), str(s.pending), str(s.images),
+             f"${s.spent:.4f}") for s in steps]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    out = []
+    for r in [header, *rows]:
+        cells = [r[i].ljust(widths[i]) if i < 2 else r[i].rjust(widths[i]) for i in range(len(header))]
+        out.append("  " + "  ".join(cells))
+    return out
+
+
+def _state_line(status: RunStatus, now: float) -> str:
+    last = status.last_run
+    finished = last.get("finished")
+    write = status.last_write
+    if finished is not None and (write is None or write <= float(finished) + 1.0):
+        when = _ago(now - float(finished))
+        if last.get("aborted"):
+            return f"last run: stopped {when} ago: {last['aborted']}"
+        return f"last run: finished {when} ago"
+    if write is not None:
+        return (f"last run: interrupted, or still running (last result written {_ago(now - write)} ago); "
+                "running it again resumes it")
+    return "last run: nothing recorded yet"
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def next_steps(status: RunStatus) -> list[str]:
+    """What to run next: resume pending rows (raising the budget when that stopped the run), retry failed
+    ones."""
+    command = status.command
+    lines: list[str] = []
+    if command is None:
+        if status.pending or status.failed:
+            what = "your `pixelmill run` command" if status.pipeline else "the same command"
+            lines.append(f"to continue: run {what} again (done rows are not sent again)")
+        return lines
+    if status.pending:
+        budget_hit = status.last_run.get("kind") == "budget" or (
+            status.budget is not None and status.spent >= status.budget * 0.98)
+        if budget_hit and status.budget is not None:
+            per_row = status.spent / status.done if status.done else None
+            more = per_row * status.pending if per_row else None
+            proposal = status.spent + more if more is not None else status.budget * 2
+            proposal = max(proposal * 1.1, status.budget + 0.01)
+            hint = f" (the {status.pending} pending rows: about ${more:.2f} more at ${per_row:.4f} a row)" \
+                if more is not None and per_row is not None else ""
+            lines.append(f"to continue, raise the budget{hint}: "
+                         f"{with_option(command, '--max-cost', f'{proposal:.2f}')}")
+        else:
+            lines.append(f"to continue: {command}")
+    if status.failed:
+        lines.append(f"to retry the failed rows: {with_option(command, '--retry-failed')}")
+    return lines
