@@ -181,3 +181,20 @@ def test_serve_runs_until_interrupted(tmp_path: Any) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_serves_a_wide_burst_concurrently(emulator: Emulator) -> None:
+    """400 requests, 128 at a time, 0.1 s each: the ideal is 4 rounds (0.4 s). The emulator must take them all
+    in at once and not serialise them; the bound is loose because the client shares this process."""
+    emulator.configure(latency=0.1)
+    loop = asyncio.get_running_loop()
+    connector = aiohttp.TCPConnector(limit=128)
+    async with aiohttp.ClientSession(headers=HEADERS, connector=connector) as session:
+        await asyncio.gather(*(_post(session, emulator) for _ in range(128)))  # connections and images warm
+        emulator.reset_log()
+        start = loop.time()
+        results = await asyncio.gather(*(_post(session, emulator) for _ in range(400)))
+        span = loop.time() - start
+    assert [s for s, _, _ in results] == [200] * 400
+    assert emulator.max_in_flight >= 100
+    assert span < 0.4 * 4

@@ -266,3 +266,21 @@ def test_keys(emulator_thread: Emulator) -> None:
     status, answer = _raw(emulator_thread, "gemini-3.1-flash-image", body, key=None)
     assert status == 403 and answer["error"]["status"] == "PERMISSION_DENIED"
     assert [r.auth for r in emulator_thread.log] == ["invalid", "missing"]
+
+
+def test_moderation_is_a_200_refusal_in_one_of_two_shapes(client: genai.Client, emulator_thread: Emulator) -> None:
+    emulator_thread.configure(rpm=1000)
+    shapes = set()
+    for i in range(12):
+        response = client.models.generate_content(model="gemini-3.1-flash-image",
+                                                  contents=f"x{i} [[fault:moderation]]", config=IMAGE_ONLY)
+        assert _final_images(response) == []
+        if response.prompt_feedback and response.prompt_feedback.block_reason:
+            shapes.add("prompt_blocked")
+        else:
+            assert response.candidates[0].finish_reason == types.FinishReason.IMAGE_SAFETY  # type: ignore[index]
+            shapes.add("image_safety")
+        headers = response.sdk_http_response.headers if response.sdk_http_response else {}
+        assert not any(k.lower().startswith("x-ratelimit") for k in headers or {})
+    assert shapes == {"prompt_blocked", "image_safety"}
+    assert emulator_thread.count(fault="moderation", status=200) == 12

@@ -68,7 +68,7 @@ class EmulatorConfig(BaseModel):
     today: dt.date | None = None  # the date that decides retirement; None: the real date
     image_bytes: int | None = Field(default=None, ge=0)  # pad every image to about this many bytes
     gemini_mime: str = "image/png"  # what Gemini answers carry (the API does not let the client choose)
-    max_log: int = Field(default=200_000, ge=0)  # oldest log entries are dropped past this
+    max_log: int = Field(default=50_000, ge=0)  # oldest log entries are dropped past this (0: no limit)
 
     @field_validator("faults")
     @classmethod

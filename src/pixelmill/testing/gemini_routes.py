@@ -105,11 +105,10 @@ class _GeminiRoutes:
 
         wants_image = "IMAGE" in job.modalities
         decision = await emu.admit(request, images=1 if wants_image else 0, markers=read_markers(job.prompt),
-                                   fault_error=fault_error, rate_limited=rate_limited)
+                                   fault_error=fault_error, rate_limited=rate_limited, rate_headers=False)
         fault = decision.fault
         if fault == "moderation":
-            fault = emu.dice_choice(("prompt_blocked", "image_safety"))
-            record.fault = f"moderation:{fault}"
+            fault = emu.dice_choice(("prompt_blocked", "image_safety"))  # the log keeps "moderation"
         payload = self._answer(job, decision, fault)
         record.images = _count_images(payload)
         record.thoughts = sum(1 for c in payload.get("candidates") or []

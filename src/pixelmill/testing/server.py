@@ -287,6 +287,7 @@ class Emulator:
         markers: Markers,
         fault_error: Callable[[str, float | None], we.WireError | None],
         rate_limited: Callable[[float | None, str], we.WireError],
+        rate_headers: bool = True,
     ) -> Decision:
         """Decide this request's fate and wait its latency. Raises the WireError of quick answers (rate limit,
         auth and quota faults) and of error faults (5xx, moderation); returns the decision for content faults."""
@@ -296,16 +297,16 @@ class Emulator:
         self._admitted += 1
         decision = self._dice.decide(config, self._admitted, markers)
         record.fault = decision.fault
-        rate_headers: dict[str, str] = {}
+        limit_headers: dict[str, str] = {}
         if config.rpm is not None or config.ipm is not None:
             verdict = self._window.check(time.monotonic(), images, config.rpm, config.ipm, config.rate_window)
-            rate_headers = verdict.headers
+            limit_headers = verdict.headers if rate_headers else {}
             if verdict.retry_after is not None:
                 record.fault = None
                 err = rate_limited(verdict.retry_after, verdict.what)
-                err.headers.update(rate_headers)
+                err.headers.update(limit_headers)
                 raise err
-        ex.rate_headers = rate_headers
+        ex.rate_headers = limit_headers  # OpenAI's x-ratelimit-* headers; Gemini sends none
         fault = decision.fault
         if fault in QUICK_FAULTS:
             hint = config.retry_after if fault == "rate_limit" else None
