@@ -26,9 +26,9 @@ app = typer.Typer(
 EXIT_CONFIG = 2
 
 # ---------------------------------------------------------------- the options of generate / edit / estimate
-Input = Annotated[Path, typer.Argument(help="Input dataset: .jsonl, .json, .csv or .parquet.", show_default=False)]
+Input = Annotated[Path, typer.Argument(help="Input dataset: .jsonl, .json, .csv, .parquet, a saved HF dataset folder, or hf:name:split.", show_default=False)]
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="Run directory [default: pixelmill-out/<input stem>].")]
-Fmt = Annotated[str, typer.Option("--format", help="Output format: jsonl or parquet.")]
+Fmt = Annotated[str, typer.Option("--format", help="Output format: jsonl, parquet or hf (a saved Hugging Face dataset).")]
 Limit = Annotated[int | None, typer.Option(help="Only the first N rows.")]
 ProviderOpt = Annotated[str, typer.Option("--provider", help="openai, azure, gemini, openai-compatible, diffusers, emulator.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name, alias or preset (fast, base, best); Azure: the deployment.")]
@@ -199,7 +199,7 @@ def build_config(task: str, input: Path, options: dict[str, Any]) -> Any:
         from pixelmill.records import template_fields
 
         template_fields(o["prompt_template"])
-    if not input.exists():
+    if not input.exists() and not str(input).startswith("hf:"):
         raise ConfigError(f"input file {input} does not exist")
     builtin_table()  # fail early on a broken table
     return config

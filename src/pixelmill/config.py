@@ -113,7 +113,7 @@ class RunConfig(BaseModel):
     origin: str | None = None  # the pipeline file, for error messages
     limits: Limits = Field(default_factory=Limits)
     id_field: str | None = None
-    format: Literal["jsonl", "parquet"] = "jsonl"
+    format: Literal["jsonl", "parquet", "hf"] = "jsonl"
     limit: int | None = Field(default=None, ge=0)
     embed_images: bool = False
     retry_failed: bool = False

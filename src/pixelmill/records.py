@@ -38,10 +38,13 @@ class Record:
         return f"line {self.line}" if self.line is not None else f"row {self.index}"
 
 
-SOURCE_FORMATS = ("jsonl", "json", "csv", "parquet")
+SOURCE_FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 
 
 def source_format(path: Path, explicit: str | None = None) -> str:
+    if str(path).startswith("hf:") or (path.is_dir() and (path / "dataset_info.json").exists()) or \
+            (path.is_dir() and (path / "dataset_dict.json").exists()):
+        return "hf"
     if explicit:
         if explicit not in SOURCE_FORMATS:
             raise ConfigError(f"unknown source format {explicit!r}; use one of {', '.join(SOURCE_FORMATS)}")
@@ -58,6 +61,9 @@ def source_format(path: Path, explicit: str | None = None) -> str:
 def read_records(path: Path, fmt: str | None = None) -> Iterator[Record]:
     """Yield every record of the source, in order."""
     fmt = source_format(path, fmt)
+    if fmt == "hf":
+        yield from _read_hf(str(path))
+        return
     if not path.exists():
         raise ConfigError(f"input file {path} does not exist")
     if fmt == "jsonl":
@@ -186,6 +192,42 @@ def _read_parquet(path: Path) -> Iterator[Record]:
         for row in batch.to_pylist():
             yield Record(index, row)
             index += 1
+
+
+def _read_hf(source: str) -> Iterator[Record]:
+    """A Hugging Face dataset: `hf:name:split` from the hub (streamed), or a folder saved with `save_to_disk`.
+    Image columns arrive as {"bytes", "path"} dicts, which input-image loading understands."""
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError("Hugging Face sources need the datasets package: pip install 'pixelmill[hf]'") from None
+    if source.startswith("hf:"):
+        name, _, split = source[3:].partition(":")
+        try:
+            data: Any = datasets.load_dataset(name, split=split or "train", streaming=True)
+        except Exception as exc:  # the hub client raises many types; all mean "cannot read it"
+            raise ConfigError(f"cannot load {name!r} (split {split or 'train'!r}) from the Hugging Face hub: "
+                              f"{type(exc).__name__}: {exc}. Check the name and the network, or save the "
+                              "dataset to disk and point `source` at that folder.") from None
+    else:
+        loaded = datasets.load_from_disk(source)
+        if isinstance(loaded, datasets.DatasetDict):
+            raise ConfigError(f"{source} holds several splits ({', '.join(loaded)}); point at one split's folder")
+        data = loaded
+    data = _hf_images_as_dicts(data)
+    for index, row in enumerate(data):
+        yield Record(index, dict(row))
+
+
+def _hf_images_as_dicts(data: Any) -> Any:
+    """Keep `Image` columns undecoded ({"bytes", "path"}), so no pixels are decoded to read a row."""
+    import datasets
+
+    features = getattr(data, "features", None) or {}
+    for name, feature in features.items():
+        if isinstance(feature, datasets.Image):
+            data = data.cast_column(name, datasets.Image(decode=False))
+    return data
 
 
 # ---------------------------------------------------------------- record keys

@@ -110,6 +110,19 @@ def write_output(config: RunConfig, journal: Journal) -> tuple[Path, OutputCount
 
         write_parquet_from(target, rows)
         return target, passes[-1]
+    if config.format == "hf":
+        from pixelmill.sinks_hf import write_hf
+
+        hf_passes: list[OutputCounts] = []
+
+        def hf_rows() -> Iterator[dict[str, Any]]:
+            hf_passes.append(OutputCounts())
+            rows_config = config.model_copy(update={"embed_images": False})
+            return output_rows(rows_config, journal, hf_passes[-1])
+
+        target = rundir / "output.hf"
+        write_hf(target, rundir, [s.out_field for s in config.steps], config.embed_images, hf_rows)
+        return target, hf_passes[-1]
     target = rundir / "output.jsonl"
     tmp = target.with_name(f".{target.name}.tmp")
     with open(tmp, "wb") as f:
