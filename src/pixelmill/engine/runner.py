@@ -472,23 +472,29 @@ class Runner:
                     timeout=self.limits.timeout,
                 )
                 result, attempts, reserved = await self._call(step, request, params)
-                # Settled before the images are written, so that a failed write cannot leave budget reserved.
-                cost = actual_cost(step.spec, params, result.usage, len(result.images))
-                self.budget.settle(reserved, cost or 0.0)
-                self.stats.spent += cost or 0.0
-                state.attempts += attempts
-                state.cost += cost or 0.0
-                paths = await self._store(store, step, row.key, index, state, plan, result)
-                # A chat's model turn goes back byte for byte (thought signatures cover the image bytes): its
-                # images are kept by path only when the files hold exactly those bytes (no conversion).
-                _merge_result(info, result, params, cost, paths, call_no, multi, by_path=plan.convert_to is None)
-                turn_outputs.extend(paths)
-                if result.text:
-                    turn_texts.append(result.text)
-                model_content = result.model_content
-                call_no += 1
-                state.calls_done = call_no
-                journal.save(step.config.name, index, state)
+                # The call keeps its concurrency slot until its images are on disk and journaled: so the
+                # calls a kill can lose (paid, not recorded) are never more than --concurrency.
+                try:
+                    # Settled before the images are written, so that a failed write cannot leave budget reserved.
+                    cost = actual_cost(step.spec, params, result.usage, len(result.images))
+                    self.budget.settle(reserved, cost or 0.0)
+                    self.stats.spent += cost or 0.0
+                    state.attempts += attempts
+                    state.cost += cost or 0.0
+                    paths = await self._store(store, step, row.key, index, state, plan, result)
+                    # A chat's model turn goes back byte for byte (thought signatures cover the image bytes):
+                    # its images are kept by path only when the files hold exactly those bytes (no conversion).
+                    _merge_result(info, result, params, cost, paths, call_no, multi,
+                                  by_path=plan.convert_to is None)
+                    turn_outputs.extend(paths)
+                    if result.text:
+                        turn_texts.append(result.text)
+                    model_content = result.model_content
+                    call_no += 1
+                    state.calls_done = call_no
+                    journal.save(step.config.name, index, state)
+                finally:
+                    self.limiter.release()
             if multi and len(turn_log) <= t:
                 turn_log.append({"prompt": turn.prompt, "images": turn_outputs,
                                  "text": "\n".join(turn_texts) or None})
@@ -506,7 +512,8 @@ class Runner:
     async def _call(
         self, step: StepRuntime, request: ImageRequest, params: dict[str, Any]
     ) -> tuple[ImageResult, int, float]:
-        """One call with its retries. Returns the result, the attempts made, and the budget reserved."""
+        """One call with its retries. Returns the result, the attempts made, and the budget reserved. On success
+        the call still holds its concurrency slot: the caller releases it once the result is recorded."""
         n_images = int(params.get("n", params.get("num_images_per_prompt", 1)) or 1)
         expected = expected_cost(step.spec, params, n_images, len(request.prompt), len(request.images))
         reserve = expected.high if expected else 0.0
@@ -528,8 +535,10 @@ class Runner:
             attempts += 1
             self.stats.requests += 1
             self.stats.in_flight += 1
+            answered = False
             try:
                 result = await step.provider.call(request, step.spec)
+                answered = True
             except ProviderError as exc:
                 self.budget.settle(reserve, 0.0)
                 if isinstance(exc, RateLimited):
@@ -547,9 +556,11 @@ class Runner:
                 raise
             finally:
                 self.stats.in_flight -= 1
-                self.limiter.release()
+                if not answered:
+                    self.limiter.release()
             self.limiter.on_success()
             if not result.images:
+                self.limiter.release()
                 self.budget.settle(reserve, 0.0)
                 raise Refused(
                     f"the provider answered without an image (finish reason {result.finish_reason})",
