@@ -87,7 +87,8 @@ class Emulator:
     ) -> None:
         check_loopback(host)
         base = config or EmulatorConfig()
-        self._config = base.model_copy(update=changes) if changes else base
+        # Validated as a whole (model_copy would skip validation: a plain set of keys would stay a set).
+        self._config = EmulatorConfig.model_validate({**base.model_dump(), **changes}) if changes else base
         if changes:
             self._config = EmulatorConfig.model_validate(self._config.model_dump())
         self.host = host
