@@ -139,20 +139,27 @@ def test_transparent_webp_keeps_alpha_and_real_extension(emulator_thread: Emulat
         assert img.mode == "RGBA"
 
 
-def test_n_images_per_row_and_n_split_for_dall_e_3(emulator_thread: Emulator, tmp_path: Path) -> None:
+def test_n_images_per_row_and_n_over_ten_split(emulator_thread: Emulator, tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", prompts(2))
     assert gen(emulator_thread, src, tmp_path / "a", "--n", "3")[0] == 0
     assert [len(r["images"]) for r in read_output(tmp_path / "a")] == [3, 3]
     assert emulator_thread.count(endpoint="generations") == 2
-    emulator_thread.configure(serve_retired=True)
     emulator_thread.reset_log()
-    code, _ = gen(emulator_thread, src, tmp_path / "b", "--model", "dall-e-3", "--n", "2", "--quality", "hd")
-    assert code == 0
+    assert gen(emulator_thread, src, tmp_path / "b", "--n", "12", "--size", "1024x1024", "--quality", "low")[0] == 0
     out = read_output(tmp_path / "b")
-    assert [len(r["images"]) for r in out] == [2, 2]
-    assert len({*out[0]["images"], *out[1]["images"]}) == 4
-    assert emulator_thread.count(endpoint="generations") == 4  # dall-e-3 makes one image per call
-    assert out[0]["pixelmill"]["parameters"]["quality"] == "hd"
+    assert [len(r["images"]) for r in out] == [12, 12]
+    assert len({*out[0]["images"], *out[1]["images"]}) == 24
+    assert sorted(r.n for r in emulator_thread.records(endpoint="generations")) == [2, 2, 10, 10]
+
+
+def test_impossible_parameters_stop_before_sending(emulator_thread: Emulator, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(2))
+    code, text = gen(emulator_thread, src, tmp_path / "a", "--model", "dall-e-3", "--n", "4")
+    assert code == 2 and "dall-e-3" in text and "n=4" in text and "allowed: 1" in text
+    result = cli("edit", src, "-o", tmp_path / "b", "--provider", "gemini", "--mask-field", "mask", "--quiet",
+                 env={"GEMINI_API_KEY": "gemini-key-0000000"})
+    assert result.code == 2 and "takes no mask" in result.output
+    assert emulator_thread.count() == 0
 
 
 def test_bad_flags_exit_2_before_anything_is_sent(emulator_thread: Emulator, tmp_path: Path) -> None:

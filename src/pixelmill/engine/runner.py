@@ -157,6 +157,9 @@ class Runner:
                 raise ConfigError(f"{spec.name} cannot {task}; it can {', '.join(spec.tasks)}")
             for line in runtime.plan(task).notices:
                 self.notice(f"step {step.name!r}, {model}: {line}")
+        if step.mask_field and spec.known and not spec.mask:
+            raise ConfigError(f"{spec.name} takes no mask (--mask-field {step.mask_field}); models with masks: "
+                              + ", ".join(s.name for s in self.table.specs.values() if s.mask))
         if (notice := spec.retirement_notice()) is not None:
             self.notice(notice)
         if not spec.known:

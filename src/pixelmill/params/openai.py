@@ -13,7 +13,8 @@ Decisions worth knowing (each is also a notice or an error message the user sees
 - `--aspect-ratio` and `--resolution` become a size. Free-size models: `--resolution` is a pixel budget
   (512 -> 512², 1K -> 1024², 2K -> 2048², 4K -> 3840x2160 worth), default 1K, fitted to the ratio and rounded
   to the model's multiple. List models: the nearest listed size.
-- `n` above what one call returns (dall-e-3: 1) is split over several calls (`split_n`), each journaled.
+- `n` above what one call returns (10) is split over several calls (`split_n`), each journaled; a model that
+  makes one image per request (dall-e-3) refuses n > 1 before anything is sent.
 - `seed`, `steps`, `guidance_scale`, `negative_prompt` are not OpenAI parameters: a `ConfigError` for the
   table's models; for models the table does not know (OpenAI-compatible servers) they are sent under those
   names, since such servers often take them. `--param KEY=VALUE` is always sent unchanged.
@@ -80,6 +81,9 @@ def plan_openai(spec: ModelSpec, params: ImageParams, task: Task, *, azure: bool
         )
     if str(params.extra.get("stream", "")).lower() in ("true", "1"):
         raise ConfigError("--param stream=true is not supported: pixelmill reads whole answers; remove it")
+    if params.n is not None and params.n > 1 and spec.known and spec.n_max == 1:
+        # The model's own rule (dall-e-3), not a per-call cap: say so rather than pay for n separate prompts.
+        raise ConfigError(f"{spec.name} makes one image per request: it does not take n={params.n}; allowed: 1")
     if params.n is None:
         counts: list[int | None] = [None]
     else:
