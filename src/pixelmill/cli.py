@@ -220,7 +220,6 @@ def _execute(config: Any, *, quiet: bool) -> int:
     from pixelmill.api import emulated, run_config
     from pixelmill.engine.progress import Progress
     from pixelmill.engine.stats import RunStats
-
     from pixelmill.status import rebuild_command, remember_command
 
     stats = RunStats()
@@ -320,6 +319,115 @@ def models(
     from pixelmill.modelinfo import print_models
 
     print_models(provider)
+
+
+# ---------------------------------------------------------------- spend and visibility: estimate, status, gallery
+_PIPELINE_SUFFIXES = (".yaml", ".yml")
+# The options a pipeline file takes from the command line (as `run` does); the rest are the file's.
+_PIPELINE_OPTIONS = ("output", "limit", "api_key", "max_cost", "retry_failed", "restart")
+
+
+def _estimate(input: Path, task: str, as_json: bool, options: dict[str, Any]) -> int:
+    import orjson
+
+    from pixelmill.errors import ConfigError, redact
+    from pixelmill.estimate import describe, estimate
+
+    try:
+        if task not in ("generate", "edit"):
+            raise ConfigError(f"--task {task!r}: use generate or edit")
+        if input.suffix.lower() in _PIPELINE_SUFFIXES:
+            defaults = job_options()
+            ignored = sorted(k for k, v in options.items() if k not in _PIPELINE_OPTIONS and v != defaults.get(k))
+            if ignored:
+                raise ConfigError(f"{input} is a pipeline file: its steps, models and limits come from the file; "
+                                  f"remove {', '.join('--' + k.replace('_', '-') for k in ignored)}")
+            config = pipeline_config(input, {k: options.get(k) for k in _PIPELINE_OPTIONS})
+        else:
+            config = build_config(task, input, options)
+        result = estimate(config)
+    except ConfigError as exc:
+        _error(redact(str(exc), (options.get("api_key") or "",)))
+        return EXIT_CONFIG
+    if as_json:
+        typer.echo(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        for line in describe(result, config):
+            typer.echo(line)
+    return 0
+
+
+def _estimate_command() -> Any:
+    """`estimate` takes generate/edit's options (the same `_job` signature), plus --task and --json."""
+    import inspect
+
+    def command(input: Path, task: str, json: bool, **kwargs: Any) -> None:
+        raise typer.Exit(_estimate(input, task, json, kwargs))
+
+    sig = inspect.signature(_job, eval_str=True)
+    keep = [p for name, p in sig.parameters.items() if name not in ("task", "input", "quiet")]
+    first = [
+        inspect.Parameter("input", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[Path, typer.Argument(
+            help="Input dataset (.jsonl, .json, .csv, .parquet) or pipeline file (.yaml).", show_default=False)]),
+        inspect.Parameter("task", inspect.Parameter.KEYWORD_ONLY, default="generate", annotation=Annotated[
+            str, typer.Option(help="For an input dataset: generate or edit.")]),
+        inspect.Parameter("json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+            bool, typer.Option("--json", help="The estimate as JSON.")]),
+    ]
+    keep = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in keep]
+    command.__signature__ = sig.replace(parameters=[*first, *keep])  # type: ignore[attr-defined]
+    command.__name__ = "estimate"
+    command.__doc__ = ("Requests, images and cost (low, expected, at most) that a run would make, per step; "
+                       "sends nothing.")
+    return command
+
+
+app.command("estimate")(_estimate_command())
+
+
+@app.command()
+def status(
+    rundir: Annotated[Path, typer.Argument(help="The run directory (the --output of the run).", show_default=False)],
+    json: Annotated[bool, typer.Option("--json", help="The status as JSON.")] = False,
+) -> None:
+    """Done / failed / pending per step, spend, failure reasons, and the command that resumes the run."""
+    import orjson
+
+    from pixelmill.errors import ConfigError
+    from pixelmill.status import describe, read_status
+
+    try:
+        state = read_status(rundir)
+    except ConfigError as exc:
+        _error(str(exc))
+        raise typer.Exit(EXIT_CONFIG) from None
+    if json:
+        typer.echo(orjson.dumps(state.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        for line in describe(state):
+            typer.echo(line)
+
+
+@app.command()
+def gallery(
+    rundir: Annotated[Path, typer.Argument(help="The run directory (the --output of the run).", show_default=False)],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="The page [default: RUNDIR/gallery.html].")] = None,
+    thumbnails: Annotated[str, typer.Option(help="auto, embed (one file) or files (a folder beside the page).")] = "auto",
+    max_rows: Annotated[int, typer.Option(help="Cards on the page at most (the first rows).")] = 5000,
+) -> None:
+    """One self-contained HTML page of the run: thumbnails beside prompts, model, cost and status; filters and
+    search that work offline."""
+    from pixelmill.errors import ConfigError
+    from pixelmill.gallery import write_gallery
+
+    try:
+        if thumbnails not in ("auto", "embed", "files"):
+            raise ConfigError(f"--thumbnails {thumbnails!r}: use auto, embed or files")
+        result = write_gallery(rundir, output, thumbnails=thumbnails, max_rows=max_rows)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        _error(str(exc))
+        raise typer.Exit(EXIT_CONFIG) from None
+    typer.echo(f"gallery: {result.path} ({result.cards} rows, {result.images} thumbnails)")
 
 
 def main() -> None:

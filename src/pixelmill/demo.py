@@ -51,6 +51,11 @@ def run_demo(root: Path) -> int:
     report2 = _run(edit)
     _say(f"generated images: {root / 'generate' / 'images'}; table: {report.output}")
     _say(f"edited images:    {root / 'edit' / 'images'}; table: {report2.output}")
+    from pixelmill.gallery import write_gallery
+
+    for rundir in (root / "generate", root / "edit"):
+        page = write_gallery(rundir)
+        _say(f"gallery: {page.path} ({page.cards} rows; open it in a browser, it needs no network)")
     _say("next: pixelmill status " + str(root / "generate"))
     return max(report.exit_code, report2.exit_code)
 
@@ -66,10 +71,12 @@ def _run(config: RunConfig) -> RunReport:
     from pixelmill.api import emulated, run_config
     from pixelmill.engine.progress import Progress
     from pixelmill.engine.stats import RunStats
+    from pixelmill.status import rebuild_command, remember_command
 
     stats = RunStats()
-    progress = Progress(stats, quiet=False, interval=2.0)
+    progress = Progress(stats, quiet=False, interval=2.0, config=config)
     with emulated(config) as emulated_config, progress:
         report = run_config(emulated_config, stats=stats, notice=progress.notice, handle_signals=True)
+    remember_command(config.output, rebuild_command(config))
     progress.summary(report, emulated_config)
     return report
