@@ -43,10 +43,11 @@ class ImageIO:
         is already the same file is left alone; a stale one (another run's image, or another format) is
         replaced."""
         ext = source.suffix.lstrip(".") or "png"
-        target = Path(self.path_for(key, i, ext))
+        name = self.path_for(key, i, ext)
+        target = Path(name)
         with contextlib.suppress(FileNotFoundError):
             if os.path.samefile(source, target):
-                return str(target)
+                return name
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TMP_MARK}")
         try:
@@ -61,7 +62,7 @@ class ImageIO:
             if other != ext:
                 with contextlib.suppress(FileNotFoundError):
                     target.with_suffix(f".{other}").unlink()
-        return str(target)
+        return name
 
     # ------------------------------------------------------------ DataFlow's direct use
     def __call__(self, images: Mapping[str, Iterable[Any]]) -> dict[str, list[str]]:
@@ -75,12 +76,13 @@ class ImageIO:
                 mime = sniff(bytes(data))
                 if mime not in EXTENSIONS:
                     raise ValueError(f"image {i} of {key!r} is not a PNG, JPEG, WebP or GIF image")
-                target = Path(self.path_for(key, i, EXTENSIONS[mime]))
+                name = self.path_for(key, i, EXTENSIONS[mime])
+                target = Path(name)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TMP_MARK}")
                 tmp.write_bytes(bytes(data))
                 os.replace(tmp, target)
-                paths.append(str(target))
+                paths.append(name)
         return out
 
     def read(self, paths: str | Iterable[str]) -> list[Any]:
