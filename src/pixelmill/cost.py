@@ -97,7 +97,8 @@ def _per_image(spec: ModelSpec, params: dict[str, Any], images: int) -> Expected
     table = spec.price.per_image
     quality = params.get("quality")
     qualities = [str(quality)] if quality else [spec.qualities[0] if spec.qualities else "standard"]
-    size = str(params.get("size") or (spec.sizes[0] if spec.sizes else "1024x1024"))
+    default_size = "1024x1024" if "1024x1024" in spec.sizes or not spec.sizes else spec.sizes[0]  # the API's
+    size = str(params.get("size") or default_size)
     found = [table[f"{q}:{size}"] for q in qualities if f"{q}:{size}" in table]
     if not found:
         # A size or quality the table does not list: the dearest listed price bounds it.
