@@ -146,6 +146,7 @@ class Runner:
         settings = ProviderSettings(
             base_url=ref.base_url, api_key=self.config.api_key, api_version=ref.api_version,
             options=dict(ref.options),
+            connect_timeout=float(ref.options.get("connect_timeout", 30.0)),  # seconds to open a connection
         )
         provider = provider_class(ref.provider)(settings, self.env)
         model = self.table.resolve_preset(ref.provider, ref.model)
