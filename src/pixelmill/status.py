@@ -251,10 +251,11 @@ def _failures(db: sqlite3.Connection, steps: list[str]) -> list[FailureGroup]:
 
 
 def _output_path(rundir: Path, config: RunConfig | None) -> Path | None:
-    names = ["output.parquet", "output.jsonl"] if config and config.format == "parquet" else \
-        ["output.jsonl", "output.parquet"]
+    names = ["output.jsonl", "output.parquet", "output.hf"]
+    if config is not None:
+        names.insert(0, f"output.{config.format}")
     for name in names:
-        if (rundir / name).is_file():
+        if (rundir / name).exists():
             return rundir / name
     return None
 
@@ -450,10 +451,10 @@ def next_steps(status: RunStatus) -> list[str]:
             more = per_row * status.pending if per_row else None
             proposal = status.spent + more if more is not None else status.budget * 2
             proposal = max(proposal * 1.1, status.budget + 0.01)
-            hint = f" (the {status.pending} pending rows: about ${more:.2f} more at ${per_row:.4f} a row)" \
-                if more is not None and per_row is not None else ""
-            lines.append(f"to continue, raise the budget{hint}: "
-                         f"{with_option(command, '--max-cost', f'{proposal:.2f}')}")
+            if more is not None and per_row is not None:
+                lines.append(f"the {status.pending} pending rows need about ${more:.2f} more (${per_row:.4f} a row "
+                             "so far)")
+            lines.append(f"to continue, raise the budget: {with_option(command, '--max-cost', f'{proposal:.2f}')}")
         else:
             lines.append(f"to continue: {command}")
     if status.failed:
