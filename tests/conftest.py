@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.emulator_fixtures import emulator, emulator_thread, make_emulator, _shared_emulator  # noqa: F401
+from tests.emulator_fixtures import _shared_emulator, emulator, emulator_thread, make_emulator  # noqa: F401
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 SPEC_FILE = REFERENCE / "openai-images.openapi.yaml"

@@ -227,7 +227,7 @@ def test_response_format_b64_for_dall_e_never_for_gpt_image() -> None:
 
 
 def test_n_is_split_over_calls_when_one_call_returns_fewer() -> None:
-    with pytest.raises(ConfigError, match="dall-e-3 makes one image per request.*n=4; allowed: 1"):
+    with pytest.raises(ConfigError, match=r"dall-e-3 makes one image per request.*n=4; allowed: 1"):
         plan("dall-e-3", n=4)
     assert [call["n"] for call in plan("dall-e-3", n=1).calls] == [1]
     result = plan("gpt-image-2", n=23)

@@ -9,8 +9,8 @@ Built-in providers register through the `pixelmill.providers` entry-point group,
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
