@@ -180,9 +180,9 @@ def test_unreadable_models_say_what_to_give(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such folder, and not a hub id"):
         inspect_model(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match="without model_index.json"):
+    with pytest.raises(ConfigError, match=r"without model_index\.json"):
         inspect_model(str(tmp_path / "empty"))
-    with pytest.raises(ConfigError, match="not supported.*FluxPipeline"):
+    with pytest.raises(ConfigError, match=r"not supported.*FluxPipeline"):
         inspect_model(str(_folder(tmp_path / "video", "WanPipeline")))
 
 

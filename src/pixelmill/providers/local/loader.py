@@ -78,6 +78,10 @@ def scheduler_class(name: str) -> Any:
     import diffusers
 
     cls = getattr(diffusers, name, None)
+    backends = getattr(cls, "_backends", None)  # diffusers' stand-in for a class whose packages are missing
+    if cls is not None and backends:
+        needs = ", ".join(str(b) for b in backends)
+        raise ConfigError(f"scheduler {name} needs {needs}: pip install {needs.replace(', ', ' ')}")
     if cls is None or not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
         known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and n[0].isupper())
         raise ConfigError(f"scheduler {name!r} is not a diffusers scheduler; choose one of {', '.join(known)}")
