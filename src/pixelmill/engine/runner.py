@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 from pixelmill.config import ModelRef, RunConfig, StepConfig
 from pixelmill.cost import actual_cost, expected_cost
 from pixelmill.engine.limiter import Budget, Limiter
+from pixelmill.engine.outcome import done_call, merge_result, restore_content
 from pixelmill.engine.retry import RetryPolicy, RetryState, next_delay
 from pixelmill.engine.rowinputs import StepInputs, gather_inputs
 from pixelmill.engine.stats import RunStats
@@ -41,7 +41,7 @@ from pixelmill.errors import (
 from pixelmill.images import InputPolicy
 from pixelmill.journal import Journal, StepState
 from pixelmill.modeltable import ModelSpec, ModelTable, builtin_table, permissive_spec
-from pixelmill.params import ImageParams, WirePlan
+from pixelmill.params import WirePlan
 from pixelmill.providers.base import (
     ChatTurn,
     ImageRequest,
@@ -457,7 +457,7 @@ class Runner:
             model_content: Any = None
             for params in plan.calls:
                 if call_no < state.calls_done:  # done in an earlier run
-                    done = _done_call(info, call_no)
+                    done = done_call(info, call_no)
                     turn_outputs.extend(done.get("outputs", []))
                     model_content = done.get("model_content")
                     call_no += 1
@@ -488,7 +488,7 @@ class Runner:
                     paths = await self._store(store, step, row.key, index, state, plan, result)
                     # A chat's model turn goes back byte for byte (thought signatures cover the image bytes):
                     # its images are kept by path only when the files hold exactly those bytes (no conversion).
-                    _merge_result(info, result, params, cost, paths, call_no, multi,
+                    merge_result(info, result, params, cost, paths, call_no, multi,
                                   by_path=plan.convert_to is None)
                     turn_outputs.extend(paths)
                     if result.text:
@@ -505,7 +505,7 @@ class Runner:
             if not last:
                 previous_images = await self._reload(store, turn_outputs)
                 if step.provider.chat:
-                    history.append(ChatTurn(turn.prompt, images, _restore_content(model_content, store)))
+                    history.append(ChatTurn(turn.prompt, images, restore_content(model_content, store)))
         final = turn_log[-1]["images"] if multi else state.outputs
         state.outputs = list(final)
         state.status = "done"
@@ -633,92 +633,6 @@ class _Stopped(PixelmillError):
     kind = "interrupted"
 
 
-def _done_call(info: dict[str, Any], call_no: int) -> dict[str, Any]:
-    calls: list[dict[str, Any]] = info.get("calls", [])
-    return calls[call_no] if call_no < len(calls) else {}
-
-
-def _merge_result(info: dict[str, Any], result: ImageResult, params: dict[str, Any], cost: float | None,
-                  paths: list[str], call_no: int, multi: bool, *, by_path: bool) -> None:
-    """Fold one call's answer into the row's `pixelmill` metadata."""
-    info.setdefault("parameters", params)
-    if result.usage is not None:
-        usages: list[dict[str, Any]] = info.setdefault("_usages", [])
-        usages.append(result.usage)
-        info["usage"] = result.usage if len(usages) == 1 else _sum_usage(usages)
-    if result.request_id:
-        info.setdefault("request_ids", []).append(result.request_id)
-    revised = [img.revised_prompt for img in result.images if img.revised_prompt]
-    if revised:
-        info["revised_prompt"] = revised[0] if len(revised) == 1 and "revised_prompt" not in info else \
-            ([info["revised_prompt"]] if isinstance(info.get("revised_prompt"), str) else
-             info.get("revised_prompt", [])) + revised
-    if result.text:
-        info["text"] = result.text
-    if result.finish_reason:
-        info["finish_reason"] = result.finish_reason
-    if result.extra:
-        response: dict[str, Any] = info.setdefault("response", {})
-        for key, value in result.extra.items():
-            response.setdefault(key, value)
-    calls: list[dict[str, Any]] = info.setdefault("calls", [])
-    entry: dict[str, Any] = {"outputs": paths, "cost_usd": cost}
-    if multi and result.model_content is not None:
-        entry["model_content"] = _strip_content(result.model_content, paths) if by_path else result.model_content
-    while len(calls) < call_no:
-        calls.append({})
-    calls[call_no:call_no + 1] = [entry]
-
-
-def _sum_usage(usages: list[dict[str, Any]]) -> dict[str, Any]:
-    total: dict[str, Any] = {}
-    for usage in usages:
-        for key, value in usage.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                total[key] = total.get(key, 0) + value
-            elif isinstance(value, dict):
-                total[key] = _sum_usage([total.get(key, {}), value]) if key in total else dict(value)
-            else:
-                total.setdefault(key, value)
-    return total
-
-
-def _strip_content(content: Any, paths: list[str]) -> Any:
-    """A model turn for the journal: inline image data replaced by the path of the file it was saved to
-    (the images are on disk already), so the journal stays small and a resumed chat can rebuild the turn."""
-    if not isinstance(content, dict):
-        return content
-    out = dict(content)
-    parts = []
-    image_no = 0
-    for part in content.get("parts", []):
-        inline = part.get("inlineData") or part.get("inline_data") if isinstance(part, dict) else None
-        if inline and not part.get("thought") and image_no < len(paths):
-            part = {**part, "inlineData": {"mimeType": inline.get("mimeType", inline.get("mime_type")),
-                                           "$file": paths[image_no]}}
-            part.pop("inline_data", None)
-            image_no += 1
-        parts.append(part)
-    out["parts"] = parts
-    return out
-
-
-def _restore_content(content: Any, store: ImageStore) -> Any:
-    if not isinstance(content, dict):
-        return content
-    import pybase64
-
-    parts = []
-    for part in content.get("parts", []):
-        inline = part.get("inlineData") if isinstance(part, dict) else None
-        if inline and "$file" in inline:
-            data = (store.rundir / inline["$file"]).read_bytes()
-            part = {**part, "inlineData": {"mimeType": inline["mimeType"],
-                                           "data": pybase64.b64encode(data).decode()}}
-        parts.append(part)
-    return {**content, "parts": parts}
-
-
 def _walk(value: Any) -> Any:
     if isinstance(value, dict):
         for v in value.values():
@@ -736,10 +650,3 @@ def _remove_images(rundir: Any) -> None:
     images = rundir / "images"
     if images.is_dir():
         shutil.rmtree(images)
-
-
-def now() -> float:
-    return time.time()
-
-
-__all__ = ["ImageParams", "RunOutcome", "Runner", "StepRuntime"]
