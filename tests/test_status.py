@@ -145,6 +145,8 @@ def test_status_of_a_two_step_pipeline(emulator_thread: Emulator, tmp_path: Path
     assert _step_line(out, "product_image")[1:7] == ["openai", "gpt-image-2", "3", "0", "0", "3"]
     assert _step_line(out, "on_marble")[1:7] == ["gemini", "gemini-3-pro-image", "3", "0", "0", "3"]
     assert "to continue" not in out
+    state = read_status(tmp_path / "out")
+    assert state.command == f"pixelmill run {path} -o {tmp_path / 'out'}"
 
 
 def test_status_of_a_folder_without_a_run(tmp_path: Path) -> None:

@@ -310,11 +310,20 @@ _LIMIT_FLAGS = {"concurrency": "--concurrency", "rpm": "--rpm", "ipm": "--ipm", 
 
 
 def rebuild_command(config: RunConfig) -> str | None:
-    """The `generate` / `edit` command line of a one-step configuration (never a key, never --restart, which
-    a resume must not repeat); None for pipelines, whose file is not in the configuration."""
-    if config.pipeline or len(config.steps) != 1:
-        return None
+    """The command line of a configuration: `generate` / `edit` for one step, `run PIPELINE` for a pipeline
+    read from a file (never a key, never --restart, which a resume must not repeat); None otherwise."""
     from pixelmill.config import Limits
+
+    if config.pipeline:
+        if not config.origin:
+            return None
+        args = ["pixelmill", "run", config.origin, "-o", str(config.output)]
+        for flag, value in (("--limit", config.limit), ("--max-cost", config.limits.max_cost)):
+            if value is not None:
+                args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+        return shlex.join(args)
+    if len(config.steps) != 1:
+        return None
 
     step = config.steps[0]
     args = ["pixelmill", step.task if step.task != "auto" else "edit", str(config.source), "-o", str(config.output)]
