@@ -134,7 +134,7 @@ def test_the_schema_check_can_fail(schemas: dict[str, Any]) -> None:
                          "output_format": "webp", "compression": 80, "moderation": "low"}),
         ("gpt-image-1.5", {"aspect_ratio": "16:9", "quality": "low", "output_format": "jpeg"}),
         ("gpt-image-1-mini", {}),
-        ("dall-e-3", {"quality": "high", "style": "natural", "aspect_ratio": "9:16", "n": 2}),
+        ("dall-e-3", {"quality": "high", "style": "natural", "aspect_ratio": "9:16"}),
         ("dall-e-2", {"resolution": "512", "n": 4, "extra": {"user": "u-1"}}),
     ],
 )
