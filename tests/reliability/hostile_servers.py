@@ -1,0 +1,160 @@
+"""Small loopback servers that misbehave on purpose, served from a thread (pixelmill.testing.ThreadRunner):
+
+- `LeakyGateway`: an OpenAI/Gemini-shaped endpoint that echoes the caller's API key into its error messages and
+  broken bodies (some real gateways and proxies do), to prove that pixelmill never writes or shows a key it is
+  handed back;
+- `ImageHost`: serves input images by URL, well and badly: stalls, drips, lies about its size, redirects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import Any
+
+import orjson
+import pybase64
+from aiohttp import web
+from PIL import Image
+
+
+def png_bytes(size: tuple[int, int] = (64, 64), colour: tuple[int, int, int] = (20, 120, 220)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, format="PNG")
+    return out.getvalue()
+
+
+class LocalServer:
+    """An aiohttp app on a free loopback port; `start`/`stop` as ThreadRunner expects. `hits` lists the paths
+    asked for."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.hits: list[str] = []
+        self._runner: web.AppRunner | None = None
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.hits.append(request.path)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def start(self) -> LocalServer:
+        app = web.Application(middlewares=[self._count])
+        self.routes(app)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.2)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class LeakyGateway(LocalServer):
+    """Prompt markers choose the answer: `[echo:400]`, `[echo:500]`, `[echo:401]`, `[echo:malformed]`; anything
+    else gets an image. Every failure repeats the key it was sent, in full."""
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/images/generations", self.openai)
+        app.router.add_post("/v1beta/models/{target}", self.gemini)
+
+    async def openai(self, request: web.Request) -> web.Response:
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        prompt = str((await request.json()).get("prompt", ""))
+        if "[echo:400]" in prompt:
+            return _json(400, {"error": {"message": f"Invalid prompt for key {key}", "type": "invalid_request_error",
+                                         "param": "prompt", "code": "invalid_value"}})
+        if "[echo:500]" in prompt:
+            return web.Response(status=500, text=f"upstream crashed; Authorization: Bearer {key}")
+        if "[echo:401]" in prompt:
+            return _json(401, {"error": {"message": f"Incorrect API key provided: {key}.", "code": "invalid_api_key",
+                                         "type": "invalid_request_error", "param": None}})
+        if "[echo:malformed]" in prompt:
+            return web.Response(status=200, text=f"<html>proxy error for {key}</html>", content_type="text/html")
+        image = pybase64.b64encode(png_bytes()).decode()
+        return _json(200, {"created": 1, "data": [{"b64_json": image, "revised_prompt": None}]})
+
+    async def gemini(self, request: web.Request) -> web.Response:
+        key = request.headers.get("x-goog-api-key", "")
+        body = await request.json()
+        prompt = " ".join(str(p.get("text", "")) for c in body.get("contents", []) for p in c.get("parts", []))
+        if "[echo:400]" in prompt:
+            return _json(400, {"error": {"code": 400, "message": f"Bad request from key {key}",
+                                         "status": "INVALID_ARGUMENT"}})
+        if "[echo:500]" in prompt:
+            return _json(500, {"error": {"code": 500, "message": f"Internal error for key {key}",
+                                         "status": "INTERNAL"}})
+        if "[echo:401]" in prompt:
+            return _json(403, {"error": {"code": 403, "message": f"Key {key} is not allowed",
+                                         "status": "PERMISSION_DENIED"}})
+        if "[echo:malformed]" in prompt:
+            return web.Response(status=200, text=f"<html>proxy error for {key}</html>", content_type="text/html")
+        image = pybase64.b64encode(png_bytes()).decode()
+        return _json(200, {"candidates": [{"content": {"role": "model", "parts": [
+            {"inlineData": {"mimeType": "image/png", "data": image}}]}, "finishReason": "STOP", "index": 0}],
+            "modelVersion": "gemini-3.1-flash-image"})
+
+
+class ImageHost(LocalServer):
+    """Input images by URL: `/good.png`; `/stall.png` (no answer for 5 s); `/drip.png` (one byte every 50 ms);
+    `/big-declared.png` (declares 100 MB); `/big-chunked.png` (streams 4 MB without a length);
+    `/redirect.png` (302 to /good.png)."""
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/good.png", self.good)
+        app.router.add_get("/stall.png", self.stall)
+        app.router.add_get("/drip.png", self.drip)
+        app.router.add_get("/big-declared.png", self.big_declared)
+        app.router.add_get("/big-chunked.png", self.big_chunked)
+        app.router.add_get("/redirect.png", self.redirect)
+
+    async def good(self, request: web.Request) -> web.Response:
+        return web.Response(body=png_bytes(), content_type="image/png")
+
+    async def stall(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response(body=png_bytes(), content_type="image/png")
+
+    async def drip(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        await response.prepare(request)
+        for byte in png_bytes():
+            await response.write(bytes([byte]))
+            await asyncio.sleep(0.05)
+        return response
+
+    async def big_declared(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.content_length = 100 * 1024 * 1024
+        await response.prepare(request)
+        for _ in range(1600):  # 100 MB in 64 kB writes, if the client kept reading
+            await response.write(b"\0" * 65536)
+        return response
+
+    async def big_chunked(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        data = png_bytes()
+        await response.write(data)
+        for _ in range(64):
+            await response.write(b"\0" * 65536)
+        return response
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound("/good.png")
+
+
+def _json(status: int, body: dict[str, Any]) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
