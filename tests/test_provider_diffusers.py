@@ -336,6 +336,13 @@ async def test_scheduler_override_is_used_and_recorded(models: dict[str, str], m
     assert plan.params["scheduler"] == "DDPMScheduler"
 
 
+@pytest.mark.parametrize("kind", ["sd", "flux"])
+async def test_memory_options_still_make_the_image(kind: str, models: dict[str, str], make_provider: Factory) -> None:
+    plain = await _call(make_provider(), models[kind], seed=8)
+    lean = await _call(make_provider(attention_slicing=True, vae_tiling=True), models[kind], seed=8)
+    assert_same_picture(lean.images[0].data, plain.images[0].data)
+
+
 # ---------------------------------------------------------------- through the command line
 
 

@@ -164,6 +164,11 @@ class DiffusersProvider(Provider):
         """Pipeline calls made so far (each one batch)."""
         return self._batcher.calls if self._batcher is not None else 0
 
+    @property
+    def busy_seconds(self) -> float:
+        """Seconds the devices spent in pipeline calls, summed over devices."""
+        return self._batcher.busy_seconds if self._batcher is not None else 0.0
+
     # ------------------------------------------------------------------ inside
     def _batches(self) -> Batcher[Work, Outcome]:
         if self._batcher is None:

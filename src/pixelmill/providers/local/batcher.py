@@ -44,8 +44,10 @@ class Batcher(Generic[W, R]):
         self._changed = asyncio.Condition()
         self._drivers = [asyncio.create_task(self._drive(i), name=f"pixelmill-diffusers-{i}")
                          for i in range(devices)]
-        self.calls = 0  # pipeline calls made (batches), for tests and benchmarks
+        # For tests and benchmarks: pipeline calls made (batches), rows they held, seconds devices were busy.
+        self.calls = 0
         self.batched_rows = 0
+        self.busy_seconds = 0.0
 
     async def submit(self, work: W, key: Hashable, images: int) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -70,15 +72,18 @@ class Batcher(Generic[W, R]):
             batch = await self._next_batch()
             self.calls += 1
             self.batched_rows += len(batch)
+            started = time.perf_counter()
             try:
                 results = await self._run(device, [p.work for p in batch])
             except BaseException as exc:
+                self.busy_seconds += time.perf_counter() - started
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
                 if not isinstance(exc, Exception):
                     raise
                 continue
+            self.busy_seconds += time.perf_counter() - started
             for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(result)
