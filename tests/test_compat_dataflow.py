@@ -581,8 +581,8 @@ def test_parquet_and_csv_step_files(tmp_path: Path, emulator_thread: Any) -> Non
 def test_key_never_written(tmp_path: Path, env: pytest.MonkeyPatch, emulator_thread: Any) -> None:
     emu = emulator_thread
     env.setenv("DF_BASE_URL", emu.openai_base_url)
-    refused = {"conversations": [{"role": "user", "content": "x [[fault:auth]]"}]}
-    src = write_jsonl(tmp_path / "p.jsonl", [*T2I_ROWS[:1], refused])
+    unauthorised = {"conversations": [{"role": "user", "content": "x [[fault:auth]]"}]}
+    src = write_jsonl(tmp_path / "p.jsonl", [*T2I_ROWS[:1], unauthorised])
     with pytest.raises(StepAborted) as info:
         seed_module(tmp_path).ImageGenerationAPIPipeline(
             api_format="openai", model_name="gpt-image-2", first_entry_file_name=str(src), batch_size=1,

@@ -107,3 +107,34 @@ def test_killed_script_resumes_paying_only_for_calls_in_flight(tmp_path: Path, e
     # at most `batch_size` calls are paid twice.
     assert emu.count() <= 10 + 2
     assert answered >= 4
+
+
+def test_ctrl_c_stops_cleanly_and_the_rerun_pays_nothing_twice(tmp_path: Path, emulator_thread: Any) -> None:
+    """The first Ctrl-C stops sending, lets the calls in flight finish, writes the step file with the rest
+    pending and exits 3; the re-run sends exactly the rest."""
+    emu = emulator_thread
+    emu.configure(latency=0.3)
+    src = write_jsonl(tmp_path / "p.jsonl",
+                      [{"conversations": [{"role": "user", "content": f"prompt {i}"}]} for i in range(10)])
+    args = ("--api_format", "openai", "--model_name", "gpt-image-2", "--batch_size", "2",
+            "--first_entry_file_name", src, "--cache_path", "out")
+    proc = script(T2I, *args, cwd=tmp_path, base_url=emu.openai_base_url, wait=False)
+    try:
+        deadline = time.monotonic() + 30
+        while emu.count(status=200) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 3, err
+    assert b"stopped:" in err and b"run the pipeline again" in err
+    out = rows(tmp_path / "out" / "dataflow_cache_step_step1.jsonl")
+    done = [r for r in out if r["images"]]
+    assert len(out) == 10 and len(done) == emu.count(status=200) < 10
+    assert {r["images_error"]["kind"] for r in out if not r["images"]} == {"pending"}
+    emu.configure(latency=0.0)
+    assert script(T2I, *args, cwd=tmp_path, base_url=emu.openai_base_url).returncode == 0
+    assert emu.count() == 10  # every call sent once

@@ -14,9 +14,16 @@ images already made are not paid for again.
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
-from pixelmill.compat.dataflow import APIImageGenServing, FileStorage, ImageIO, PromptedImageGenerator
+from pixelmill.compat.dataflow import (
+    APIImageGenServing,
+    FileStorage,
+    ImageIO,
+    PromptedImageGenerator,
+    StepAborted,
+)
 
 EXAMPLE_DATA = Path(__file__).resolve().parent / "data" / "text2image_prompts.jsonl"
 DEFAULT_MODELS = {"gemini": "gemini-3-pro-image-preview", "openai": "gpt-image-2"}
@@ -100,4 +107,8 @@ if __name__ == "__main__":
         first_entry_file_name=args.first_entry_file_name,
         cache_path=args.cache_path,
     )
-    pipeline.forward()
+    try:
+        pipeline.forward()
+    except StepAborted as exc:  # authentication, quota, budget or Ctrl-C: what was done is kept
+        sys.stderr.write(f"stopped: {exc}\n")
+        sys.exit(3)

@@ -1,4 +1,6 @@
-"""DataFlow-MM's image generation interface, on pixelmill's engine.
+"""DataFlow-MM's image generation interface, on pixelmill's engine: `FileStorage`, `ImageIO`,
+`APIImageGenServing` (cloud APIs), `LocalImageGenServing` (diffusers models, extra `pixelmill[local]`),
+`PromptedImageGenerator` and `PromptedImageEditGenerator`.
 
 Pipelines written for DataFlow-MM run after changing only their imports:
 
@@ -30,6 +32,7 @@ What changes underneath (DataFlow's faults are not kept):
 """
 
 from pixelmill.compat.dataflow.imageio import ImageIO
+from pixelmill.compat.dataflow.local_serving import LocalImageGenServing
 from pixelmill.compat.dataflow.operators import PromptedImageEditGenerator, PromptedImageGenerator
 from pixelmill.compat.dataflow.serving import APIImageGenServing
 from pixelmill.compat.dataflow.step_run import StepAborted, StepResult
@@ -40,6 +43,7 @@ __all__ = [
     "DataFlowConfigError",
     "FileStorage",
     "ImageIO",
+    "LocalImageGenServing",
     "PromptedImageEditGenerator",
     "PromptedImageGenerator",
     "StepAborted",

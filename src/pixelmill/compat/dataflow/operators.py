@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from pixelmill.compat.dataflow.ledger import Request
-from pixelmill.compat.dataflow.serving import APIImageGenServing
+from pixelmill.compat.dataflow.serving import ImageGenServing
 from pixelmill.compat.dataflow.step_run import KEEP, KeepRow, OperatorRun, StepResult
 from pixelmill.compat.dataflow.storage import FileStorage
 
@@ -31,7 +31,7 @@ _CONVERSATION_KEYS = ("conversations", "conversation")
 
 
 class PromptedImageGenerator:
-    def __init__(self, t2i_serving: APIImageGenServing, save_interval: int = 50) -> None:
+    def __init__(self, t2i_serving: ImageGenServing, save_interval: int = 50) -> None:
         self.t2i_serving = t2i_serving
         self.save_interval = save_interval
 
@@ -58,7 +58,7 @@ class PromptedImageGenerator:
 
 
 class PromptedImageEditGenerator:
-    def __init__(self, image_edit_serving: APIImageGenServing, save_interval: int = 50) -> None:
+    def __init__(self, image_edit_serving: ImageGenServing, save_interval: int = 50) -> None:
         self.image_edit_serving = image_edit_serving
         self.save_interval = save_interval
 

@@ -38,7 +38,7 @@ import orjson
 
 from pixelmill.compat.dataflow.imageio import ImageIO
 from pixelmill.compat.dataflow.ledger import Request, write_ledger
-from pixelmill.compat.dataflow.serving import APIImageGenServing
+from pixelmill.compat.dataflow.serving import ImageGenServing
 from pixelmill.compat.dataflow.storage import DataFlowConfigError, FileStorage
 from pixelmill.errors import ConfigError, PixelmillError
 from pixelmill.journal import Journal, StepState
@@ -99,7 +99,7 @@ RequestsOf = Callable[[dict[str, Any], int], "list[Request] | KeepRow"]
 
 
 class OperatorRun:
-    def __init__(self, *, label: str, serving: APIImageGenServing, storage: FileStorage, task: str,
+    def __init__(self, *, label: str, serving: ImageGenServing, storage: FileStorage, task: str,
                  output_key: str, image_field: str | None, save_interval: int | None) -> None:
         if serving.task != task:
             wanted = "text2image" if task == "generate" else "imageedit"
