@@ -19,6 +19,7 @@ Output columns, for output key `K` (the same for both operators):
 - `pixelmill`: an object with one entry per output key (`{"K": {...}}`, merged with earlier steps' entries):
   status, provider, model, parameters, usage, cost, attempts, request ids, turns; for text-to-image one
   `conditions` entry per user message.
+In csv and parquet step files, `K_error` and `pixelmill` hold JSON text.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class OperatorRun:
 
     # ------------------------------------------------------------ the run
     def execute(self, requests_of: RequestsOf) -> StepResult:
-        step = self.storage._require_step()
+        step = self.storage.current_step()
         cache = Path(self.storage.cache_path)
         cache.mkdir(parents=True, exist_ok=True)
         probe = self.serving.run_config(cache, cache, image_field=self.image_field, output_field=self.key)

@@ -59,7 +59,8 @@ class FileStorage:
         return self
 
     # ------------------------------------------------------------ where the current step reads and writes
-    def _require_step(self) -> int:
+    def current_step(self) -> int:
+        """The step an operator runs as (0: it reads the first entry file)."""
         if self.operator_step < 0:
             raise DataFlowConfigError("the storage has no current step: pass `storage.step()` to the operator "
                                       "(the first call selects the first entry file)")
@@ -72,11 +73,11 @@ class FileStorage:
 
     def input_path(self) -> Path:
         """The file the current step reads."""
-        return self.step_file(self._require_step())
+        return self.step_file(self.current_step())
 
     def output_path(self) -> Path:
         """The file the current step writes (the next step's input)."""
-        return self.step_file(self._require_step() + 1)
+        return self.step_file(self.current_step() + 1)
 
     # ------------------------------------------------------------ reading
     def iter_records(self) -> Iterator[Record]:
