@@ -226,3 +226,24 @@ def test_key_never_written(emulator_thread: Emulator, tmp_path: Path) -> None:
     for path in (tmp_path / "run2").rglob("*"):
         if path.is_file():
             assert TEST_KEY.encode() not in path.read_bytes(), path
+
+
+def test_a_row_changed_between_runs_is_sent_again_not_mixed_up(emulator_thread: Emulator, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(4))
+    assert gen(emulator_thread, src, tmp_path / "run")[0] == 0
+    rows = prompts(4)
+    rows.insert(1, {"prompt": "a new row in the middle"})  # rows 1..4 all move down by one
+    write_jsonl(src, rows)
+    # Interrupted before anything is sent: the output must not give the moved rows each other's images.
+    emulator_thread.configure(fail_after=0, fail_with="auth")
+    code, _ = gen(emulator_thread, src, tmp_path / "run")
+    assert code == 3
+    out = read_output(tmp_path / "run")
+    assert [r["pixelmill"]["status"] for r in out] == ["done", "pending", "pending", "pending", "pending"]
+    emulator_thread.configure(fail_after=None)
+    emulator_thread.reset_log()
+    code, _ = gen(emulator_thread, src, tmp_path / "run")
+    assert code == 0
+    assert sorted(r.prompt for r in emulator_thread.records(status=200)) == sorted(r["prompt"] for r in rows[1:])
+    out = read_output(tmp_path / "run")
+    assert len({r["images"][0] for r in out}) == 5

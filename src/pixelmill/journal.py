@@ -28,7 +28,7 @@ SCHEMA_VERSION = "1"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS records (row INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS records (row INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, digest TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS results (
     step TEXT NOT NULL,
     row INTEGER NOT NULL,
@@ -106,26 +106,37 @@ class Journal:
         self.db.execute("COMMIT")
 
     # ------------------------------------------------------------ record keys
-    def assign_keys(self, wanted: list[tuple[int, str]]) -> dict[int, str]:
-        """Keys for a batch of rows: existing ones are kept; new ones get the wanted key, or
-        `<key>-<row>` when another row already has it (two rows never share a file)."""
-        rows = [r for r, _ in wanted]
-        known = dict(self._select_in("SELECT row, key FROM records WHERE row IN ({})", rows))
-        fresh = [(r, k) for r, k in wanted if r not in known]
+    def assign_keys(self, wanted: list[tuple[int, str, str]]) -> tuple[dict[int, str], list[int]]:
+        """Keys for a batch of (row, wanted key, content digest). Rows the journal knows keep their key. A row
+        whose content changed since the last run is forgotten (its results no longer belong to it) and listed
+        in the second value. New rows get the wanted key, or `<key>-<row>` when another row has it already
+        (two rows never share a file)."""
+        rows = [r for r, _, _ in wanted]
+        known = {r: (k, d) for r, k, d in self._select_in("SELECT row, key, digest FROM records WHERE row IN ({})",
+                                                          rows)}
+        changed = [r for r, _, d in wanted if r in known and known[r][1] != d]
+        fresh = [(r, k, d) for r, k, d in wanted if r not in known or r in changed]
+        keys = {r: kd[0] for r, kd in known.items()}
         if fresh:
             self.db.execute("BEGIN")
             try:
-                for r, k in fresh:
+                for r in changed:
+                    self.db.execute("DELETE FROM results WHERE row = ?", (r,))
+                    self.db.execute("DELETE FROM records WHERE row = ?", (r,))
+                for r, k, d in fresh:
                     key = k
-                    if self.db.execute("SELECT 1 FROM records WHERE key = ?", (key,)).fetchone():
-                        key = f"{k}-{r}"
-                    self.db.execute("INSERT INTO records (row, key) VALUES (?, ?)", (r, key))
-                    known[r] = key
+                    attempt = 1
+                    while self.db.execute("SELECT 1 FROM records WHERE key = ?", (key,)).fetchone():
+                        # `<key>-<row>` may itself be another row's id: count on until the name is free.
+                        key = f"{k}-{r}" if attempt == 1 else f"{k}-{r}-{attempt}"
+                        attempt += 1
+                    self.db.execute("INSERT INTO records (row, key, digest) VALUES (?, ?, ?)", (r, key, d))
+                    keys[r] = key
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
-        return known
+        return keys, changed
 
     # ------------------------------------------------------------ results
     def states(self, step: str, rows: list[int]) -> dict[int, StepState]:
@@ -163,14 +174,15 @@ class Journal:
             out.setdefault(step, {})[status] = n
         return out
 
-    def iter_results(self, steps: list[str]) -> Iterator[tuple[int, str | None, dict[str, StepState]]]:
-        """(row, key, {step: state}) for every row the journal knows, in row order: the sink's merge input."""
+    def iter_results(self, steps: list[str]) -> Iterator[tuple[int, str, dict[str, StepState]]]:
+        """(row, content digest, {step: state}) for every row the journal knows, in row order: the sink's merge
+        input (the digest tells it whether the results still belong to the row it reads)."""
         cursor = self.db.execute(
-            "SELECT r.row, r.key, s.step, s.status, s.attempts, s.calls_done, s.outputs, s.cost, s.info "
+            "SELECT r.row, r.digest, s.step, s.status, s.attempts, s.calls_done, s.outputs, s.cost, s.info "
             "FROM records r LEFT JOIN results s ON s.row = r.row ORDER BY r.row"
         )
         current: int | None = None
-        key: str | None = None
+        key: str = ""
         states: dict[str, StepState] = {}
         for row, k, step, status, attempts, calls, outputs, cost, info in cursor:
             if row != current:

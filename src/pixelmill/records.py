@@ -37,6 +37,12 @@ class Record:
     def where(self) -> str:
         return f"line {self.line}" if self.line is not None else f"row {self.index}"
 
+    def digest(self) -> str:
+        """A fingerprint of the row's content: a resume recognises a row that changed since the last run."""
+        payload = orjson.dumps(self.data, option=orjson.OPT_SORT_KEYS, default=_opaque) if self.data is not None \
+            else (self.error or "").encode()
+        return hashlib.blake2b(payload, digest_size=10).hexdigest()
+
 
 SOURCE_FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 
@@ -91,6 +97,12 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
                 continue
             yield _parse_line(index, number, text)
             index += 1
+
+
+def _opaque(value: object) -> str:
+    if isinstance(value, bytes | bytearray):
+        return hashlib.blake2b(value, digest_size=10).hexdigest()
+    return repr(value)
 
 
 class _TooLong(bytes):

@@ -50,7 +50,8 @@ def output_rows(config: RunConfig, journal: Journal, counts: OutputCounts) -> It
         while pending_result is not None and pending_result[0] < record.index:
             pending_result = next(results, None)
         states: dict[str, StepState] = {}
-        if pending_result is not None and pending_result[0] == record.index:
+        if pending_result is not None and pending_result[0] == record.index \
+                and pending_result[1] == record.digest():  # results of a row that has changed are not its own
             states = pending_result[2]
         counts.rows += 1
         yield _row(config, record, states, counts)

@@ -273,8 +273,11 @@ class Runner:
             yield record
 
     async def _enqueue(self, journal: Journal, chunk: list[Record], queue: asyncio.Queue[_Row | None]) -> None:
-        wanted = [(r.index, self._key(r)) for r in chunk]
-        keys = journal.assign_keys(wanted)
+        wanted = [(r.index, self._key(r), r.digest()) for r in chunk]
+        keys, changed = journal.assign_keys(wanted)
+        for row in changed:
+            self.notice(f"row {row} changed since the last run: its earlier results are set aside and it is sent "
+                        "again")
         rows = [r.index for r in chunk]
         states = {s.config.name: journal.states(s.config.name, rows) for s in self.steps}
         for record in chunk:
