@@ -242,3 +242,24 @@ def test_images_over_the_size_limits(emulator_thread: Emulator, tmp_path: Path) 
     assert "dall-e-2 takes at most 4194304" in error_of(row)["message"]
     assert emulator_thread.count() == 0
     assert_every_row_once([row], [{"images": "big.png", "prompt": "x"}], field="output_image")
+
+
+@pytest.mark.parametrize("fmt", [
+    pytest.param("json", marks=pytest.mark.xfail(strict=True, reason=(
+        "sinks.write_output: orjson cannot write an integer above 64 bits (TypeError) and the stdlib reader of "
+        ".json keeps it: the run crashes after paying for every image"))),
+    pytest.param("jsonl", marks=pytest.mark.xfail(strict=True, reason=(
+        "records._parse_line: orjson reads an integer above 64 bits as a float: the output row is not the input "
+        "row unchanged"))),
+])
+def test_integers_beyond_64_bits_pass_through_unchanged(emulator_thread: Emulator, tmp_path: Path,
+                                                        fmt: str) -> None:
+    big = 123456789012345678901234567890
+    src = tmp_path / f"in.{fmt}"
+    rows = [f'{{"prompt": "a cat", "id": {big}}}', '{"prompt": "a dog", "id": 2}']
+    src.write_text("[" + ",".join(rows) + "]" if fmt == "json" else "\n".join(rows) + "\n")
+    assert run(emulator_thread, "generate", src, tmp_path / "run") == 0
+    import json
+
+    out = [json.loads(line) for line in (tmp_path / "run" / "output.jsonl").read_text().splitlines()]
+    assert out[0]["id"] == big and out[1]["id"] == 2
