@@ -126,7 +126,7 @@ def test_second_ctrl_c_stops_at_once_and_still_exits_3(emulator_thread: Emulator
                                        "_call sleeps without watching `stopping`)")
 def test_ctrl_c_does_not_wait_out_a_rate_limit(emulator_thread: Emulator, tmp_path: Path) -> None:
     """Rows that wait out a 429's Retry-After are not calls in flight: Ctrl-C stops them at once."""
-    emulator_thread.configure(latency=0.02, faults={"rate_limit": 0.3}, retry_after=4.0, seed=8)
+    emulator_thread.configure(latency=0.02, faults={"rate_limit": 0.3}, retry_after=3.0, seed=8)
     sources = [{"prompt": f"rate limited row {i}"} for i in range(40)]
     src = write_jsonl(tmp_path / "in.jsonl", sources)
     run = tmp_path / "run"

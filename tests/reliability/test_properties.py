@@ -59,23 +59,32 @@ def test_long_ids_that_share_a_prefix_stay_apart(prefix: str, a: str, b: str) ->
 WANTED = st.sampled_from(["a", "a-1", "a-2", "a-3", "a-1-2", "b", "row000001", "row000001-1"])
 
 
-@pytest.mark.xfail(strict=True, reason="journal.assign_keys: the `<key>-<row>` fallback can clash with a key "
-                                       "already taken (sqlite3.IntegrityError)")
 @SETTINGS
-@given(st.lists(WANTED, max_size=12), st.integers(min_value=1, max_value=5))
-@example(["a-2", "a", "a"], 3)
-def test_record_keys_are_unique_and_stable(wanted: list[str], chunk: int) -> None:
-    """Whatever the ids and however rows arrive in chunks, every row gets its own key, and asking again (a
-    resume) gives the same keys."""
+@given(st.lists(WANTED, max_size=12), st.integers(min_value=1, max_value=5), st.sets(st.integers(0, 11)))
+@example(["a-2", "a", "a"], 3, set())
+@example(["a", "a", "a-1", "a-1-2", "a-1"], 1, {0})
+def test_record_keys_are_unique_and_stable(wanted: list[str], chunk: int, edited: set[int]) -> None:
+    """Whatever the ids and however rows arrive in chunks, every row gets its own key; asking again (a resume)
+    gives the same keys; rows whose content changed get keys again, still all distinct."""
     journal = Journal(Path(":memory:"))
-    rows = list(enumerate(wanted))
-    keys: dict[int, str] = {}
-    for start in range(0, len(rows), chunk):
-        keys.update(journal.assign_keys(rows[start:start + chunk]))
+    rows = [(row, want, f"digest {row}") for row, want in enumerate(wanted)]
+
+    def assign(batch: list[tuple[int, str, str]]) -> dict[int, str]:
+        keys: dict[int, str] = {}
+        for start in range(0, len(batch), chunk):
+            keys.update(journal.assign_keys(batch[start:start + chunk])[0])
+        return keys
+
+    keys = assign(rows)
     assert len(set(keys.values())) == len(rows)
-    assert journal.assign_keys(rows) == keys
-    for row, want in rows:
-        assert keys[row] in (want, f"{want}-{row}") or keys[row].startswith(f"{want}-")
+    for row, want, _ in rows:
+        assert keys[row] == want or keys[row].startswith(f"{want}-{row}")
+    assert assign(rows) == keys
+    changed = [(row, want, digest + " edited" if row in edited else digest) for row, want, digest in rows]
+    again = assign(changed)
+    assert len(set(again.values())) == len(rows)
+    assert {row: key for row, key in again.items() if row not in edited} == \
+        {row: key for row, key in keys.items() if row not in edited}
 
 
 # ---------------------------------------------------------------- prompt templates

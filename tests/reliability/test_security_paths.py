@@ -115,12 +115,15 @@ def test_hostile_step_names_are_refused(tmp_path: Path, name: str) -> None:
     assert not (tmp_path / "out" / "images").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="journal.assign_keys: the `<key>-<row>` fallback is not checked for a "
-                                       "clash, so ids like a-2, a, a crash the run (sqlite3.IntegrityError)")
 def test_colliding_ids_and_their_fallbacks_get_distinct_files(emulator_thread: Emulator, tmp_path: Path) -> None:
-    ids = ["a-2", "a", "a", "a-1"]
+    """Ids that collide, and ids that look like the `<key>-<row>` fallback of a collision, still get a file each;
+    a resume names them the same way and sends nothing."""
+    ids = ["a-2", "a", "a", "a-1", "a/1", "a-1-3"]
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": v, "prompt": f"p{i}"} for i, v in enumerate(ids)])
     code, text = gen(emulator_thread, src, tmp_path / "run", "--id-field", "id")
     assert code == 0, text
     paths = [r["images"][0] for r in read_output(tmp_path / "run")]
     assert len(set(paths)) == len(ids)
+    assert gen(emulator_thread, src, tmp_path / "run", "--id-field", "id")[0] == 0
+    assert [r["images"][0] for r in read_output(tmp_path / "run")] == paths
+    assert emulator_thread.count(endpoint="generations") == len(ids)
