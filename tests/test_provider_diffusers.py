@@ -109,11 +109,14 @@ async def test_generate_returns_png_of_the_asked_size(models: dict[str, str], ma
 
 
 async def test_same_seed_same_bytes_other_seed_other_image(models: dict[str, str], make_provider: Factory) -> None:
-    first = await _call(make_provider(), models["sd"], seed=11)
+    provider = make_provider()
+    first = await _call(provider, models["sd"], seed=11)
     again = await _call(make_provider(), models["sd"], seed=11)  # a fresh load: nothing cached
     other = await _call(make_provider(), models["sd"], seed=12)
     assert first.images[0].data == again.images[0].data
     assert first.images[0].data != other.images[0].data
+    await provider.aclose()  # closed, then used again: it loads the model again
+    assert (await _call(provider, models["sd"], seed=11)).images[0].data == first.images[0].data
 
 
 async def test_rows_without_a_seed_get_a_stable_one_recorded(models: dict[str, str], make_provider: Factory) -> None:

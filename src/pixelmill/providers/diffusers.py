@@ -81,7 +81,7 @@ class DiffusersProvider(Provider):
         self.preferred_concurrency = self.options.batch_size * len(self.devices) * 2
         self._loading: dict[str, asyncio.Task[list[LoadedCopy]]] = {}
         self._copies: dict[tuple[str, int], LoadedCopy] = {}
-        self._threads = [ThreadPoolExecutor(1, thread_name_prefix=f"pixelmill-{d}") for d in self.devices]
+        self._threads = self._device_threads()
         self._batcher: Batcher[Work, Outcome] | None = None
 
     # ------------------------------------------------------------------ rules and plans (before anything loads)
@@ -151,8 +151,9 @@ class DiffusersProvider(Provider):
         for copy in self._copies.values():
             copy.release()
         self._copies.clear()
-        for pool in self._threads:
+        for pool in self._threads:  # a call running finishes in its thread; nothing new starts there
             pool.shutdown(wait=False, cancel_futures=True)
+        self._threads = self._device_threads()  # usable again: the model reloads on the next call
         if any(d.startswith("cuda") for d in self.devices):
             import torch
 
@@ -170,6 +171,10 @@ class DiffusersProvider(Provider):
         return self._batcher.busy_seconds if self._batcher is not None else 0.0
 
     # ------------------------------------------------------------------ inside
+    def _device_threads(self) -> list[ThreadPoolExecutor]:
+        """One thread per device: one pipeline call at a time on it (the thread starts on first use)."""
+        return [ThreadPoolExecutor(1, thread_name_prefix=f"pixelmill-{d}") for d in self.devices]
+
     def _batches(self) -> Batcher[Work, Outcome]:
         if self._batcher is None:
             self._batcher = Batcher(len(self.devices), self.options.batch_size, self.options.batch_window,
