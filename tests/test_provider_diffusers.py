@@ -318,7 +318,10 @@ def test_options_and_preferred_concurrency(models: dict[str, str]) -> None:
     assert provider.devices == ["cpu"] and provider.preferred_concurrency == 8
     spec = provider.spec_for(models["sd"])
     assert spec.family == "diffusers" and spec.tasks == ("generate", "edit") and spec.mask
-    assert spec.free_size is not None and spec.free_size.multiple == 2  # the tiny VAE halves the size
+    assert spec.free_size is not None and spec.free_size.multiple == 8  # what StableDiffusionPipeline checks
+    rounded = provider.plan(spec, ImageParams(size="30x30"), "generate")
+    assert (rounded.params["width"], rounded.params["height"]) == (32, 32)
+    assert any("30x30" in n and "32x32" in n for n in rounded.notices)
     plan = provider.plan(spec, ImageParams(size="32x32"), "generate")
     assert any("CPU" in n for n in plan.notices)
     with pytest.raises(ConfigError, match="cpu_offload needs GPUs"):

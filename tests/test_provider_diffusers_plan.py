@@ -171,6 +171,13 @@ def test_model_rules_come_from_its_configs(tmp_path: Path) -> None:
     qwen = inspect_model(str(_folder(tmp_path / "qwen", "QwenImageEditPipeline",
                                      vae={"temperal_downsample": [False, True, True]})))
     assert (qwen.family.key, qwen.multiple, qwen.family.tasks()) == ("qwen-image-edit", 16, ("edit",))
+    # The pipeline's own check (8 for Stable Diffusion) holds under a smaller VAE factor; a larger one raises it.
+    tiny = inspect_model(str(_folder(tmp_path / "tiny", "StableDiffusionPipeline",
+                                     vae={"block_out_channels": [8, 16]}, denoiser=("unet", {"sample_size": 16}))))
+    assert (tiny.multiple, tiny.native) == (8, 32)
+    deep = inspect_model(str(_folder(tmp_path / "deep", "StableDiffusionPipeline",
+                                     vae={"block_out_channels": [1, 2, 3, 4, 5]})))
+    assert deep.multiple == 16
     # A model saved as its image-to-image variant is still of its family; without configs: the family's rules.
     variant = inspect_model(str(_folder(tmp_path / "xl", "StableDiffusionXLImg2ImgPipeline")))
     assert (variant.family.key, variant.multiple, variant.native) == ("sdxl", 8, 1024)

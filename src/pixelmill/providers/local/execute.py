@@ -65,8 +65,8 @@ def run_batch(copy: LoadedCopy, works: Sequence[Work]) -> list[Outcome]:
         summary = f"{type(exc).__name__}: {exc}"[:_MESSAGE_CHARS]
         if len(works) == 1:
             return [_row_error(copy, works[0], oom, summary)]
-        log.warning("%s on %s with a batch of %d rows; running them one by one",
-                    "out of memory" if oom else summary, copy.device, len(works))
+        log.warning("a batch of %d rows failed on %s (%s); running them one by one", len(works), copy.device,
+                    "out of memory" if oom else summary)
         retry_singly = True
     if retry_singly:
         _free_memory(copy.device)

@@ -12,6 +12,7 @@ Nothing here imports torch or diffusers: planning and `estimate` stay cheap.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -30,7 +31,7 @@ class Family:
     generate: str | None  # text-to-image class; None: the model only edits
     edit: str | None  # image-to-image / editing class
     inpaint: str | None  # the class for edits with a mask
-    multiple: int  # sides must be multiples of this (VAE factor x patch size), when the configs do not say
+    multiple: int  # sides must be multiples of this (the pipelines check it; a larger VAE factor can raise it)
     patch: int  # latent patch size on top of the VAE factor (packed 2x2 latents: 2)
     native: int  # the default side when the configs do not say
     negative_prompt: NegativePrompt
@@ -155,7 +156,9 @@ def inspect_model(model: str) -> LocalModel:
 
     vae = config("vae")
     vae_factor = _vae_factor(vae)
-    multiple = vae_factor * family.patch if vae_factor else family.multiple
+    # The pipelines' own checks use the family's multiple even where the VAE would allow less (Stable
+    # Diffusion checks for 8 whatever its VAE), and the VAE's when it is larger.
+    multiple = math.lcm(family.multiple, vae_factor * family.patch) if vae_factor else family.multiple
     denoiser = config("unet") or config("transformer")
     sample = denoiser.get("sample_size")
     if isinstance(sample, int) and vae_factor and family.key in ("stable-diffusion", "sdxl", "sd3"):
