@@ -356,7 +356,7 @@ def test_a_run_resumes_and_remakes_the_same_images(models: dict[str, str], tmp_p
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"tiny picture {i}"} for i in range(6)])
     run = tmp_path / "run"
     args = ("generate", src, "-o", run, "--provider", "diffusers", "--model", models["sd"], "--size", "32x32",
-            "--steps", "2", "--param", "batch_size=4", "--quiet")
+            "--steps", "2", "--batch-size", "4", "--quiet")
     first = cli(*args, "--limit", "3")
     assert first.code == 0, first.output
     done = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (run / "images").rglob("*.png")}

@@ -77,6 +77,8 @@ def _job(
     input_fidelity: Str = None,
     param: Annotated[list[str] | None, typer.Option(help="KEY=VALUE passed to the provider unchanged (repeatable).")] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 16,
+    batch_size: Annotated[int | None, typer.Option(help="Local models: rows per pipeline call.")] = None,
+    devices: Annotated[str | None, typer.Option(help="Local models: auto, a GPU count, cuda:0,cuda:1, cpu or mps.")] = None,
     rpm: Annotated[float | None, typer.Option(help="Requests per minute at most.")] = None,
     ipm: Annotated[float | None, typer.Option(help="Images per minute at most.")] = None,
     max_retries: Annotated[int, typer.Option(help="Retries of transient errors per call (429s: bounded by --deadline).")] = 5,
@@ -112,6 +114,11 @@ def _command(task: str, doc: str) -> Any:
 app.command("generate")(_command("generate", "Text-to-image over every record of INPUT."))
 app.command("edit")(_command("edit", "Image editing over every record of INPUT (input images + instruction; "
                                      "several user messages make a multi-turn edit)."))
+
+
+# Provider settings of local models that --param may also give (they configure the provider, not a request).
+LOCAL_OPTIONS = ("batch_size", "devices", "dtype", "scheduler", "attention_slicing", "vae_tiling", "cpu_offload",
+                 "batch_window", "variant")
 
 
 def job_options(**overrides: Any) -> dict[str, Any]:
@@ -164,8 +171,10 @@ def build_config(task: str, input: Path, options: dict[str, Any]) -> Any:
         if model is None:
             raise ConfigError("--provider diffusers needs --model PATH_OR_HUB_ID")
     extra = _parse_params(o["param"])
-    model_options = {k: extra.pop(k) for k in list(extra) if k in ("batch_size", "devices", "dtype", "scheduler",
-                                                                   "attention_slicing", "vae_tiling", "cpu_offload")}
+    model_options = {k: extra.pop(k) for k in list(extra) if k in LOCAL_OPTIONS}
+    for name in ("batch_size", "devices"):
+        if o.get(name) is not None:
+            model_options[name] = o[name]
     try:
         params = ImageParams(
             n=o["n"], size=o["size"], aspect_ratio=o["aspect_ratio"], resolution=o["resolution"],

@@ -83,6 +83,7 @@ _EPSILON = 1e-9  # float sums of many small prices
 
 class Limiter:
     def __init__(self, concurrency: int, rpm: float | None, ipm: float | None) -> None:
+        self.concurrency = concurrency
         self.slots = asyncio.Semaphore(concurrency)
         self.requests = Pacer(rpm)
         self.images = Pacer(ipm)

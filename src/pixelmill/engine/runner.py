@@ -137,6 +137,11 @@ class Runner:
                 where = f"{self.config.origin}: " if self.config.origin else ""
                 raise ConfigError(f"{where}step {step.name!r}: {exc}") from None
             self.steps.append(runtime)
+        # Local models batch rows inside the provider: it needs more rows in flight than a cloud API's
+        # --concurrency to fill its batches (and has no rate limit to respect).
+        wanted = max([int(getattr(s.provider, "preferred_concurrency", 0)) for s in self.steps] or [0])
+        if wanted > self.limits.concurrency:
+            self.limiter = Limiter(wanted, self.limits.rpm, self.limits.ipm)
         names = [s.config.name for s in self.steps]
         if len(set(names)) != len(names):
             raise ConfigError(f"step names must be unique; got {names}")
@@ -221,9 +226,7 @@ class Runner:
         self.stopping.set()
 
     async def _run_rows(self, journal: Journal, store: ImageStore) -> None:
-        workers = self.limits.concurrency * 2 + 2
-        for step in self.steps:
-            workers = max(workers, int(getattr(step.provider, "preferred_concurrency", 0)))
+        workers = self.limiter.concurrency * 2 + 2
         queue: asyncio.Queue[_Row | None] = asyncio.Queue(maxsize=max(CHUNK, workers * 2))
         producer = asyncio.create_task(self._produce(journal, queue, workers))
         tasks = [asyncio.create_task(self._work(journal, store, queue)) for _ in range(workers)]
