@@ -87,11 +87,15 @@ def run_config(
         runners: list[Runner] = []
 
         def on_signal() -> None:
-            if runners and runners[0].abort_reason is None:
+            if not runners:  # still preparing: nothing sent yet
+                if task is not None:
+                    task.cancel()
+            elif runners[0].abort_reason is None:
                 notice("stopping: waiting for the calls in flight to finish (Ctrl-C again to stop at once)")
                 runners[0].stop("interrupted (Ctrl-C): run the same command again to continue")
-            elif task is not None:
-                task.cancel()
+            else:
+                notice("stopping now: calls in flight are abandoned and will be sent again by a re-run")
+                runners[0].stop_now("interrupted (Ctrl-C twice): run the same command again to continue")
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import orjson
-import pytest
 
 from pixelmill.testing import Emulator
 from tests.reliability.invariants import (
@@ -92,8 +91,6 @@ def test_first_ctrl_c_stops_sending_records_calls_in_flight_and_resumes(emulator
     assert_no_corrupt_image(run)
 
 
-@pytest.mark.xfail(strict=True, reason="a second Ctrl-C cancels the main task: CancelledError traceback, exit 1, "
-                                       "no output written (pixelmill/api.py run_config.on_signal)")
 def test_second_ctrl_c_stops_at_once_and_still_exits_3(emulator_thread: Emulator, tmp_path: Path) -> None:
     """The second Ctrl-C does not wait for slow calls in flight; it still ends as an interrupted run: exit 3, one
     clear line instead of a traceback, every row in the output (pending), a consistent journal."""
@@ -122,8 +119,6 @@ def test_second_ctrl_c_stops_at_once_and_still_exits_3(emulator_thread: Emulator
     assert paid_repeats(emulator_thread) <= CONCURRENCY
 
 
-@pytest.mark.xfail(strict=True, reason="the first Ctrl-C waits out Retry-After and backoff sleeps (engine/runner.py "
-                                       "_call sleeps without watching `stopping`)")
 def test_ctrl_c_does_not_wait_out_a_rate_limit(emulator_thread: Emulator, tmp_path: Path) -> None:
     """Rows that wait out a 429's Retry-After are not calls in flight: Ctrl-C stops them at once."""
     emulator_thread.configure(latency=0.02, faults={"rate_limit": 0.3}, retry_after=3.0, seed=8)

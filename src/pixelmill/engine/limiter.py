@@ -91,18 +91,19 @@ class Limiter:
         self.slowdown = 1.0  # >1 after 429s: pacing intervals are multiplied by it
         self.rate_limited = 0
 
-    async def admit(self, images: int) -> None:
-        """Wait until a call for `images` images may be sent. The caller then holds a concurrency slot."""
+    async def admit(self, images: int, stopping: asyncio.Event) -> None:
+        """Wait until a call for `images` images may be sent. The caller then holds a concurrency slot (and
+        checks `stopping`: the waits here end early when the run stops)."""
         await self.slots.acquire()
         try:
-            while True:
+            while not stopping.is_set():
                 wait = self.paused_until - time.monotonic()
                 if wait <= 0:
                     break
-                await asyncio.sleep(wait)
+                await _sleep_unless(stopping, wait)
             wait = max(self.requests.reserve(self.slowdown), self.images.reserve(images * self.slowdown))
             if wait > 0:
-                await asyncio.sleep(wait)
+                await _sleep_unless(stopping, wait)
         except BaseException:
             self.slots.release()
             raise
@@ -121,3 +122,10 @@ class Limiter:
     def on_success(self) -> None:
         if self.slowdown > 1.0:
             self.slowdown = max(1.0, self.slowdown * 0.995)
+
+
+async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        pass

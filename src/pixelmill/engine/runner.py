@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +118,7 @@ class Runner:
                                   self.limits.retry_base, self.limits.retry_cap)
         self.rng = random.Random()
         self.stopping = asyncio.Event()
+        self._hard_stop = asyncio.Event()
         self.abort_reason: str | None = None
         self.abort_kind: str | None = None
         self.secrets: tuple[str, ...] = ()
@@ -219,6 +221,20 @@ class Runner:
         """Stop sending (Ctrl-C): calls in flight finish and are recorded; the rest stays pending."""
         self._abort(reason, kind)
 
+    def stop_now(self, reason: str) -> None:
+        """Stop at once (a second Ctrl-C): calls in flight are abandoned (a re-run sends them again); what is
+        journaled stays, and the output is still written."""
+        self._abort(reason, "interrupted")
+        self._hard_stop.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, unless the run is stopping: then the row stops where it is (pending)."""
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            return
+        raise _Stopped()
+
     def _abort(self, reason: str, kind: str) -> None:
         if self.abort_reason is None:
             self.abort_reason = redact(reason, self.secrets)
@@ -230,26 +246,36 @@ class Runner:
         queue: asyncio.Queue[_Row | None] = asyncio.Queue(maxsize=max(CHUNK, workers * 2))
         producer = asyncio.create_task(self._produce(journal, queue, workers))
         tasks = [asyncio.create_task(self._work(journal, store, queue)) for _ in range(workers)]
+        stopping = asyncio.create_task(self.stopping.wait())
+        everything: asyncio.Future[Any] = asyncio.gather(*tasks)
         try:
-            done_producing = asyncio.ensure_future(producer)
-            await asyncio.wait([done_producing, asyncio.ensure_future(self.stopping.wait())],
-                               return_when=asyncio.FIRST_COMPLETED)
-            if self.stopping.is_set():
-                producer.cancel()
-                # Calls in flight finish (bounded); workers see `stopping` and take nothing new.
-                _, pending = await asyncio.wait(tasks, timeout=self.limits.drain_timeout)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-            else:
+            await asyncio.wait([producer, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not self.stopping.is_set():
                 producer.result()
-                await asyncio.gather(*tasks)
-        except BaseException:
+                await asyncio.wait([everything, stopping], return_when=asyncio.FIRST_COMPLETED)
+                if not self.stopping.is_set():
+                    everything.result()
+                    return
+            # Stopping: calls in flight finish and are recorded (bounded by drain_timeout, or cut short by
+            # stop_now); workers see `stopping` and take nothing new.
             producer.cancel()
-            for task in tasks:
+            await self._drain(tasks, asyncio.create_task(self._hard_stop.wait()))
+        finally:
+            for task in (producer, stopping, *tasks):
                 task.cancel()
-            await asyncio.gather(producer, *tasks, return_exceptions=True)
-            raise
+            await asyncio.gather(producer, stopping, everything, return_exceptions=True)
+
+    async def _drain(self, tasks: list[asyncio.Task[None]], hurry: asyncio.Task[Any]) -> None:
+        """Wait for the workers to finish their calls in flight, until drain_timeout or a second stop."""
+        deadline = time.monotonic() + self.limits.drain_timeout
+        pending: set[asyncio.Task[Any]] = {t for t in tasks if not t.done()}
+        while pending and not hurry.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            _, pending = await asyncio.wait([*pending, hurry], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(hurry)
+        hurry.cancel()
 
     async def _produce(self, journal: Journal, queue: asyncio.Queue[_Row | None], workers: int) -> None:
         try:
@@ -534,11 +560,11 @@ class Runner:
                 raise _Stopped()
             await self.budget.reserve(reserve)  # waits while calls in flight hold the rest of the budget
             try:
-                await self.limiter.admit(n_images)
+                await self.limiter.admit(n_images, self.stopping)
             except BaseException:
                 self.budget.settle(reserve, 0.0)
                 raise
-            if self.stopping.is_set():  # stopped while waiting for a slot: send nothing more
+            if self.stopping.is_set():  # stopped while waiting for a slot or a pause: send nothing more
                 self.limiter.release()
                 self.budget.settle(reserve, 0.0)
                 raise _Stopped()
@@ -559,7 +585,7 @@ class Runner:
                     exc.attempts = attempts  # type: ignore[attr-defined]
                     raise
                 self.stats.retries += 1
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 continue
             except BaseException:
                 self.budget.settle(reserve, 0.0)
