@@ -37,14 +37,14 @@ def test_bad_generate_rows(emulator_thread: Emulator, tmp_path: Path) -> None:
     out = read_output(tmp_path / "run")
     assert len(out) == 9
     assert out[0]["pixelmill"]["status"] == "done" and out[8]["pixelmill"]["status"] == "done"
-    assert out[1] == {"pixelmill": {"line": 2, "error": {"kind": "input", "message": out[1]["pixelmill"]["error"]
-                                                         ["message"]}}}
+    assert out[1] == {"pixelmill": {"line": 2, "status": "failed", "error": {
+        "kind": "input", "message": out[1]["pixelmill"]["error"]["message"]}}}
     assert out[1]["pixelmill"]["error"]["message"].startswith("line 2: not valid JSON")
     assert "blank" in out[2]["pixelmill"]["error"]["message"] and out[2]["pixelmill"]["error"]["field"] == "prompt"
     assert out[3]["pixelmill"]["error"]["kind"] == "input"
     assert "must be text" in out[4]["pixelmill"]["error"]["message"]
     assert "no prompt" in out[5]["pixelmill"]["error"]["message"]
-    assert out[6]["pixelmill"] == {"line": 7, "error": {"kind": "input",
+    assert out[6]["pixelmill"] == {"line": 7, "status": "failed", "error": {"kind": "input",
                                                          "message": "line 7: expected a JSON object, got list"}}
     assert out[7]["pixelmill"]["error"]["message"] == "line 8: not valid UTF-8 text"
     assert out[2]["images"] == [] and out[2]["prompt"] == ""

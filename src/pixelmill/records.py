@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from pixelmill import jsonio
 from pixelmill.errors import ConfigError, InputError
 
 MAX_LINE_BYTES = 256 * 1024 * 1024  # a line longer than this is a failed row, not a memory blow-up
@@ -39,8 +40,7 @@ class Record:
 
     def digest(self) -> str:
         """A fingerprint of the row's content: a resume recognises a row that changed since the last run."""
-        payload = orjson.dumps(self.data, option=orjson.OPT_SORT_KEYS, default=_opaque) if self.data is not None \
-            else (self.error or "").encode()
+        payload = jsonio.dumps(self.data, sort_keys=True) if self.data is not None else (self.error or "").encode()
         return hashlib.blake2b(payload, digest_size=10).hexdigest()
 
 
@@ -99,12 +99,6 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
             index += 1
 
 
-def _opaque(value: object) -> str:
-    if isinstance(value, bytes | bytearray):
-        return hashlib.blake2b(value, digest_size=10).hexdigest()
-    return repr(value)
-
-
 class _TooLong(bytes):
     pass
 
@@ -127,8 +121,8 @@ def _lines(f: Any) -> Iterator[bytes]:
 
 def _parse_line(index: int, number: int, text: bytes) -> Record:
     try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
+        value = jsonio.loads(text)
+    except (orjson.JSONDecodeError, ValueError) as exc:
         try:
             text.decode("utf-8")
         except UnicodeDecodeError:
@@ -141,6 +135,13 @@ def _parse_line(index: int, number: int, text: bytes) -> Record:
 
 def _read_json_array(path: Path, chunk: int = 1 << 20) -> Iterator[Record]:
     """Stream the elements of a top-level JSON array without loading the file."""
+    try:
+        yield from _json_elements(path, chunk)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 text (byte {exc.start} of a block); save it as UTF-8") from None
+
+
+def _json_elements(path: Path, chunk: int) -> Iterator[Record]:
     decoder = json.JSONDecoder()
     index = 0
     with path.open("r", encoding="utf-8-sig") as f:
@@ -191,9 +192,22 @@ def _skip_ws(buf: str, pos: int) -> int:
 def _read_csv(path: Path) -> Iterator[Record]:
     import csv
 
-    with path.open("r", encoding="utf-8-sig", newline="") as f:
-        for index, row in enumerate(csv.DictReader(f)):
-            yield Record(index, dict(row), index + 2)
+    # Bytes that are not UTF-8 survive as surrogates, so that one bad row fails alone instead of the run.
+    with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        reader = csv.DictReader(f)
+        for index, row in enumerate(reader):
+            if any(_has_surrogates(v) for v in (*row.values(), *row.keys()) if isinstance(v, str)):
+                yield Record(index, None, reader.line_num, f"line {reader.line_num}: not valid UTF-8 text")
+            else:
+                yield Record(index, dict(row), reader.line_num)
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _read_parquet(path: Path) -> Iterator[Record]:
@@ -296,7 +310,7 @@ def render_template(template: str, data: dict[str, Any]) -> str:
         if name not in data or data[name] is None:
             raise InputError(f"prompt template needs field {name!r}, which this row lacks", field=name)
         value = data[name]
-        out.append(value if isinstance(value, str) else orjson.dumps(value).decode())
+        out.append(value if isinstance(value, str) else jsonio.dumps(value).decode())
     return "".join(out)
 
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from pixelmill import jsonio
 from pixelmill.config import RunConfig
 from pixelmill.images import data_url
 from pixelmill.journal import Journal, StepState
@@ -68,7 +67,7 @@ def _row(config: RunConfig, record: Record, states: dict[str, StepState], counts
     if record.data is None:
         counts.failed += 1
         where: dict[str, Any] = {"line": record.line} if record.line is not None else {"row": record.index}
-        return {"pixelmill": {**where, "error": {"kind": "input", "message": record.error}}}
+        return {"pixelmill": {**where, "status": "failed", "error": {"kind": "input", "message": record.error}}}
     row = dict(record.data)
     objects: dict[str, Any] = {}
     statuses = []
@@ -128,6 +127,6 @@ def write_output(config: RunConfig, journal: Journal) -> tuple[Path, OutputCount
     tmp = target.with_name(f".{target.name}.tmp")
     with open(tmp, "wb") as f:
         for row in output_rows(config, journal, counts):
-            f.write(orjson.dumps(row, default=str, option=orjson.OPT_APPEND_NEWLINE))
+            f.write(jsonio.dumps(row, newline=True))
     os.replace(tmp, target)
     return target, counts

@@ -175,7 +175,6 @@ def test_utf16_file_is_refused_line_by_line(emulator_thread: Emulator, tmp_path:
     assert emulator_thread.count() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="records.py _read_csv decodes strictly: UnicodeDecodeError escapes the run")
 def test_csv_with_non_utf8_row(emulator_thread: Emulator, tmp_path: Path) -> None:
     """A CSV row that is not UTF-8 is one failed row naming its line; the other rows go on."""
     code = run(emulator_thread, "generate", CORPUS / "latin1.csv", tmp_path / "run")
@@ -185,7 +184,6 @@ def test_csv_with_non_utf8_row(emulator_thread: Emulator, tmp_path: Path) -> Non
     assert "UTF-8" in error_of(out[1])["message"] and "3" in error_of(out[1])["message"]
 
 
-@pytest.mark.xfail(strict=True, reason="records.py _read_json_array decodes strictly: UnicodeDecodeError escapes")
 def test_json_array_with_non_utf8_bytes(emulator_thread: Emulator, tmp_path: Path) -> None:
     """A .json input with bytes that are not UTF-8 ends in a clear error, not a traceback."""
     src = tmp_path / "in.json"
@@ -244,14 +242,7 @@ def test_images_over_the_size_limits(emulator_thread: Emulator, tmp_path: Path) 
     assert_every_row_once([row], [{"images": "big.png", "prompt": "x"}], field="output_image")
 
 
-@pytest.mark.parametrize("fmt", [
-    pytest.param("json", marks=pytest.mark.xfail(strict=True, reason=(
-        "sinks.write_output: orjson cannot write an integer above 64 bits (TypeError) and the stdlib reader of "
-        ".json keeps it: the run crashes after paying for every image"))),
-    pytest.param("jsonl", marks=pytest.mark.xfail(strict=True, reason=(
-        "records._parse_line: orjson reads an integer above 64 bits as a float: the output row is not the input "
-        "row unchanged"))),
-])
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
 def test_integers_beyond_64_bits_pass_through_unchanged(emulator_thread: Emulator, tmp_path: Path,
                                                         fmt: str) -> None:
     big = 123456789012345678901234567890
