@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pixelmill.errors import ConfigError
 from pixelmill.params import ImageParams
@@ -56,6 +56,14 @@ class StepConfig(BaseModel):
                 check_name_template(value)
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("output_field")
+    @classmethod
+    def _output_field(cls, value: str | None) -> str | None:
+        # It names a column and may name a folder ({field} in a name template): no path separators, no `..`.
+        if value is not None and (not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_. -]{0,99}", value) or ".." in value):
+            raise ValueError(f"output field {value!r} must be letters, digits, '_', '-', '.' or spaces")
         return value
 
     @field_validator("name")
@@ -121,6 +129,19 @@ class RunConfig(BaseModel):
     allow_private_urls: bool = False
     api_key: str | None = Field(default=None, repr=False, exclude=True)
     models_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _steps_apart(self) -> RunConfig:
+        from pixelmill.store import check_step_names
+
+        fields = [s.out_field for s in self.steps]
+        if len(set(fields)) != len(fields):
+            raise ValueError(f"steps must write different output fields; got {fields}")
+        try:
+            check_step_names([(s.name, s.name_template) for s in self.steps])
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     def fingerprint(self) -> dict[str, Any]:
         return {

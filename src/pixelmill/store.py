@@ -21,8 +21,14 @@ NAME_FIELDS = ("step", "key", "i", "row", "field")
 
 
 def check_name_template(template: str) -> None:
-    """A file-name template must tell rows apart ({key} or {row}) and images of a row apart ({i}), and use
-    only known placeholders. The extension is added from the bytes."""
+    """A file-name template must give every image of a step its own file, inside RUNDIR/images.
+
+    It tells rows apart ({key} or {row}) and images of a row apart ({i}); and between two of those a literal with
+    a character that is not a digit, so that a name reads back one way only ({key}{i}
+    would give ids 'a1' and 'a' the same file 'a10'). {step} and {field} are constant within a step.
+    The extension is added from the bytes."""
+    import string
+
     from pixelmill.errors import ConfigError
     from pixelmill.records import template_fields
 
@@ -33,8 +39,31 @@ def check_name_template(template: str) -> None:
     if ("key" not in names and "row" not in names) or "i" not in names:
         raise ConfigError(f"name template {template!r} must contain {{key}} or {{row}}, and {{i}}, so that two "
                           "images never share a file")
-    if template.startswith("/") or ".." in template.split("/") or "\\" in template:
+    if template.startswith("/") or ".." in template.split("/") or "\\" in template or "\x00" in template:
         raise ConfigError(f"name template {template!r} must stay inside RUNDIR/images")
+    between = ""
+    last: str | None = None
+    for literal, placeholder, _, _ in string.Formatter().parse(template):
+        between += literal
+        if placeholder in ("key", "row", "i"):
+            if last is not None and not any(not c.isdigit() for c in between):
+                raise ConfigError(f"name template {template!r}: put a separator that is not a digit between "
+                                  f"{{{last}}} and {{{placeholder}}} (like _ or /), so that names cannot clash")
+            last, between = placeholder, ""
+
+
+def check_step_names(steps: list[tuple[str, str | None]]) -> None:
+    """Steps of one run never share a file: with more than one step, each template puts {step} or {field} in
+    a folder of its own (the default does: "{step}/...")."""
+    from pixelmill.errors import ConfigError
+
+    if len(steps) < 2:
+        return
+    for step, template in steps:
+        parts = (template or DEFAULT_NAME).split("/")[:-1]
+        if "{step}" not in parts and "{field}" not in parts:
+            raise ConfigError(f"step {step!r}: name template {template!r} must put {{step}} or {{field}} in a folder "
+                              "of its own (e.g. \"{step}/{key}_{i}\"), so that two steps never share a file")
 
 
 def image_stem(template: str, *, step: str, key: str, i: int, row: int, field: str) -> str:

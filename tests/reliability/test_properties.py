@@ -165,8 +165,6 @@ def test_accepted_name_templates_stay_inside_images(template: str, raw_id: str, 
     assert path.startswith("images/") and not path.startswith("images/..")
 
 
-@pytest.mark.xfail(strict=True, reason="store.check_name_template accepts placeholders that touch ({key}{i}, "
-                                       "{key}{row}): with --n 12, ids 'a1' and 'a' both write a10.png and a11.png")
 @SETTINGS
 @given(st.lists(NAME_PART, min_size=1, max_size=6).map("".join),
        st.lists(st.tuples(st.text(alphabet=SAFE, min_size=1, max_size=6), st.integers(0, 10**7)), min_size=2,

@@ -59,8 +59,6 @@ def test_accepted_templates_with_hostile_ids_stay_inside(emulator_thread: Emulat
     assert files_outside(tmp_path, run, src) == []
 
 
-@pytest.mark.xfail(strict=True, reason="--output-field is not checked, and {field} puts it in the file path "
-                                       "(config.py StepConfig / store.image_stem)")
 def test_output_field_cannot_lead_outside_rundir(emulator_thread: Emulator, tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}])
     run = tmp_path / "deep" / "run"  # an escape lands in tmp_path/deep, still inside the test's own folder
@@ -75,8 +73,6 @@ def test_output_field_cannot_lead_outside_rundir(emulator_thread: Emulator, tmp_
     assert files_outside(tmp_path, run, src) == []
 
 
-@pytest.mark.xfail(strict=True, reason="two steps whose name templates lack {step} write the same files: the "
-                                       "second step overwrites the first one's images")
 def test_two_steps_never_share_a_file(emulator_thread: Emulator, tmp_path: Path) -> None:
     write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a cat"}, {"prompt": "a dog"}])
     model = f'{{provider: openai, model: gpt-image-2, base_url: "{emulator_thread.openai_base_url}"}}'
