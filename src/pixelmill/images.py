@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import pybase64
 
@@ -185,14 +185,27 @@ def _data_url(ref: str, field: str) -> bytes:
 async def _fetch(url: str, *, field: str, policy: InputPolicy, session: aiohttp.ClientSession | None) -> bytes:
     import aiohttp
 
-    host = urlsplit(url).hostname or ""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    target, headers = url, {}
+    server_hostname: str | None = None
     if not policy.allow_private_urls:
-        await _refuse_private(host, field)
+        # Connect to the very address that was checked (DNS could answer differently a second time), keeping the
+        # name for the Host header and TLS.
+        address = await _public_address(host, field)
+        netloc = f"[{address}]" if ":" in address else address
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        target = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+        headers["Host"] = parts.netloc.rsplit("@", 1)[-1]
+        if parts.scheme.lower() == "https":
+            server_hostname = host
     if session is None:
         raise InputError(f"{field}: cannot fetch {url}: no HTTP session", field=field)
     try:
         timeout = aiohttp.ClientTimeout(total=policy.url_timeout)
-        async with session.get(url, timeout=timeout, allow_redirects=False) as resp:
+        async with session.get(target, timeout=timeout, allow_redirects=False, headers=headers,
+                               server_hostname=server_hostname) as resp:
             if resp.status != 200:
                 raise InputError(f"{field}: fetching {url} gave HTTP {resp.status}", field=field)
             if (resp.content_length or 0) > policy.max_bytes:
@@ -210,16 +223,24 @@ async def _fetch(url: str, *, field: str, policy: InputPolicy, session: aiohttp.
         raise InputError(f"{field}: cannot fetch {url}: {type(exc).__name__}", field=field) from None
 
 
-async def _refuse_private(host: str, field: str) -> None:
-    """Refuse URLs that point at this machine or a private network (SSRF), unless the run allows them."""
+async def _public_address(host: str, field: str) -> str:
+    """The address to connect to for `host`, refused when any address it has is not a public one: loopback,
+    private, link-local (cloud metadata services), shared (100.64/10), reserved (SSRF). Use the flag to allow."""
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except OSError:
         raise InputError(f"{field}: cannot resolve host {host!r}", field=field) from None
+    addresses = []
     for info in infos:
-        addr = ipaddress.ip_address(info[4][0])
-        if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved or addr.is_multicast:
+        addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if not addr.is_global:
             raise InputError(
                 f"{field}: {host} is a private or loopback address; pass --allow-private-urls to read it",
                 field=field,
             )
+        addresses.append(str(addr))
+    if not addresses:
+        raise InputError(f"{field}: cannot resolve host {host!r}", field=field)
+    return addresses[0]

@@ -75,8 +75,6 @@ async def test_private_and_loopback_addresses_are_refused(host: ImageHost, tmp_p
     assert host.hits == []
 
 
-@pytest.mark.xfail(strict=True, reason="images._refuse_private lets 100.64.0.0/10 through (shared address space, "
-                                       "not `is_private`): Alibaba Cloud's metadata service is 100.100.100.200")
 async def test_shared_address_space_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="--allow-private-urls"):
         await fetch("http://100.100.100.200/latest/meta-data/", tmp_path, url_timeout=0.5)
@@ -111,8 +109,6 @@ async def test_redirects_are_not_followed(host: ImageHost, tmp_path: Path) -> No
     assert host.hits == ["/redirect.png"]
 
 
-@pytest.mark.xfail(strict=True, reason="images._fetch checks the address it resolves, then aiohttp resolves the "
-                                       "name again to connect: a DNS answer that changes (rebinding) gets through")
 async def test_a_name_that_resolves_public_then_private_is_refused(host: ImageHost, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """DNS rebinding: the first answer is a public address, the next one loopback. The address connected to must
