@@ -139,7 +139,7 @@ class ProviderSettings:
     provider's own environment variable, which beats `DF_API_KEY`; `base_url` likewise beats `DF_BASE_URL`."""
 
     base_url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a repr, a log line or a traceback
     api_version: str | None = None
     connect_timeout: float = 30.0
     # Download limits for images a provider answers with as URLs (dall-e), in bytes and seconds.
