@@ -1,0 +1,1 @@
+"""pixelmill's benchmark suite: `python -m bench.run [--quick]` (see docs/benchmarks.md)."""
