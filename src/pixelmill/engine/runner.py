@@ -56,6 +56,8 @@ from pixelmill.records import Record, default_key, read_records, sanitize_key
 from pixelmill.store import DEFAULT_NAME, ImageStore, image_stem
 
 CHUNK = 256
+INLINE_WRITE = 256 * 1024  # images smaller than this are written on the event loop (bench/cpu.py: a thread
+# hand-off costs more than the write; above it, large writes would stall other calls' answers)
 
 
 @dataclass(slots=True)
@@ -397,7 +399,6 @@ class Runner:
         """Run one step for one row: on its model, then on each fallback model in turn if the row fails
         (refused, rejected, out of retries, or its input does not suit the model). The row records which
         model made its image and why the earlier ones did not."""
-        index = row.record.index
         targets = [step, *step.fallbacks]
         first = int(state.info.get("target", 0))  # a resumed row goes on with the model it was using
         for number in range(first, len(targets)):
@@ -406,7 +407,8 @@ class Runner:
                 attempt = {"model": state.info.get("model"), "error": state.info.get("error")}
                 state = StepState(attempts=state.attempts, cost=state.cost, info={
                     "fallbacks": [*state.info.get("fallbacks", []), attempt]})
-            state.info["target"] = number
+            if step.fallbacks:
+                state.info["target"] = number
             state.info["provider"] = target.provider.name
             state.info["model"] = target.wire_model
             state = await self._run_target(journal, store, target, row, data, rundir_fields, state)
@@ -414,9 +416,6 @@ class Runner:
                 break
             self.stats.rows_failed -= 1  # counted again if the last model fails too
             self.stats.failures[state.info["error"]["kind"]] -= 1
-        if not step.fallbacks:
-            state.info.pop("target", None)
-            journal.save(step.config.name, index, state)
         return state
 
     async def _run_target(
@@ -487,7 +486,7 @@ class Runner:
             turn_outputs: list[str] = []
             turn_texts: list[str] = []
             model_content: Any = None
-            for params in plan.calls:
+            for number, params in enumerate(plan.calls):
                 if call_no < state.calls_done:  # done in an earlier run
                     done = done_call(info, call_no)
                     turn_outputs.extend(done.get("outputs", []))
@@ -528,22 +527,20 @@ class Runner:
                     model_content = result.model_content
                     call_no += 1
                     state.calls_done = call_no
+                    if last and number == len(plan.calls) - 1:  # the step's last call: one save marks it done
+                        _log_turn(turn_log, t, turn.prompt, turn_outputs, turn_texts, multi)
+                        _finish(state, turn_log, multi)
                     journal.save(step.config.name, index, state)
                 finally:
                     self.limiter.release()
-            if multi and len(turn_log) <= t:
-                turn_log.append({"prompt": turn.prompt, "images": turn_outputs,
-                                 "text": "\n".join(turn_texts) or None})
+            _log_turn(turn_log, t, turn.prompt, turn_outputs, turn_texts, multi)
             if not last:
                 previous_images = await self._reload(store, turn_outputs)
                 if step.provider.chat:
                     history.append(ChatTurn(turn.prompt, images, restore_content(model_content, store)))
-        final = turn_log[-1]["images"] if multi else state.outputs
-        state.outputs = list(final)
-        state.status = "done"
-        info["attempts"] = state.attempts
-        info["cost_usd"] = round(state.cost, 6)
-        journal.save(step.config.name, index, state)
+        if state.status != "done":  # every call was made in an earlier run, which stopped before this point
+            _finish(state, turn_log, multi)
+            journal.save(step.config.name, index, state)
 
     async def _call(
         self, step: StepRuntime, request: ImageRequest, params: dict[str, Any]
@@ -594,7 +591,6 @@ class Runner:
                 self.stats.in_flight -= 1
                 if not answered:
                     self.limiter.release()
-            self.limiter.on_success()
             if not result.images:
                 self.limiter.release()
                 self.budget.settle(reserve, 0.0)
@@ -612,9 +608,12 @@ class Runner:
         for i, image in enumerate(result.images):
             stem = image_stem(step.config.name_template or DEFAULT_NAME, step=step.config.name, key=key,
                               i=first + i, row=row, field=step.config.out_field)
-            path, _ = await asyncio.to_thread(
-                store.write, stem, image.data, convert_to=plan.convert_to, compression=compression,
-            )
+            if len(image.data) < INLINE_WRITE and plan.convert_to is None:
+                path, _ = store.write(stem, image.data)  # cheaper than a thread hand-off for small files
+            else:
+                path, _ = await asyncio.to_thread(
+                    store.write, stem, image.data, convert_to=plan.convert_to, compression=compression,
+                )
             paths.append(path)
         state.outputs.extend(paths)
         self.stats.images += len(paths)
@@ -657,6 +656,21 @@ class Runner:
     def _count_failure(self, kind: str) -> None:
         self.stats.rows_failed += 1
         self.stats.failures[kind] = self.stats.failures.get(kind, 0) + 1
+
+
+def _log_turn(turn_log: list[dict[str, Any]], t: int, prompt: str, outputs: list[str], texts: list[str],
+              multi: bool) -> None:
+    if multi and len(turn_log) <= t:
+        turn_log.append({"prompt": prompt, "images": outputs, "text": "\n".join(texts) or None})
+
+
+def _finish(state: StepState, turn_log: list[dict[str, Any]], multi: bool) -> None:
+    """Mark a step done: its outputs are the final turn's images (all images of a one-turn step)."""
+    if multi:
+        state.outputs = list(turn_log[-1]["images"])
+    state.status = "done"
+    state.info["attempts"] = state.attempts
+    state.info["cost_usd"] = round(state.cost, 6)
 
 
 class _Stopped(PixelmillError):
