@@ -35,9 +35,6 @@ class Record:
     line: int | None = None  # 1-based line number (JSONL) for messages
     error: str | None = None  # why the record could not be read
 
-    def where(self) -> str:
-        return f"line {self.line}" if self.line is not None else f"row {self.index}"
-
     def digest(self) -> str:
         """A fingerprint of the row's content: a resume recognises a row that changed since the last run."""
         payload = jsonio.dumps(self.data, sort_keys=True) if self.data is not None else (self.error or "").encode()

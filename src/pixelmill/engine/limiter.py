@@ -90,7 +90,6 @@ class Limiter:
         self.requests = Pacer(rpm)
         self.images = Pacer(ipm)
         self.paused_until = 0.0
-        self.rate_limited = 0
 
     async def admit(self, images: int, stopping: asyncio.Event) -> None:
         """Wait until a call for `images` images may be sent. The caller then holds a concurrency slot (and
@@ -116,7 +115,6 @@ class Limiter:
         """A 429: hold every sender back until the provider's Retry-After (1 s when it gave none). A configured
         pace is not slowed further: it is already under the limit, and a slowed pace costs more images than the
         rare 429 it avoids."""
-        self.rate_limited += 1
         pause = retry_after if retry_after is not None else 1.0
         self.paused_until = max(self.paused_until, time.monotonic() + min(pause, 60.0))
 

@@ -5,6 +5,7 @@ Everything here is per row: problems are `InputError`s naming the field, recorde
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,22 +52,20 @@ async def gather_inputs(
     turns = user_turns(data, prompt_field=step.prompt_field, template=step.prompt)
     image_field = step.image_field or ("images" if step.task != "generate" else None)
     refs = image_refs(data.get(image_field)) if image_field else []
-    if image_field and step.task == "edit" and image_field not in data and not turns[0].images:
-        raise InputError(f"row has no field {image_field!r} with the images to edit", field=image_field)
-    refs = refs + turns[0].images
-    task = "edit" if refs else "generate"
+    if image_field is not None:  # a text-to-image step ignores images inside the conversation's messages
+        refs += turns[0].images
     if step.task == "edit" and not refs:
-        raise InputError(f"field {image_field!r} holds no image to edit", field=image_field or "images")
-    if step.task == "generate" and refs and step.image_field is None:
-        task = "generate"  # conversation parts carried images but the step is text-to-image: ignore them
-        refs = []
+        if image_field not in data:
+            raise InputError(f"row has no field {image_field!r} with the images to edit", field=image_field)
+        raise InputError(f"field {image_field!r} holds no image to edit", field=image_field)
+    task = "edit" if refs else "generate"
     if len(refs) > spec.max_input_images and spec.known:
         raise InputError(
             f"{len(refs)} input images in {image_field!r}; {spec.name} takes at most {spec.max_input_images}",
             field=image_field,
         )
     base = rundir if image_field in rundir_fields else policy.base_dir
-    local = InputPolicy(base, policy.max_bytes, policy.url_timeout, policy.allow_private_urls)
+    local = dataclasses.replace(policy, base_dir=base)
     images = []
     for i, ref in enumerate(refs):
         where = f"{image_field}[{i}]" if len(refs) > 1 else str(image_field)
@@ -79,7 +78,7 @@ async def gather_inputs(
         mask_base = rundir if step.mask_field in rundir_fields else policy.base_dir
         mask = await load_image(
             data[step.mask_field], field=step.mask_field,
-            policy=InputPolicy(mask_base, policy.max_bytes, policy.url_timeout, policy.allow_private_urls),
+            policy=dataclasses.replace(policy, base_dir=mask_base),
             session=session,
         )
         if mask.mime != "image/png":

@@ -177,10 +177,6 @@ class RowExecution:
         index = row.record.index
         state.info.pop("error", None)
         try:
-            if self._session is None and self._needs_session(data):
-                import aiohttp
-
-                self._session = aiohttp.ClientSession()
             inputs = await gather_inputs(
                 step.config, step.spec, data, rundir_fields=rundir_fields, policy=self.policy_inputs,
                 rundir=self.rundir, session=self._session,
@@ -200,9 +196,6 @@ class RowExecution:
         except PixelmillError as exc:
             return self._fail(journal, step, index, state, exc)
         return state
-
-    def _needs_session(self, data: dict[str, Any]) -> bool:
-        return any(isinstance(v, str) and v.startswith(("http://", "https://")) for v in _walk(data))
 
     async def _send_turns(
         self, journal: Journal, store: ImageStore, step: StepRuntime, row: Row, inputs: StepInputs,
@@ -423,14 +416,3 @@ class Stopped(PixelmillError):
     """Raised inside a row when the run is stopping: the row stays pending."""
 
     kind = "interrupted"
-
-
-def _walk(value: Any) -> Any:
-    if isinstance(value, dict):
-        for v in value.values():
-            yield from _walk(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _walk(v)
-    else:
-        yield value

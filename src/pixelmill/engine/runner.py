@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
+
 from pixelmill.config import ModelRef, RunConfig, StepConfig
 from pixelmill.cost import expected_cost
 from pixelmill.engine.limiter import Budget, Limiter
@@ -33,7 +35,7 @@ from pixelmill.errors import (
 )
 from pixelmill.images import InputPolicy
 from pixelmill.journal import Journal, StepState
-from pixelmill.modeltable import ModelSpec, ModelTable, builtin_table, permissive_spec
+from pixelmill.modeltable import ModelSpec, ModelTable, builtin_table
 from pixelmill.providers.base import (
     Provider,
     ProviderSettings,
@@ -149,7 +151,7 @@ class Runner(RowExecution):
         if spec.known and spec.family != provider.family:
             raise ConfigError(f"{spec.name} is a {spec.family} model; it cannot be used with provider "
                               f"{provider.name!r}")
-        return spec if spec.known or spec.family == provider.family else permissive_spec(lookup, provider.family)  # type: ignore[arg-type]
+        return spec
 
     # ------------------------------------------------------------ the run
     async def run(self) -> RunOutcome:
@@ -161,6 +163,8 @@ class Runner(RowExecution):
             if self.config.restart:
                 _remove_images(self.rundir)
             store = ImageStore(self.rundir)
+            # For input images given as URLs: opening a session makes no connection, so one is opened per run.
+            self._session = aiohttp.ClientSession()
             await asyncio.to_thread(store.sweep_temporaries)
             self.stats.spent_before = journal.spent()
             self.budget.spent = self.stats.spent_before
