@@ -95,7 +95,7 @@ async def _alternate(model: str, options: dict[str, Any], wire: dict[str, Any], 
     pipeline (what the provider adds around the pipeline is the rest)."""
     from pixelmill.params import ImageParams
     from pixelmill.providers.base import ProviderSettings
-    from pixelmill.providers.diffusers import DiffusersProvider
+    from pixelmill.providers.diffusers.provider import DiffusersProvider
 
     provider = DiffusersProvider(ProviderSettings(options=options), {})
     direct: list[float] = []
@@ -121,9 +121,9 @@ def run(model: str | None = None, *, batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
         repeats: int = 3) -> list[Row]:
     import torch
 
-    from pixelmill.providers.local.families import inspect_model
-    from pixelmill.providers.local.loader import load_copy
-    from pixelmill.providers.local.options import device_list, parse_options
+    from pixelmill.providers.diffusers.families import inspect_model
+    from pixelmill.providers.diffusers.loader import load_copy
+    from pixelmill.providers.diffusers.options import device_list, parse_options
 
     workdir = Path(tempfile.mkdtemp(prefix="pixelmill-bench-diffusers-"))
     if model is None:

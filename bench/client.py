@@ -40,8 +40,8 @@ def main(argv: list[str]) -> int:
 
     r_cli = resource.getrusage(resource.RUSAGE_SELF)
     import pixelmill.api
-    import pixelmill.providers.openai
-    import pixelmill.sinks
+    import pixelmill.providers.openai.provider
+    import pixelmill.writing.output
 
     r_imported = resource.getrusage(resource.RUSAGE_SELF)
     t_start = time.monotonic()

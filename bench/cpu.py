@@ -86,7 +86,7 @@ def fetch_answer(openai_url: str) -> bytes:
 def micro_benchmarks(answer: bytes, workdir: Path, repeat: int = 30) -> dict[str, float]:
     """Median milliseconds of each per-image step on the same bytes the client gets."""
     from pixelmill.providers.http import decode_base64
-    from pixelmill.store import ImageStore
+    from pixelmill.writing.store import ImageStore
 
     parsed = orjson.loads(answer)
     text = parsed["data"][0]["b64_json"]

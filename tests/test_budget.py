@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pixelmill.cost import expected_cost
 from pixelmill.engine.limiter import Budget
 from pixelmill.errors import BudgetReached, ConfigError
-from pixelmill.modeltable import builtin_table
-from pixelmill.status import read_status
+from pixelmill.models.cost import expected_cost
+from pixelmill.models.table import builtin_table
+from pixelmill.reports.status import read_status
 from pixelmill.testing import Emulator
 from tests.runs import cli, prompts, read_output, run_api, write_jsonl
 

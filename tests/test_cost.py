@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from pixelmill.cost import Expected, actual_cost, batch_cost, expected_cost
 from pixelmill.errors import ConfigError
-from pixelmill.modeltable import ModelSpec, builtin_table
-from pixelmill.status import read_status
+from pixelmill.models.cost import Expected, actual_cost, batch_cost, expected_cost
+from pixelmill.models.table import ModelSpec, builtin_table
+from pixelmill.reports.status import read_status
 from pixelmill.testing import Emulator
 from tests.runs import prompts, read_output, run_api, write_jsonl
 
@@ -131,7 +131,7 @@ def test_expected_range_of_auto_quality_and_size() -> None:
 
 
 def test_no_price_is_none() -> None:
-    from pixelmill.modeltable import permissive_spec
+    from pixelmill.models.table import permissive_spec
 
     unknown = permissive_spec("my-model", "openai")
     assert expected_cost(unknown, {}, 1) is None

@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from pixelmill.cli import build_config, job_options
-from pixelmill.estimate import estimate
-from pixelmill.status import read_status
+from pixelmill.reports.estimate import estimate
+from pixelmill.reports.status import read_status
 from pixelmill.testing import Emulator
 from tests.runs import TEST_KEY, cli, prompts, run_api, write_jsonl
 
@@ -115,7 +115,7 @@ def test_rows_done_in_rundir_are_not_counted(emulator_thread: Emulator, tmp_path
 
 
 def test_budget_line(tmp_path: Path) -> None:
-    from pixelmill.estimate import describe
+    from pixelmill.reports.estimate import describe
 
     src = write_jsonl(tmp_path / "in.jsonl", prompts(100))
     config = config_for(src, tmp_path / "run", quality="low", size="1024x1024", max_cost=0.25)

@@ -55,7 +55,7 @@ def test_every_source_format(emulator_thread: Emulator, tmp_path: Path, fmt: str
 
 
 def test_json_array_is_streamed_across_chunk_borders(tmp_path: Path) -> None:
-    from pixelmill.records import _read_json_array
+    from pixelmill.reading.records import _read_json_array
 
     rows = [{"prompt": "x" * (i * 7 % 50), "i": i, "nested": {"a": [1, {"b": "]}"}]}} for i in range(300)]
     path = tmp_path / "big.json"

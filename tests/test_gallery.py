@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from pixelmill.errors import ConfigError
-from pixelmill.gallery import write_gallery
-from pixelmill.gallery_assets import SCRIPT, script_hash
+from pixelmill.reports.gallery.assets import SCRIPT, script_hash
+from pixelmill.reports.gallery.page import write_gallery
 from pixelmill.testing import Emulator
 from tests.runs import cli, read_output, run_api, write_jsonl
 

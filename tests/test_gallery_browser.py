@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from pixelmill.gallery import write_gallery
+from pixelmill.reports.gallery.page import write_gallery
 from pixelmill.testing import Emulator
 from tests.test_gallery import DONE, FAILED, HOSTILE_ROWS, MISSING, edit_run, generate_run
 

@@ -1,4 +1,4 @@
-"""Neutral parameters -> Gemini generationConfig (pixelmill.params.gemini), per model of the table."""
+"""Neutral parameters -> Gemini generationConfig (pixelmill.providers.gemini.params), per model of the table."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from pixelmill.errors import ConfigError, InputError
-from pixelmill.modeltable import ModelSpec, builtin_table, permissive_spec
+from pixelmill.models.table import ModelSpec, builtin_table, permissive_spec
 from pixelmill.params import ImageParams
-from pixelmill.params.gemini import check_inputs, expected_size, plan_gemini
 from pixelmill.providers.base import InputImage
+from pixelmill.providers.gemini.params import check_inputs, expected_size, plan_gemini
 
 PRO = "gemini-3-pro-image"
 FLASH = "gemini-3.1-flash-image"

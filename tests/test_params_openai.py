@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from pixelmill.errors import ConfigError, InputError
-from pixelmill.modeltable import ModelSpec, builtin_table, permissive_spec
+from pixelmill.models.table import ModelSpec, builtin_table, permissive_spec
 from pixelmill.params import ImageParams, WirePlan, parse_size
-from pixelmill.params.openai import check_inputs, check_prompt, plan_openai
 from pixelmill.providers.base import InputImage, Task
+from pixelmill.providers.openai.params import check_inputs, check_prompt, plan_openai
 
 
 def spec(name: str) -> ModelSpec:

@@ -15,9 +15,9 @@ from rich.console import Console
 
 from pixelmill.api import run_config
 from pixelmill.cli import build_config, job_options
-from pixelmill.engine.progress import Progress
 from pixelmill.engine.stats import RunStats
-from pixelmill.status import count_rows
+from pixelmill.reports.progress import Progress
+from pixelmill.reports.status import count_rows
 from pixelmill.testing import Emulator
 from tests.runs import TEST_KEY, prompts, write_jsonl
 

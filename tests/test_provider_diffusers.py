@@ -21,8 +21,8 @@ from PIL import Image
 from pixelmill.errors import ConfigError, InputError, ModelUnavailable, Refused, Rejected
 from pixelmill.params import ImageParams
 from pixelmill.providers.base import ImageRequest, ImageResult, InputImage, ProviderSettings
-from pixelmill.providers.diffusers import DiffusersProvider
-from pixelmill.providers.local.families import inspect_model
+from pixelmill.providers.diffusers.families import inspect_model
+from pixelmill.providers.diffusers.provider import DiffusersProvider
 from tests.runs import cli, read_output, write_jsonl
 from tests.tiny_pipelines import build_flux, build_sd
 
@@ -244,7 +244,7 @@ async def test_safety_checker_black_images_are_refused(models: dict[str, str], m
 def test_nan_and_black_images_are_refused_partially_or_wholly() -> None:
     import numpy as np
 
-    from pixelmill.providers.local.execute import Made, _keep_good
+    from pixelmill.providers.diffusers.execute import Made, _keep_good
 
     good = np.full((4, 4, 3), 0.5, dtype=np.float32)
     nan = np.full((4, 4, 3), np.nan, dtype=np.float32)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pixelmill.providers.local.batcher import Batcher
+from pixelmill.providers.diffusers.batcher import Batcher
 
 
 class FakeDevices:

@@ -12,9 +12,9 @@ import pytest
 
 from pixelmill.errors import ConfigError
 from pixelmill.params import ImageParams
-from pixelmill.params.diffusers import plan_diffusers, round_size
-from pixelmill.providers.local.families import FAMILIES, LocalModel, family_of, inspect_model
-from pixelmill.providers.local.options import device_list, parse_options
+from pixelmill.providers.diffusers.families import FAMILIES, LocalModel, family_of, inspect_model
+from pixelmill.providers.diffusers.options import device_list, parse_options
+from pixelmill.providers.diffusers.params import plan_diffusers, round_size
 
 
 def _model(class_name: str, multiple: int = 8, native: int = 512) -> LocalModel:

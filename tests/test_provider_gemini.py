@@ -21,10 +21,10 @@ from pixelmill.errors import (
     Rejected,
     TransientError,
 )
-from pixelmill.modeltable import ModelSpec, builtin_table, permissive_spec
+from pixelmill.models.table import ModelSpec, builtin_table, permissive_spec
 from pixelmill.params import ImageParams
 from pixelmill.providers.base import ChatTurn, ImageRequest, InputImage, ProviderSettings, provider_class
-from pixelmill.providers.gemini import (
+from pixelmill.providers.gemini.provider import (
     DEFAULT_BASE_URL,
     GeminiProvider,
     error_from_answer,

@@ -24,7 +24,7 @@ from pixelmill.errors import (
 )
 from pixelmill.params import ImageParams
 from pixelmill.providers.base import ChatTurn, ImageRequest, ImageResult, InputImage, ProviderSettings, Task
-from pixelmill.providers.gemini import GeminiProvider, request_body
+from pixelmill.providers.gemini.provider import GeminiProvider, request_body
 from pixelmill.testing import Emulator, EmulatorConfig
 
 KEY = "sk-test-gemini-http-5f2c9a7d"

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from pixelmill.modeltable import FreeSize, ModelSpec, ModelTable, builtin_table
+from pixelmill.models.table import FreeSize, ModelSpec, ModelTable, builtin_table
 from pixelmill.params import ImageParams
 from pixelmill.providers.base import ImageRequest, ImageResult, InputImage, Provider, ProviderSettings, Task
-from pixelmill.providers.openai import AzureProvider, OpenAICompatibleProvider, OpenAIProvider
+from pixelmill.providers.openai.provider import AzureProvider, OpenAICompatibleProvider, OpenAIProvider
 from pixelmill.testing import Emulator, EmulatorConfig
 
 KEY = "sk-test-openai-calls-0123456789"

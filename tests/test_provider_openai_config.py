@@ -6,7 +6,7 @@ import pytest
 
 from pixelmill.errors import ConfigError
 from pixelmill.providers.base import ProviderSettings, provider_class
-from pixelmill.providers.openai import (
+from pixelmill.providers.openai.provider import (
     AzureProvider,
     OpenAICompatibleProvider,
     OpenAIProvider,

@@ -21,11 +21,11 @@ from pixelmill.errors import (
     Rejected,
     TransientError,
 )
-from pixelmill.modeltable import builtin_table
+from pixelmill.models.table import builtin_table
 from pixelmill.providers.base import ImageRequest, ProviderSettings
 from pixelmill.providers.http import Reply
-from pixelmill.providers.openai import AzureProvider, OpenAIProvider
-from pixelmill.providers.openai_errors import ErrorContext, error_from_reply
+from pixelmill.providers.openai.errors import ErrorContext, error_from_reply
+from pixelmill.providers.openai.provider import AzureProvider, OpenAIProvider
 from pixelmill.testing import Emulator, EmulatorConfig
 
 KEY = "sk-test-errors-0123456789abcdef"

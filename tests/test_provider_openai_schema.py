@@ -20,7 +20,7 @@ from PIL import Image
 
 from pixelmill.params import ImageParams
 from pixelmill.providers.base import ImageRequest, InputImage, ProviderSettings, Task
-from pixelmill.providers.openai import AzureProvider, OpenAIProvider
+from pixelmill.providers.openai.provider import AzureProvider, OpenAIProvider
 
 KEY = "sk-test-schema-0123456789abcdef"
 SPEC_FILE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "openai-images.openapi.yaml"

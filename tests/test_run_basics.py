@@ -9,7 +9,7 @@ import orjson
 import pytest
 from PIL import Image
 
-from pixelmill.images import sniff
+from pixelmill.reading.images import sniff
 from pixelmill.testing import Emulator
 from tests.runs import TEST_KEY, cli, prompts, read_output, write_jsonl
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from pixelmill.status import read_status, rebuild_command, with_option
+from pixelmill.reports.status import read_status, rebuild_command, with_option
 from pixelmill.testing import Emulator
 from tests.runs import TEST_KEY, cli, cli_process, prompts, read_output, run_api, write_jsonl
 

@@ -21,9 +21,9 @@ from typing import Any
 from pixelmill.config import RunConfig
 from pixelmill.engine.runner import Runner, RunOutcome
 from pixelmill.engine.stats import RunStats
-from pixelmill.journal import Journal
-from pixelmill.sinks import OutputCounts, write_output
-from pixelmill.status import remember_outcome
+from pixelmill.reports.status import remember_outcome
+from pixelmill.writing.journal import Journal
+from pixelmill.writing.output import OutputCounts, write_output
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_CONFIG, EXIT_ABORTED = 0, 1, 2, 3
 
@@ -112,7 +112,7 @@ def emulated(config: RunConfig) -> Iterator[RunConfig]:
     if not any(step.model.provider == "emulator" for step in config.steps):
         yield config
         return
-    from pixelmill.modeltable import builtin_table
+    from pixelmill.models.table import builtin_table
     from pixelmill.testing import Emulator, EmulatorConfig
 
     emulator = Emulator(EmulatorConfig(latency=0.05, serve_retired=True))

@@ -160,7 +160,7 @@ def build_config(task: str, input: Path, options: dict[str, Any]) -> Any:
 
     from pixelmill.config import Limits, ModelRef, RunConfig, StepConfig
     from pixelmill.errors import ConfigError
-    from pixelmill.modeltable import builtin_table
+    from pixelmill.models.table import builtin_table
     from pixelmill.params import ImageParams
 
     o = dict(options)
@@ -205,7 +205,7 @@ def build_config(task: str, input: Path, options: dict[str, Any]) -> Any:
         flag = "--" + str(first["loc"][-1]).replace("_", "-") if first["loc"] else "an option"
         raise ConfigError(f"{flag}: {first['msg']}") from None
     if o["prompt_template"] is not None:
-        from pixelmill.records import template_fields
+        from pixelmill.reading.records import template_fields
 
         template_fields(o["prompt_template"])
     if not input.exists() and not str(input).startswith("hf:"):
@@ -227,9 +227,9 @@ def _run_job(task: str, input: Path, options: dict[str, Any], *, quiet: bool) ->
 
 def _execute(config: Any, *, quiet: bool) -> int:
     from pixelmill.api import emulated, run_config
-    from pixelmill.engine.progress import Progress
     from pixelmill.engine.stats import RunStats
-    from pixelmill.status import rebuild_command, remember_command
+    from pixelmill.reports.progress import Progress
+    from pixelmill.reports.status import rebuild_command, remember_command
 
     stats = RunStats()
     progress = Progress(stats, quiet=quiet, config=config)
@@ -325,7 +325,7 @@ def models(
     provider: Annotated[str | None, typer.Option(help="Only this provider's family (openai, gemini, ...).")] = None,
 ) -> None:
     """Known models: tasks, sizes, limits, prices, retirement dates, aliases."""
-    from pixelmill.modelinfo import print_models
+    from pixelmill.reports.models import print_models
 
     print_models(provider)
 
@@ -340,7 +340,7 @@ def _estimate(input: Path, task: str, as_json: bool, options: dict[str, Any]) ->
     import orjson
 
     from pixelmill.errors import ConfigError, redact
-    from pixelmill.estimate import describe, estimate
+    from pixelmill.reports.estimate import describe, estimate
 
     try:
         if task not in ("generate", "edit"):
@@ -403,7 +403,7 @@ def status(
     import orjson
 
     from pixelmill.errors import ConfigError
-    from pixelmill.status import describe, read_status
+    from pixelmill.reports.status import describe, read_status
 
     try:
         state = read_status(rundir)
@@ -427,7 +427,7 @@ def gallery(
     """One self-contained HTML page of the run: thumbnails beside prompts, model, cost and status; filters and
     search that work offline."""
     from pixelmill.errors import ConfigError
-    from pixelmill.gallery import write_gallery
+    from pixelmill.reports.gallery.page import write_gallery
 
     try:
         if thumbnails not in ("auto", "embed", "files"):

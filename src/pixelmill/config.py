@@ -50,7 +50,7 @@ class StepConfig(BaseModel):
     @classmethod
     def _name_template(cls, value: str | None) -> str | None:
         if value is not None:
-            from pixelmill.store import check_name_template
+            from pixelmill.writing.store import check_name_template
 
             try:
                 check_name_template(value)
@@ -132,7 +132,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _steps_apart(self) -> RunConfig:
-        from pixelmill.store import check_step_names
+        from pixelmill.writing.store import check_step_names
 
         fields = [s.out_field for s in self.steps]
         if len(set(fields)) != len(fields):

@@ -51,7 +51,7 @@ def run_demo(root: Path) -> int:
     report2 = _run(edit)
     _say(f"generated images: {root / 'generate' / 'images'}; table: {report.output}")
     _say(f"edited images:    {root / 'edit' / 'images'}; table: {report2.output}")
-    from pixelmill.gallery import write_gallery
+    from pixelmill.reports.gallery.page import write_gallery
 
     for rundir in (root / "generate", root / "edit"):
         page = write_gallery(rundir)
@@ -69,9 +69,9 @@ def _options(output: Path, **extra: object) -> dict[str, object]:
 
 def _run(config: RunConfig) -> RunReport:
     from pixelmill.api import emulated, run_config
-    from pixelmill.engine.progress import Progress
     from pixelmill.engine.stats import RunStats
-    from pixelmill.status import rebuild_command, remember_command
+    from pixelmill.reports.progress import Progress
+    from pixelmill.reports.status import rebuild_command, remember_command
 
     stats = RunStats()
     progress = Progress(stats, quiet=False, interval=2.0, config=config)

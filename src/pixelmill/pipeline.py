@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from pixelmill.config import Limits, ModelRef, RunConfig, StepConfig
 from pixelmill.errors import ConfigError
-from pixelmill.modeltable import builtin_table
+from pixelmill.models.table import builtin_table
 from pixelmill.params import ImageParams
 
 TOP_KEYS = {"source", "output", "models", "limits", "steps", "id_field", "format", "embed_images",
@@ -226,7 +226,7 @@ def _step(body: Any, index: int, aliases: dict[str, tuple[ModelRef, dict[str, An
         raise where.error("must be text (a template with {field} placeholders, or a fixed prompt)", step=name,
                           key="prompt")
     if prompt is not None:
-        from pixelmill.records import template_fields
+        from pixelmill.reading.records import template_fields
 
         try:
             template_fields(prompt)

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 from PIL import Image
 
-from pixelmill.images import EXTENSIONS, sniff
-from pixelmill.store import TMP_MARK
+from pixelmill.reading.images import EXTENSIONS, sniff
+from pixelmill.writing.store import TMP_MARK
 
 EXTENSION_OF = {ext: mime for mime, ext in EXTENSIONS.items()}
 

@@ -100,20 +100,20 @@ class _KillAfterBegin:
 
 
 def arm(spec: str) -> None:
-    import pixelmill.sinks
-    import pixelmill.store
-    from pixelmill.journal import Journal
+    import pixelmill.writing.output
+    import pixelmill.writing.store
+    from pixelmill.writing.journal import Journal
 
     phase, _, rest = spec.partition(":")
     nth_text, _, k_text = rest.partition(":")
     counter = _Counter(int(nth_text))
     instruction = int(k_text or 1)
     if phase == "write":
-        pixelmill.store.open = _killing_open(counter, 0.5)  # type: ignore[attr-defined]
+        pixelmill.writing.store.open = _killing_open(counter, 0.5)  # type: ignore[attr-defined]
     elif phase == "rename":
-        pixelmill.store.os = _OsWithKillingReplace(counter)  # type: ignore[assignment]
+        pixelmill.writing.store.os = _OsWithKillingReplace(counter)  # type: ignore[assignment]
     elif phase == "output":
-        pixelmill.sinks.open = _killing_open(counter, 0.3)  # type: ignore[attr-defined]
+        pixelmill.writing.output.open = _killing_open(counter, 0.3)  # type: ignore[attr-defined]
     elif phase in ("journal", "commit"):
         save = Journal.save
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pixelmill.images import fit_for_model, inspect_image
-from pixelmill.modeltable import builtin_table
+from pixelmill.models.table import builtin_table
+from pixelmill.reading.images import fit_for_model, inspect_image
 from pixelmill.testing import Emulator
 from tests.reliability.invariants import assert_every_row_once
 from tests.runs import cli, read_output, write_jsonl

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pixelmill.images import sniff
+from pixelmill.reading.images import sniff
 from pixelmill.testing import Emulator
 from tests.reliability.invariants import EXTENSION_OF, assert_every_row_once
 from tests.reliability.policy import RATE, requests_by_prompt, verdict

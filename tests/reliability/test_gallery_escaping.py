@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pixelmill.gallery_assets import SCRIPT
+from pixelmill.reports.gallery.assets import SCRIPT
 from pixelmill.testing import Emulator
 from tests.runs import cli, write_jsonl
 

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pixelmill.errors import ConfigError, InputError
-from pixelmill.journal import Journal
-from pixelmill.records import KEY_MAX, read_records, render_template, sanitize_key, template_fields
-from pixelmill.store import check_name_template, image_stem
+from pixelmill.reading.records import KEY_MAX, read_records, render_template, sanitize_key, template_fields
+from pixelmill.writing.journal import Journal
+from pixelmill.writing.store import check_name_template, image_stem
 
 SETTINGS = settings(max_examples=150, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from pixelmill.errors import InputError
-from pixelmill.images import InputPolicy, load_image
+from pixelmill.reading.images import InputPolicy, load_image
 from pixelmill.testing import Emulator, ThreadRunner
 from tests.reliability.hostile_servers import ImageHost
 from tests.runs import cli, read_output, write_jsonl

@@ -9,7 +9,7 @@ from typing import Any
 import pybase64
 
 from pixelmill.providers.base import ImageResult
-from pixelmill.store import ImageStore
+from pixelmill.writing.store import ImageStore
 
 
 def done_call(info: dict[str, Any], call_no: int) -> dict[str, Any]:

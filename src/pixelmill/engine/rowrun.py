@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pixelmill.config import Limits, RunConfig, StepConfig
-from pixelmill.cost import actual_cost, expected_cost
+from pixelmill.engine.inputs import StepInputs, gather_inputs
 from pixelmill.engine.limiter import Budget, Limiter
 from pixelmill.engine.outcome import done_call, merge_result, restore_content
 from pixelmill.engine.retry import RetryPolicy, RetryState, next_delay
-from pixelmill.engine.rowinputs import StepInputs, gather_inputs
 from pixelmill.engine.stats import RunStats
 from pixelmill.errors import (
     BudgetReached,
@@ -31,13 +30,14 @@ from pixelmill.errors import (
     Refused,
     redact,
 )
-from pixelmill.images import InputPolicy
-from pixelmill.journal import Journal, StepState
-from pixelmill.modeltable import ModelSpec
+from pixelmill.models.cost import actual_cost, expected_cost
+from pixelmill.models.table import ModelSpec
 from pixelmill.params import WirePlan
 from pixelmill.providers.base import ChatTurn, ImageRequest, ImageResult, InputImage, Provider
-from pixelmill.records import Record
-from pixelmill.store import DEFAULT_NAME, ImageStore, image_stem
+from pixelmill.reading.images import InputPolicy
+from pixelmill.reading.records import Record
+from pixelmill.writing.journal import Journal, StepState
+from pixelmill.writing.store import DEFAULT_NAME, ImageStore, image_stem
 
 INLINE_WRITE = 256 * 1024  # images smaller than this are written on the event loop (bench/cpu.py: a thread
 # hand-off costs more than the write; above it, large writes would stall other calls' answers)
@@ -359,7 +359,7 @@ class RowExecution:
         return paths
 
     async def _reload(self, store: ImageStore, paths: list[str]) -> list[InputImage]:
-        from pixelmill.images import inspect_image
+        from pixelmill.reading.images import inspect_image
 
         out = []
         for path in paths:

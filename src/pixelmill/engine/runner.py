@@ -24,7 +24,6 @@ from typing import Any
 import aiohttp
 
 from pixelmill.config import ModelRef, RunConfig, StepConfig
-from pixelmill.cost import expected_cost
 from pixelmill.engine.limiter import Budget, Limiter
 from pixelmill.engine.retry import RetryPolicy
 from pixelmill.engine.rowrun import Row, RowExecution, StepRuntime
@@ -33,16 +32,17 @@ from pixelmill.errors import (
     ConfigError,
     redact,
 )
-from pixelmill.images import InputPolicy
-from pixelmill.journal import Journal, StepState
-from pixelmill.modeltable import ModelSpec, ModelTable, builtin_table
+from pixelmill.models.cost import expected_cost
+from pixelmill.models.table import ModelSpec, ModelTable, builtin_table
 from pixelmill.providers.base import (
     Provider,
     ProviderSettings,
     provider_class,
 )
-from pixelmill.records import Record, default_key, read_records, sanitize_key
-from pixelmill.store import ImageStore
+from pixelmill.reading.images import InputPolicy
+from pixelmill.reading.records import Record, default_key, read_records, sanitize_key
+from pixelmill.writing.journal import Journal, StepState
+from pixelmill.writing.store import ImageStore
 
 CHUNK = 256
 

@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
-    from pixelmill.modeltable import ModelSpec
+    from pixelmill.models.table import ModelSpec
     from pixelmill.params import ImageParams, WirePlan
 
 Task = Literal["generate", "edit", "variation"]
@@ -97,7 +97,7 @@ class Provider(abc.ABC):
     def spec_for(self, model: str) -> ModelSpec:
         """The rules for `model`: the table's entry (by name or alias), else the family's permissive rules
         with a notice (providers that must know every model raise `ConfigError` instead)."""
-        from pixelmill.modeltable import builtin_table, permissive_spec
+        from pixelmill.models.table import builtin_table, permissive_spec
 
         return builtin_table().get(model) or permissive_spec(model, self.family)  # type: ignore[arg-type]
 

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pixelmill.modeltable import ModelSpec, ModelTable
+from pixelmill.models.table import ModelSpec, ModelTable
 from pixelmill.testing import signatures
 from pixelmill.testing import wire_errors as we
 from pixelmill.testing.images import ImageInfo, inspect

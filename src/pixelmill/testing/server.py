@@ -25,7 +25,7 @@ import orjson
 from aiohttp import web
 
 from pixelmill.errors import ConfigError
-from pixelmill.modeltable import ModelTable, builtin_table
+from pixelmill.models.table import ModelTable, builtin_table
 from pixelmill.testing import wire_errors as we
 from pixelmill.testing.config import EmulatorConfig
 from pixelmill.testing.faults import Decision, FaultDice, Markers

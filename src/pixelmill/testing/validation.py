@@ -15,7 +15,7 @@ from typing import Any
 
 import pybase64
 
-from pixelmill.modeltable import ModelSpec, ModelTable
+from pixelmill.models.table import ModelSpec, ModelTable
 from pixelmill.testing import wire_errors as we
 from pixelmill.testing.images import ImageInfo, inspect
 

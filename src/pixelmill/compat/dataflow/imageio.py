@@ -21,9 +21,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pixelmill.images import EXTENSIONS, sniff
-from pixelmill.records import sanitize_key
-from pixelmill.store import TMP_MARK
+from pixelmill.reading.images import EXTENSIONS, sniff
+from pixelmill.reading.records import sanitize_key
+from pixelmill.writing.store import TMP_MARK
 
 _ALL_EXTENSIONS = tuple(sorted(set(EXTENSIONS.values()) | {"jpeg"}))
 

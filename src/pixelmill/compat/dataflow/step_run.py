@@ -42,9 +42,9 @@ from pixelmill.compat.dataflow.ledger import Request, write_ledger
 from pixelmill.compat.dataflow.serving import ImageGenServing
 from pixelmill.compat.dataflow.storage import DataFlowConfigError, FileStorage
 from pixelmill.errors import ConfigError, PixelmillError
-from pixelmill.journal import Journal, StepState
-from pixelmill.records import Record
-from pixelmill.sinks import step_object
+from pixelmill.reading.records import Record
+from pixelmill.writing.journal import Journal, StepState
+from pixelmill.writing.output import step_object
 
 if TYPE_CHECKING:
     from pixelmill.api import RunReport
@@ -181,7 +181,7 @@ class OperatorRun:
 
     def _run_engine(self, config: RunConfig, stats: RunStats) -> RunReport:
         from pixelmill.api import run_config
-        from pixelmill.engine.progress import Progress
+        from pixelmill.reports.progress import Progress
 
         progress = Progress(stats, quiet=not self.serving.progress)
         in_main = threading.current_thread() is threading.main_thread()

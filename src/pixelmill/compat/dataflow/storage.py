@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from pixelmill.errors import ConfigError
-from pixelmill.records import Record, read_records
+from pixelmill.reading.records import Record, read_records
 
 CACHE_TYPES = ("jsonl", "json", "csv", "parquet")
 

@@ -43,7 +43,6 @@ from pixelmill.errors import (
     TransientError,
     redact,
 )
-from pixelmill.params.gemini import REQUEST_LEVEL_KEYS, check_inputs, plan_gemini
 from pixelmill.providers.base import (
     ChatTurn,
     GeneratedImage,
@@ -54,10 +53,11 @@ from pixelmill.providers.base import (
     ProviderSettings,
     Task,
 )
+from pixelmill.providers.gemini.params import REQUEST_LEVEL_KEYS, check_inputs, plan_gemini
 from pixelmill.providers.http import HttpClient, decode_base64, parse_json, parse_retry_after
 
 if TYPE_CHECKING:
-    from pixelmill.modeltable import ModelSpec
+    from pixelmill.models.table import ModelSpec
     from pixelmill.params import ImageParams, WirePlan
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"

@@ -6,7 +6,7 @@ seeded generator; one model copy per device (`devices`), one call at a time per 
 devices as they free up. The model loads once, lazily, on the first call, in the devices' own threads.
 
 Options (`ProviderSettings.options`; `--param batch_size=4` on the command line): see
-`pixelmill.providers.local.options.LocalOptions`. Parameters: see `pixelmill.params.diffusers`.
+`pixelmill.providers.diffusers.options.LocalOptions`. Parameters: see `pixelmill.providers.diffusers.params`.
 
 What a row records: the pipeline kwargs sent (`pixelmill.parameters`), and in `pixelmill.response` the seed
 used (derived from the row's index and prompt when none was given, so a re-run makes the same image), the
@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from pixelmill.errors import ConfigError, InputError, ModelUnavailable, ProviderError
-from pixelmill.modeltable import FreeSize, ModelSpec, Price
-from pixelmill.params.diffusers import plan_diffusers, round_size
+from pixelmill.models.table import FreeSize, ModelSpec, Price
 from pixelmill.providers.base import (
     GeneratedImage,
     ImageRequest,
@@ -36,9 +35,9 @@ from pixelmill.providers.base import (
     ProviderSettings,
     Task,
 )
-from pixelmill.providers.local.batcher import Batcher
-from pixelmill.providers.local.families import LocalModel, inspect_model
-from pixelmill.providers.local.loader import (
+from pixelmill.providers.diffusers.batcher import Batcher
+from pixelmill.providers.diffusers.families import LocalModel, inspect_model
+from pixelmill.providers.diffusers.loader import (
     LoadedCopy,
     call_kwargs,
     dtype_name,
@@ -47,13 +46,14 @@ from pixelmill.providers.local.loader import (
     scheduler_class,
     visible_devices,
 )
-from pixelmill.providers.local.options import device_list, parse_options
+from pixelmill.providers.diffusers.options import device_list, parse_options
+from pixelmill.providers.diffusers.params import plan_diffusers, round_size
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from pixelmill.params import ImageParams, WirePlan
-    from pixelmill.providers.local.execute import Outcome, Work
+    from pixelmill.providers.diffusers.execute import Outcome, Work
 
 __all__ = ["DiffusersProvider", "derive_seed"]
 
@@ -182,7 +182,7 @@ class DiffusersProvider(Provider):
         return self._batcher
 
     async def _run_batch(self, device: int, works: list[Work]) -> list[Outcome]:
-        from pixelmill.providers.local.execute import run_batch
+        from pixelmill.providers.diffusers.execute import run_batch
 
         copy = self._copies[(works[0].model, device)]
         loop = asyncio.get_running_loop()
@@ -232,7 +232,7 @@ def _load_one(local: LocalModel, device: str, options: Any) -> LoadedCopy:
 
 def _prepare(local: LocalModel, request: ImageRequest, seed: int, batch_size: int) -> tuple[Work, Hashable, int]:
     """The row's work, its batch key, and the share of a batch it takes (in a thread: images are decoded)."""
-    from pixelmill.providers.local.execute import Work
+    from pixelmill.providers.diffusers.execute import Work
 
     family = local.family
     task = request.task

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pixelmill.errors import ConfigError, InputError
-from pixelmill.modeltable import FreeSize, ModelSpec
+from pixelmill.models.table import FreeSize, ModelSpec
 from pixelmill.params import ImageParams, WirePlan, allowed, parse_ratio, parse_size, split_n
 from pixelmill.providers.base import InputImage, Task
 

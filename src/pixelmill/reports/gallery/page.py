@@ -30,8 +30,8 @@ import orjson
 
 from pixelmill.config import RunConfig, StepConfig
 from pixelmill.errors import ConfigError, InputError
-from pixelmill.gallery_assets import SCRIPT, STYLE, content_security_policy
-from pixelmill.journal import Journal
+from pixelmill.reports.gallery.assets import SCRIPT, STYLE, content_security_policy
+from pixelmill.writing.journal import Journal
 
 ThumbMode = Literal["auto", "embed", "files"]
 EMBED_UP_TO = 400  # images; past this, `auto` writes thumbnails beside the page
@@ -81,7 +81,7 @@ class GalleryResult:
 def write_gallery(rundir: Path, output: Path | None = None, *, thumbnails: ThumbMode = "auto",
                   max_rows: int = 5000) -> GalleryResult:
     """Write the gallery page of the run in `rundir` (default `RUNDIR/gallery.html`)."""
-    from pixelmill.status import load_config, open_journal
+    from pixelmill.reports.status import load_config, open_journal
 
     page = (output or rundir / "gallery.html").resolve()
     journal = open_journal(rundir)
@@ -120,7 +120,7 @@ def write_gallery(rundir: Path, output: Path | None = None, *, thumbnails: Thumb
 
 
 def _rows(config: RunConfig, journal: Journal, rundir: Path) -> Iterator[dict[str, Any]]:
-    from pixelmill.sinks import OutputCounts, output_rows
+    from pixelmill.writing.output import OutputCounts, output_rows
 
     plain = config.model_copy(update={"embed_images": False})
     if config.source.is_file():
@@ -212,7 +212,7 @@ def _card(config: RunConfig, rundir: Path, page_dir: Path, row: dict[str, Any], 
 
 
 def _prompts(step: StepConfig, row: dict[str, Any]) -> list[str]:
-    from pixelmill.records import user_turns
+    from pixelmill.reading.records import user_turns
 
     try:
         turns = user_turns(row, prompt_field=step.prompt_field, template=step.prompt)
@@ -222,7 +222,7 @@ def _prompts(step: StepConfig, row: dict[str, Any]) -> list[str]:
 
 
 def _input_sources(config: RunConfig, row: dict[str, Any], image_field: str, page_dir: Path) -> list[Source]:
-    from pixelmill.engine.rowinputs import image_refs
+    from pixelmill.engine.inputs import image_refs
 
     refs = image_refs(row.get(image_field))
     for message in _messages(row):
@@ -247,7 +247,7 @@ def _input_source(base: Path, page_dir: Path, ref: Any) -> Source:
     if not isinstance(ref, str) or not ref:
         return Source(note="no image")
     if ref.startswith("data:"):
-        from pixelmill.images import _data_url
+        from pixelmill.reading.images import _data_url
 
         try:
             return Source(data=_data_url(ref, "image"))
@@ -312,7 +312,7 @@ def _make_thumbnails(sources: list[Source], folder: Path | None) -> dict[int, st
         except Exception:  # not an image, truncated, too large: shown as a note instead
             return id(source), None
         if folder is None:
-            from pixelmill.images import data_url
+            from pixelmill.reading.images import data_url
 
             return id(source), data_url(data, mime)
         name = f"t{number:06d}.webp"
@@ -327,7 +327,7 @@ def _make_thumbnails(sources: list[Source], folder: Path | None) -> dict[int, st
 def _thumbnail(source: Source) -> tuple[bytes, str]:
     from PIL import Image
 
-    from pixelmill.images import MAX_PIXELS
+    from pixelmill.reading.images import MAX_PIXELS
 
     raw: Any = source.path if source.path is not None else BytesIO(source.data or b"")
     with Image.open(raw) as img:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pixelmill.modeltable import ModelSpec, builtin_table
+from pixelmill.models.table import ModelSpec, builtin_table
 
 
 def _price(spec: ModelSpec) -> str:

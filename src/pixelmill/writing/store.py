@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 
 from pixelmill.errors import TransientError
-from pixelmill.images import EXTENSIONS, MIME_OF_FORMAT, convert, sniff
+from pixelmill.reading.images import EXTENSIONS, MIME_OF_FORMAT, convert, sniff
 
 TMP_MARK = ".pixelmill-tmp"
 
@@ -30,7 +30,7 @@ def check_name_template(template: str) -> None:
     import string
 
     from pixelmill.errors import ConfigError
-    from pixelmill.records import template_fields
+    from pixelmill.reading.records import template_fields
 
     names = template_fields(template)
     unknown = sorted(set(names) - set(NAME_FIELDS))

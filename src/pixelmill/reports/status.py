@@ -17,7 +17,7 @@ import orjson
 
 from pixelmill.config import RunConfig
 from pixelmill.errors import ConfigError
-from pixelmill.journal import Journal
+from pixelmill.writing.journal import Journal
 
 JOURNAL = Path(".pixelmill") / "journal.sqlite"
 MESSAGE_MAX = 240  # characters of an example failure message
@@ -106,7 +106,7 @@ def load_config(journal: Journal) -> RunConfig | None:
 def count_rows(source: Path, fmt: str | None = None, limit: int | None = None) -> int | None:
     """The number of records `read_records` yields for `source`, read cheaply: non-blank lines of JSONL, CSV
     records, Parquet metadata; a JSON array is parsed. None when the source cannot be read."""
-    from pixelmill.records import read_records, source_format
+    from pixelmill.reading.records import read_records, source_format
 
     try:
         kind = source_format(source, fmt)

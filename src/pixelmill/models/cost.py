@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pixelmill.modeltable import ModelSpec
+from pixelmill.models.table import ModelSpec
 
 M = 1_000_000
 

@@ -35,7 +35,7 @@ from pixelmill.errors import (
     TransientError,
     redact,
 )
-from pixelmill.modeltable import ModelSpec
+from pixelmill.models.table import ModelSpec
 from pixelmill.providers.http import Reply, parse_retry_after
 
 __all__ = ["ErrorContext", "error_from_reply", "request_id_of"]

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pixelmill.errors import ProviderError, Rejected
-from pixelmill.providers.local.loader import LoadedCopy, call_kwargs
+from pixelmill.providers.diffusers.loader import LoadedCopy, call_kwargs
 
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-log = logging.getLogger("pixelmill.providers.diffusers")
+log = logging.getLogger("pixelmill.providers.diffusers.provider")
 
 _MESSAGE_CHARS = 600
 

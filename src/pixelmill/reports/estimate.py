@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pixelmill.config import ModelRef, RunConfig, StepConfig
-from pixelmill.cost import ZERO, Expected, batch_cost, expected_cost
-from pixelmill.engine.rowinputs import image_refs
+from pixelmill.engine.inputs import image_refs
 from pixelmill.errors import ConfigError, InputError
-from pixelmill.records import read_records, user_turns
+from pixelmill.models.cost import ZERO, Expected, batch_cost, expected_cost
+from pixelmill.reading.records import read_records, user_turns
 
 PLACEHOLDER_KEY = "sk-estimate-nothing-is-sent"
 # Enough for every provider to build itself; never contacted.
@@ -132,7 +132,7 @@ def estimate(config: RunConfig, *, env: Mapping[str, str] | None = None) -> RunE
 def _offline(config: RunConfig) -> RunConfig:
     """The configuration with a placeholder key where none is given and `--provider emulator` mapped to the
     wire family it would serve: nothing is started and nothing is sent."""
-    from pixelmill.modeltable import builtin_table
+    from pixelmill.models.table import builtin_table
 
     def ref(r: ModelRef) -> ModelRef:
         if r.provider != "emulator":
@@ -150,7 +150,7 @@ def _journal_state(config: RunConfig, offline: RunConfig) -> tuple[dict[str, set
     """Rows already finished per step in RUNDIR (done, and failed unless --retry-failed), what RUNDIR has
     spent, and notes; empty when RUNDIR holds no run, another configuration, or --restart discards it.
     `offline` is the configuration as a run records it (the emulator mapped to its wire family)."""
-    from pixelmill.status import journal_path, open_journal
+    from pixelmill.reports.status import journal_path, open_journal
 
     if config.restart or not journal_path(config.output).is_file():
         return {}, 0.0, []

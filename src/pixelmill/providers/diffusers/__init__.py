@@ -8,5 +8,5 @@
   fallback to single rows, refused (NaN, black, flagged) images.
 - `batcher`: concurrent `call`s grouped by identical parameters into batches, one call at a time per device.
 
-`pixelmill.providers.diffusers.DiffusersProvider` puts them together behind the provider contract.
+`pixelmill.providers.diffusers.provider.DiffusersProvider` puts them together behind the provider contract.
 """

@@ -20,7 +20,7 @@ def write_hf(target: Path, rundir: Path, image_fields: list[str], embed: bool,
         import datasets
     except ImportError:
         raise ConfigError("--format hf needs the datasets package: pip install 'pixelmill[hf]'") from None
-    from pixelmill.sinks_parquet import write_parquet_from
+    from pixelmill.writing.parquet import write_parquet_from
 
     def rows() -> Iterable[dict[str, Any]]:
         for row in make_rows():

@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
-from pixelmill import jsonio
 from pixelmill.errors import ConfigError, InputError
+from pixelmill.reading import jsonio
 
 MAX_LINE_BYTES = 256 * 1024 * 1024  # a line longer than this is a failed row, not a memory blow-up
 KEY_MAX = 80

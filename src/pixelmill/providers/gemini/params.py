@@ -37,7 +37,7 @@ from pixelmill.errors import ConfigError, InputError
 from pixelmill.params import ImageParams, WirePlan, allowed, nearest_ratio, parse_ratio, parse_size, split_n
 
 if TYPE_CHECKING:
-    from pixelmill.modeltable import ModelSpec
+    from pixelmill.models.table import ModelSpec
     from pixelmill.providers.base import InputImage, Task
 
 # Every aspect ratio Gemini's image models take (python-genai's AspectRatio enum); used for models that the
@@ -281,7 +281,7 @@ def _boolean(key: str, value: object) -> bool:
 
 
 def _family_models(keep: str) -> str:
-    from pixelmill.modeltable import builtin_table
+    from pixelmill.models.table import builtin_table
 
     names = [s.name for s in builtin_table().family("gemini") if getattr(s, keep) and not s.retired()]
     return ", ".join(names) or "none known"
@@ -296,7 +296,7 @@ def _tiered_models() -> str:
 
 
 def _roomiest_model() -> str:
-    from pixelmill.modeltable import builtin_table
+    from pixelmill.models.table import builtin_table
 
     best = max(builtin_table().family("gemini"), key=lambda s: s.max_input_images)
     return f"{best.name} takes {best.max_input_images}"

@@ -6,7 +6,7 @@ One module, three thin classes over the same wire adapter (reference image-apis.
 - variations: `POST {base}/images/variations`, multipart (dall-e-2).
 Answers: `data[].b64_json` decoded with pybase64, or `data[].url` downloaded (bounded); `usage`,
 `revised_prompt`, `size`, `quality`, `output_format`, `background` and the request id are kept.
-Errors: `pixelmill.providers.openai_errors`.
+Errors: `pixelmill.providers.openai.errors`.
 
 Credentials and base URLs (a flag beats the provider's variable, which beats the DF_* seed variables):
 
@@ -34,9 +34,8 @@ import aiohttp
 import orjson
 
 from pixelmill.errors import ConfigError, Refused, TransientError
-from pixelmill.modeltable import ModelSpec, builtin_table, permissive_spec
+from pixelmill.models.table import ModelSpec, builtin_table, permissive_spec
 from pixelmill.params import ImageParams, WirePlan
-from pixelmill.params.openai import check_inputs, check_prompt, plan_openai
 from pixelmill.providers.base import (
     GeneratedImage,
     ImageRequest,
@@ -47,7 +46,8 @@ from pixelmill.providers.base import (
     Task,
 )
 from pixelmill.providers.http import HttpClient, decode_base64, parse_json
-from pixelmill.providers.openai_errors import ErrorContext, error_from_reply, request_id_of
+from pixelmill.providers.openai.errors import ErrorContext, error_from_reply, request_id_of
+from pixelmill.providers.openai.params import check_inputs, check_prompt, plan_openai
 
 __all__ = ["AzureProvider", "OpenAICompatibleProvider", "OpenAIProvider", "normalize_base_url"]
 

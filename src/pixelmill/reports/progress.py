@@ -167,7 +167,7 @@ class Progress:
         config = self.config
 
         def count() -> None:
-            from pixelmill.status import count_rows
+            from pixelmill.reports.status import count_rows
 
             total = count_rows(config.source, config.source_format, config.limit)
             if total is not None and self.stats.total is None:
@@ -196,7 +196,7 @@ class Progress:
         """What the run did, as `pixelmill status` says it, with this run's own numbers; shortened to the
         essentials with `quiet` (the reason of a stop is always said)."""
         from pixelmill.errors import PixelmillError
-        from pixelmill.status import describe, read_status
+        from pixelmill.reports.status import describe, read_status
 
         s = report.stats
         c = report.counts

@@ -24,7 +24,7 @@ from pixelmill.providers.base import InputImage
 if TYPE_CHECKING:
     import aiohttp
 
-    from pixelmill.modeltable import ModelSpec
+    from pixelmill.models.table import ModelSpec
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 MIME_OF_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}

@@ -15,10 +15,10 @@ from functools import cache
 from typing import Any
 
 from pixelmill.errors import ConfigError
-from pixelmill.providers.local.families import LocalModel
-from pixelmill.providers.local.options import LocalOptions
+from pixelmill.providers.diffusers.families import LocalModel
+from pixelmill.providers.diffusers.options import LocalOptions
 
-log = logging.getLogger("pixelmill.providers.diffusers")
+log = logging.getLogger("pixelmill.providers.diffusers.provider")
 
 EXTRA_PACKAGES = ("torch", "diffusers", "transformers", "accelerate")
 

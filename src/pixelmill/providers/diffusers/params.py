@@ -42,7 +42,7 @@ from typing import Any
 from pixelmill.errors import ConfigError
 from pixelmill.params import ImageParams, WirePlan, parse_ratio, parse_size
 from pixelmill.providers.base import Task
-from pixelmill.providers.local.families import LocalModel
+from pixelmill.providers.diffusers.families import LocalModel
 
 __all__ = ["plan_diffusers", "round_size"]
 

@@ -188,6 +188,6 @@ def _parse(raw: dict[str, Any], origin: str) -> tuple[dict[str, ModelSpec], dict
 
 @cache
 def builtin_table() -> ModelTable:
-    text = resources.files("pixelmill").joinpath("models.toml").read_text(encoding="utf-8")
+    text = resources.files("pixelmill.models").joinpath("models.toml").read_text(encoding="utf-8")
     specs, presets = _parse(tomllib.loads(text), "models.toml")
     return ModelTable(specs, presets)

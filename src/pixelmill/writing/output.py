@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pixelmill import jsonio
 from pixelmill.config import RunConfig
-from pixelmill.images import data_url
-from pixelmill.journal import Journal, StepState
-from pixelmill.records import Record, read_records
+from pixelmill.reading import jsonio
+from pixelmill.reading.images import data_url
+from pixelmill.reading.records import Record, read_records
+from pixelmill.writing.journal import Journal, StepState
 
 _PRIVATE = ("calls", "_usages", "target")  # journal bookkeeping, not for the user
 
@@ -99,7 +99,7 @@ def write_output(config: RunConfig, journal: Journal) -> tuple[Path, OutputCount
     rundir = config.output
     rundir.mkdir(parents=True, exist_ok=True)
     if config.format == "parquet":
-        from pixelmill.sinks_parquet import write_parquet_from
+        from pixelmill.writing.parquet import write_parquet_from
 
         target = rundir / "output.parquet"
         passes: list[OutputCounts] = []
@@ -111,7 +111,7 @@ def write_output(config: RunConfig, journal: Journal) -> tuple[Path, OutputCount
         write_parquet_from(target, rows)
         return target, passes[-1]
     if config.format == "hf":
-        from pixelmill.sinks_hf import write_hf
+        from pixelmill.writing.hf import write_hf
 
         hf_passes: list[OutputCounts] = []
 

@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pixelmill.errors import InputError
-from pixelmill.images import InputPolicy, fit_for_model, load_image
 from pixelmill.providers.base import InputImage
-from pixelmill.records import Turn, user_turns
+from pixelmill.reading.images import InputPolicy, fit_for_model, load_image
+from pixelmill.reading.records import Turn, user_turns
 
 if TYPE_CHECKING:
     import aiohttp
 
     from pixelmill.config import StepConfig
-    from pixelmill.modeltable import ModelSpec
+    from pixelmill.models.table import ModelSpec
 
 
 @dataclass(slots=True)

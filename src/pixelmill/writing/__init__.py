@@ -1,0 +1,1 @@
+"""Writing: image files (store), the journal, and the output dataset in each format."""
