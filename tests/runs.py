@@ -57,7 +57,7 @@ def prompts(n: int, prefix: str = "prompt") -> list[dict[str, Any]]:
 def run_api(emu: Any, src: Path, out: Path, task: str = "generate", **options: Any) -> Any:
     """A run through the Python API with fast retries (backoff of 10-50 ms), against `emu` over HTTP."""
     from pixelmill.api import run_config
-    from pixelmill.cli import build_config, job_options
+    from pixelmill.options import build_config, job_options
 
     engine = {"retry_base": 0.01, "retry_cap": 0.05, **options.pop("engine", {})}
     config = build_config(task, src, job_options(output=out, base_url=emu.openai_base_url, api_key=TEST_KEY,

@@ -175,7 +175,7 @@ def test_retries_that_were_not_billed_are_not_counted(emulator_thread: Emulator,
 
 def test_gemini_rows_are_costed_from_usage_metadata(make_emulator: Any, tmp_path: Path) -> None:
     from pixelmill.api import run_config
-    from pixelmill.cli import build_config, job_options
+    from pixelmill.options import build_config, job_options
     from tests.runs import TEST_KEY
 
     emu = make_emulator()

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pixelmill.cli import build_config, job_options
+from pixelmill.options import build_config, job_options
 from pixelmill.reports.estimate import estimate
 from pixelmill.reports.status import read_status
 from pixelmill.testing import Emulator

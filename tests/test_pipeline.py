@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from pixelmill.api import run_config
-from pixelmill.cli import pipeline_config
 from pixelmill.engine.runner import Runner
 from pixelmill.errors import ConfigError
+from pixelmill.options import pipeline_config
 from pixelmill.testing import Emulator
 from tests.runs import TEST_KEY, cli, read_output, write_jsonl
 
@@ -77,7 +77,7 @@ def test_two_steps_on_two_providers(emulator_thread: Emulator, tmp_path: Path) -
 def test_resume_in_the_middle_of_step_two(emulator_thread: Emulator, tmp_path: Path) -> None:
     path = pipeline(tmp_path, emulator_thread, TWO_STEPS)
     emulator_thread.configure(fail_after=4, fail_with="auth")  # 3 generations + 1 edit, then 401s
-    config = pipeline_config(path, {"api_key": None})
+    config = pipeline_config(path)
     import os
 
     os.environ.update(ENV)
@@ -166,7 +166,7 @@ def test_config_errors_name_file_step_and_key(tmp_path: Path, body: str, message
     path = tmp_path / "bad.yaml"
     path.write_text(body)
     with pytest.raises(ConfigError) as info:
-        Runner(pipeline_config(path, {}), env=ENV).prepare()  # everything checked before sending
+        Runner(pipeline_config(path), env=ENV).prepare()  # everything checked before sending
     assert str(path) in str(info.value)
     assert message in str(info.value)
 

@@ -14,8 +14,8 @@ import pytest
 from rich.console import Console
 
 from pixelmill.api import run_config
-from pixelmill.cli import build_config, job_options
 from pixelmill.engine.stats import RunStats
+from pixelmill.options import build_config, job_options
 from pixelmill.reports.progress import Progress
 from pixelmill.reports.status import count_rows
 from pixelmill.testing import Emulator

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import orjson
 
-from pixelmill.reports.status import read_status, rebuild_command, with_option
+from pixelmill.options import command_line, with_option
+from pixelmill.reports.status import read_status
 from pixelmill.testing import Emulator
 from tests.runs import TEST_KEY, cli, cli_process, prompts, read_output, run_api, write_jsonl
 
@@ -156,14 +157,14 @@ def test_status_of_a_folder_without_a_run(tmp_path: Path) -> None:
 
 
 def test_rebuilt_command_round_trips(tmp_path: Path) -> None:
-    from pixelmill.cli import build_config, job_options
+    from pixelmill.options import build_config, job_options
 
     src = write_jsonl(tmp_path / "in.jsonl", prompts(1))
     options = job_options(output=tmp_path / "run", model="gpt-image-1.5", quality="high", size="1024x1536",
                           prompt_template="A photo of {prompt}", id_field="prompt", param=["user=me"],
                           concurrency=4, max_cost=2.5, api_key=TEST_KEY, restart=True)
     config = build_config("generate", src, options)
-    command = rebuild_command(config)
+    command = command_line(config)
     assert command is not None and TEST_KEY not in command and "--restart" not in command
     args = shlex.split(command)
     again = build_config(args[1], Path(args[2]), _parse(args[3:]))
@@ -177,7 +178,8 @@ def _parse(args: list[str]) -> dict[str, object]:
     """Command-line flags to `job_options`, through the real command (click parses them)."""
     from typer.main import get_command
 
-    from pixelmill.cli import app, job_options
+    from pixelmill.cli import app
+    from pixelmill.options import job_options
 
     command = get_command(app).commands["generate"]  # type: ignore[attr-defined]
     ctx = command.make_context("generate", ["in.jsonl", *args])

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from pixelmill.version import VERSION
+
+__version__ = VERSION
 __all__ = ["RunConfig", "RunReport", "__version__", "arun", "edit", "generate", "run_config"]
 
 if TYPE_CHECKING:

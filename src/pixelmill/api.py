@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from pixelmill.config import RunConfig
 from pixelmill.engine.runner import Runner, RunOutcome
 from pixelmill.engine.stats import RunStats
+from pixelmill.options import build_config, job_options
 from pixelmill.reports.status import remember_outcome
 from pixelmill.writing.journal import Journal
 from pixelmill.writing.output import OutputCounts, write_output
@@ -80,7 +82,7 @@ def run_config(
     finish and records them; a second one cancels at once (the journal stays consistent either way)."""
 
     async def main() -> RunReport:
-        if not handle_signals:
+        if not handle_signals or threading.current_thread() is not threading.main_thread():
             return await arun(config, env=env, stats=stats, notice=notice)
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
@@ -102,54 +104,39 @@ def run_config(
                 loop.add_signal_handler(sig, on_signal)
         return await arun(config, env=env, stats=stats, notice=notice, runner_hook=runners.append)
 
-    return asyncio.run(main())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    # Called from a running event loop (a notebook): the run gets a loop of its own in a worker thread, where
+    # signal handlers cannot be installed (the notebook's own interrupt still stops the kernel).
+    handle_signals = False
+    box: list[RunReport | BaseException] = []
 
+    def target() -> None:
+        try:
+            box.append(asyncio.run(main()))
+        except BaseException as exc:
+            box.append(exc)
 
-@contextlib.contextmanager
-def emulated(config: RunConfig) -> Iterator[RunConfig]:
-    """For `--provider emulator`: start the emulator on a free loopback port for the length of the run and point
-    the steps at it (over real HTTP, with the OpenAI or Gemini wire format as the model asks)."""
-    if not any(step.model.provider == "emulator" for step in config.steps):
-        yield config
-        return
-    from pixelmill.models.table import builtin_table
-    from pixelmill.testing import Emulator, EmulatorConfig
-
-    emulator = Emulator(EmulatorConfig(latency=0.05, serve_retired=True))
-    with emulator.run_in_thread() as emu:
-        steps = []
-        for step in config.steps:
-            ref = step.model
-            if ref.provider == "emulator":
-                spec = builtin_table().get(ref.model)
-                if spec is not None and spec.family == "gemini":
-                    ref = ref.model_copy(update={"provider": "gemini", "base_url": emu.gemini_base_url})
-                else:
-                    ref = ref.model_copy(update={"provider": "openai", "base_url": emu.openai_base_url})
-            steps.append(step.model_copy(update={"model": ref}))
-        yield config.model_copy(update={"steps": tuple(steps), "api_key": config.api_key or "sk-emulator"})
+    worker = threading.Thread(target=target, name="pixelmill-run")
+    worker.start()
+    worker.join()
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
 
 
 def _config(task: str, input: str | Path, output: str | Path | None, options: dict[str, Any]) -> RunConfig:
     """The same configuration the command line builds, from the same options in snake_case."""
-    from pixelmill.cli import build_config, job_options
-
-    if "param" in options and isinstance(options["param"], dict):
-        options["param"] = [f"{k}={v}" for k, v in options["param"].items()]
-    config: RunConfig = build_config(task, Path(input), job_options(
-        output=Path(output) if output is not None else None, **options))
-    return config
+    return build_config(task, Path(input), job_options(output=output, **options))
 
 
 def generate(input: str | Path, *, output: str | Path | None = None, **options: Any) -> RunReport:
     """Text-to-image over every record of `input`. Options are the command line's, in snake_case."""
-    config = _config("generate", input, output, dict(options))
-    with emulated(config) as config:
-        return run_config(config)
+    return run_config(_config("generate", input, output, dict(options)))
 
 
 def edit(input: str | Path, *, output: str | Path | None = None, **options: Any) -> RunReport:
     """Image editing over every record of `input` (input images + instruction; multi-turn conversations)."""
-    config = _config("edit", input, output, dict(options))
-    with emulated(config) as config:
-        return run_config(config)
+    return run_config(_config("edit", input, output, dict(options)))

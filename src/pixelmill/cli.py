@@ -1,18 +1,31 @@
-"""The `pixelmill` command. Errors become one clear line and an exit code (DESIGN 2.1):
-0 every row done; 1 some rows failed (recorded); 2 usage or configuration error, nothing sent;
-3 aborted (authentication, quota, budget, interrupted).
+"""The `pixelmill` command: flags mapped onto the options of `options.py`, and errors turned into one clear line
+and an exit code (DESIGN 2.1): 0 every row done; 1 some rows failed (recorded); 2 usage or configuration error,
+nothing sent; 3 aborted (authentication, quota, budget, interrupted).
 
-Heavy modules (pydantic, aiohttp, the engine) are imported inside the commands, so `pixelmill --help` is quick.
+The flags of generate / edit / estimate / run are built from the fields of `JobOptions` and `PipelineOptions`
+(their types, defaults and help are declared there once). Heavy modules (pydantic, aiohttp, the engine) are
+imported inside the commands, so `pixelmill --help` is quick. Nothing in the library imports this module.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from pixelmill.options import (
+    JobOptions,
+    PipelineOptions,
+    build_config,
+    changed_options,
+    pipeline_config,
+)
 
 app = typer.Typer(
     name="pixelmill",
@@ -25,271 +38,85 @@ app = typer.Typer(
 
 EXIT_CONFIG = 2
 
-# ---------------------------------------------------------------- the options of generate / edit / estimate
 Input = Annotated[Path, typer.Argument(help="Input dataset: .jsonl, .json, .csv, .parquet, a saved HF dataset folder, or hf:name:split.", show_default=False)]
-Output = Annotated[Path | None, typer.Option("--output", "-o", help="Run directory [default: pixelmill-out/<input stem>].")]
-Fmt = Annotated[str, typer.Option("--format", help="Output format: jsonl, parquet or hf (a saved Hugging Face dataset).")]
-Limit = Annotated[int | None, typer.Option(help="Only the first N rows.")]
-ProviderOpt = Annotated[str, typer.Option("--provider", help="openai, azure, gemini, openai-compatible, diffusers, emulator.")]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name, alias or preset (fast, base, best); Azure: the deployment.")]
-BaseUrl = Annotated[str | None, typer.Option("--base-url", help="API base URL (gateways, compatible servers).")]
-ApiKey = Annotated[str | None, typer.Option("--api-key", help="API key (default: the provider's environment variable).", show_default=False)]
-BaseModel = Annotated[str | None, typer.Option("--base-model", help="Azure: the model behind the deployment, for rules and prices.")]
-ApiVersion = Annotated[str | None, typer.Option("--api-version", help="Azure API version (default: OPENAI_API_VERSION).")]
-Str = Annotated[str | None, typer.Option()]
-Int = Annotated[int | None, typer.Option()]
-Float = Annotated[float | None, typer.Option()]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 
 
-def _job(
-    task: str,
-    input: Input,
-    output: Output = None,
-    format: Fmt = "jsonl",
-    limit: Limit = None,
-    provider: ProviderOpt = "openai",
-    model: ModelOpt = None,
-    base_url: BaseUrl = None,
-    api_key: ApiKey = None,
-    base_model: BaseModel = None,
-    api_version: ApiVersion = None,
-    prompt_field: Annotated[str | None, typer.Option(help="Field holding the prompt [default: prompt, else conversations].")] = None,
-    prompt_template: Annotated[str | None, typer.Option(help='Prompt template over the row\'s fields, e.g. "A photo of {product}".')] = None,
-    image_field: Annotated[str | None, typer.Option(help="Field holding input image(s) [default: images].")] = None,
-    mask_field: Annotated[str | None, typer.Option(help="Field holding the mask (PNG, transparent = edit).")] = None,
-    id_field: Annotated[str | None, typer.Option(help="Field whose value names the row's image files.")] = None,
-    output_field: Annotated[str | None, typer.Option(help="Output field [default: images / output_image].")] = None,
-    name_template: Annotated[str | None, typer.Option(help='Image file names below RUNDIR/images, e.g. "{key}_{field}_{i}" [default: {step}/{key}_{i}].')] = None,
-    n: Annotated[int | None, typer.Option("--n", help="Images per row.")] = None,
-    size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT or auto.")] = None,
-    aspect_ratio: Annotated[str | None, typer.Option(help="W:H, e.g. 16:9.")] = None,
-    resolution: Annotated[str | None, typer.Option(help="512, 1K, 2K or 4K.")] = None,
-    quality: Annotated[str | None, typer.Option(help="low, medium, high, auto (or the model's own: hd, standard).")] = None,
-    style: Str = None,
-    background: Annotated[str | None, typer.Option(help="transparent, opaque or auto.")] = None,
-    output_format: Annotated[str | None, typer.Option(help="png, jpeg or webp.")] = None,
-    compression: Annotated[int | None, typer.Option(help="0-100, for jpeg and webp.")] = None,
-    seed: Int = None,
-    steps: Annotated[int | None, typer.Option(help="Inference steps (local models).")] = None,
-    guidance_scale: Float = None,
-    negative_prompt: Str = None,
-    moderation: Str = None,
-    input_fidelity: Str = None,
-    param: Annotated[list[str] | None, typer.Option(help="KEY=VALUE passed to the provider unchanged (repeatable).")] = None,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 16,
-    batch_size: Annotated[int | None, typer.Option(help="Local models: rows per pipeline call.")] = None,
-    devices: Annotated[str | None, typer.Option(help="Local models: auto, a GPU count, cuda:0,cuda:1, cpu or mps.")] = None,
-    rpm: Annotated[float | None, typer.Option(help="Requests per minute at most.")] = None,
-    ipm: Annotated[float | None, typer.Option(help="Images per minute at most.")] = None,
-    max_retries: Annotated[int, typer.Option(help="Retries of transient errors per call (429s: bounded by --deadline).")] = 5,
-    timeout: Annotated[float, typer.Option(help="Seconds for one request.")] = 300.0,
-    deadline: Annotated[float, typer.Option(help="Seconds for one row, retries included.")] = 600.0,
-    max_cost: Annotated[float | None, typer.Option(help="Budget in USD for this run directory, across resumes.")] = None,
-    retry_failed: Annotated[bool, typer.Option(help="Also re-request rows that failed.")] = False,
-    restart: Annotated[bool, typer.Option(help="Discard the run in the output folder and start over.")] = False,
-    embed_images: Annotated[bool, typer.Option(help="Images as data URLs in the output instead of file paths.")] = False,
-    allow_private_urls: Annotated[bool, typer.Option(help="Let input image URLs point at private or loopback addresses.")] = False,
-    models_file: Annotated[Path | None, typer.Option(help="A TOML model table laid over the built-in one.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
-) -> None:
-    options = {k: v for k, v in locals().items() if k not in ("task", "input", "quiet")}
-    code = _run_job(task, input, options, quiet=quiet)
-    raise typer.Exit(code)
+def _flags(options_class: type) -> list[inspect.Parameter]:
+    """Typer parameters for the fields of an options class (options.py): each field's default, type and help,
+    as `--field-name` (or the flags the field names)."""
+    hints = typing.get_type_hints(options_class)
+    params = []
+    for f in dataclasses.fields(options_class):
+        if f.metadata.get("flag", True) is False:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        flags = f.metadata.get("flags") or ()
+        option = typer.Option(*flags, help=f.metadata.get("help"), show_default=f.name != "api_key")
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=Annotated[hints[f.name], option]))
+    return params
 
 
-def _command(task: str, doc: str) -> Any:
-    """A command with `_job`'s options, bound to `task` (one option list for generate and edit)."""
-    import inspect
-
+def _command(name: str, doc: str, body: Any, first: list[inspect.Parameter], options_class: type) -> None:
+    """Register `body(**kwargs)` as command `name`, taking `first` and then the fields of `options_class`."""
     def command(**kwargs: Any) -> None:
-        _job(task, **kwargs)
+        raise typer.Exit(body(**kwargs))
 
-    sig = inspect.signature(_job, eval_str=True)
-    command.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])  # type: ignore[attr-defined]
-    command.__name__ = task
+    quiet = [inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Quiet)] \
+        if name != "estimate" else []
+    command.__signature__ = inspect.Signature([*first, *_flags(options_class), *quiet])  # type: ignore[attr-defined]
+    command.__name__ = name
     command.__doc__ = doc
-    return command
+    app.command(name)(command)
 
 
-app.command("generate")(_command("generate", "Text-to-image over every record of INPUT."))
-app.command("edit")(_command("edit", "Image editing over every record of INPUT (input images + instruction; "
-                                     "several user messages make a multi-turn edit)."))
+def _split(kwargs: dict[str, Any], options_class: type) -> Any:
+    return options_class(**{f.name: kwargs[f.name] for f in dataclasses.fields(options_class) if f.name in kwargs})
 
 
-# Provider settings of local models that --param may also give (they configure the provider, not a request).
-LOCAL_OPTIONS = ("batch_size", "devices", "dtype", "scheduler", "attention_slicing", "vae_tiling", "cpu_offload",
-                 "batch_window", "variant")
+def _job(task: str) -> Any:
+    def body(input: Path, quiet: bool = False, **kwargs: Any) -> int:
+        options = _split(kwargs, JobOptions)
+        return _guarded(lambda: _execute(build_config(task, input, options), quiet=quiet), options.api_key)
+    return body
 
 
-def job_options(**overrides: Any) -> dict[str, Any]:
-    """The options of generate/edit with their command-line defaults, updated by `overrides` (for the demo,
-    the Python API and tests: one list of options, the command line's)."""
-    import inspect
-
-    options: dict[str, Any] = {
-        name: p.default for name, p in inspect.signature(_job).parameters.items()
-        if name not in ("task", "input", "quiet")
-    }
-    unknown = set(overrides) - set(options) - {"engine"}  # engine: Limits fields with no flag
-    if unknown:
-        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    options.update(overrides)
-    return options
-
-
-def _parse_params(pairs: list[str] | None) -> dict[str, Any]:
-    import orjson
-
-    from pixelmill.errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--param {pair!r}: expected KEY=VALUE")
-        try:
-            out[key] = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def build_config(task: str, input: Path, options: dict[str, Any]) -> Any:
-    """The RunConfig of a generate/edit command line (pydantic errors become ConfigError with the flag)."""
-    from pydantic import ValidationError
-
-    from pixelmill.config import Limits, ModelRef, RunConfig, StepConfig
-    from pixelmill.errors import ConfigError
-    from pixelmill.models.table import builtin_table
-    from pixelmill.params import ImageParams
-
-    o = dict(options)
-    provider = o["provider"]
-    model = o["model"]
-    if model is None:
-        model = {"gemini": "gemini-3.1-flash-image", "diffusers": None}.get(provider, "gpt-image-2")
-        if model is None:
-            raise ConfigError("--provider diffusers needs --model PATH_OR_HUB_ID")
-    extra = _parse_params(o["param"])
-    model_options = {k: extra.pop(k) for k in list(extra) if k in LOCAL_OPTIONS}
-    for name in ("batch_size", "devices"):
-        if o.get(name) is not None:
-            model_options[name] = o[name]
-    try:
-        params = ImageParams(
-            n=o["n"], size=o["size"], aspect_ratio=o["aspect_ratio"], resolution=o["resolution"],
-            quality=o["quality"], style=o["style"], background=o["background"], output_format=o["output_format"],
-            compression=o["compression"], seed=o["seed"], steps=o["steps"], guidance_scale=o["guidance_scale"],
-            negative_prompt=o["negative_prompt"], moderation=o["moderation"], input_fidelity=o["input_fidelity"],
-            extra=extra,
-        )
-        step = StepConfig(
-            name=task, task=task,  # type: ignore[arg-type]
-            model=ModelRef(provider=provider, model=model, base_url=o["base_url"], base_model=o["base_model"],
-                           api_version=o["api_version"], options=model_options),
-            prompt=o["prompt_template"], prompt_field=o["prompt_field"], image_field=o["image_field"],
-            mask_field=o["mask_field"], output_field=o["output_field"], name_template=o["name_template"],
-            params=params,
-        )
-        config = RunConfig(
-            source=input, output=o["output"] or Path("pixelmill-out") / input.stem, steps=(step,),
-            limits=Limits(concurrency=o["concurrency"], rpm=o["rpm"], ipm=o["ipm"], max_retries=o["max_retries"],
-                          timeout=o["timeout"], deadline=o["deadline"], max_cost=o["max_cost"],
-                          **o.get("engine", {})),
-            id_field=o["id_field"], format=o["format"], limit=o["limit"], embed_images=o["embed_images"],
-            retry_failed=o["retry_failed"], restart=o["restart"], allow_private_urls=o["allow_private_urls"],
-            api_key=o["api_key"], models_file=o["models_file"],
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        flag = "--" + str(first["loc"][-1]).replace("_", "-") if first["loc"] else "an option"
-        raise ConfigError(f"{flag}: {first['msg']}") from None
-    if o["prompt_template"] is not None:
-        from pixelmill.reading.records import template_fields
-
-        template_fields(o["prompt_template"])
-    if not input.exists() and not str(input).startswith("hf:"):
-        raise ConfigError(f"input file {input} does not exist")
-    builtin_table()  # fail early on a broken table
-    return config
-
-
-def _run_job(task: str, input: Path, options: dict[str, Any], *, quiet: bool) -> int:
+def _guarded(action: Any, api_key: str | None) -> int:
+    """Run `action`; a configuration error becomes one line and exit 2 (never the key)."""
     from pixelmill.errors import ConfigError, redact
 
     try:
-        config = build_config(task, input, options)
-        return _execute(config, quiet=quiet)
+        return int(action())
     except ConfigError as exc:
-        _error(redact(str(exc), (options.get("api_key") or "",)))
+        _error(redact(str(exc), (api_key or "",)))
         return EXIT_CONFIG
 
 
 def _execute(config: Any, *, quiet: bool) -> int:
-    from pixelmill.api import emulated, run_config
-    from pixelmill.engine.stats import RunStats
-    from pixelmill.reports.progress import Progress
-    from pixelmill.reports.status import rebuild_command, remember_command
+    from pixelmill.console import run_with_progress
 
-    stats = RunStats()
-    progress = Progress(stats, quiet=quiet, config=config)
-    resume = rebuild_command(config)  # before `emulated` rewrites the provider: resuming starts an emulator too
-    with emulated(config) as config, progress:
-        report = run_config(config, stats=stats, notice=progress.notice, handle_signals=True)
-    remember_command(config.output, resume)
-    progress.summary(report, config)
-    return report.exit_code
+    return run_with_progress(config, quiet=quiet).exit_code
 
 
 def _error(message: str) -> None:
     sys.stderr.write(f"pixelmill: error: {message}\n")
 
 
-@app.command("run")
-def run_pipeline(
-    pipeline: Annotated[Path, typer.Argument(help="Pipeline file (YAML).", show_default=False)],
-    output: Output = None,
-    format: Annotated[str | None, typer.Option("--format", help="Output format: jsonl or parquet.")] = None,
-    limit: Limit = None,
-    api_key: ApiKey = None,
-    concurrency: Annotated[int | None, typer.Option(help="Requests in flight.")] = None,
-    rpm: Annotated[float | None, typer.Option(help="Requests per minute at most.")] = None,
-    ipm: Annotated[float | None, typer.Option(help="Images per minute at most.")] = None,
-    max_retries: Annotated[int | None, typer.Option(help="Retries of transient errors per call.")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Seconds for one request.")] = None,
-    deadline: Annotated[float | None, typer.Option(help="Seconds for one row, retries included.")] = None,
-    max_cost: Annotated[float | None, typer.Option(help="Budget in USD for this run directory, across resumes.")] = None,
-    retry_failed: Annotated[bool, typer.Option(help="Also re-request rows that failed.")] = False,
-    restart: Annotated[bool, typer.Option(help="Discard the run in the output folder and start over.")] = False,
-    embed_images: Annotated[bool, typer.Option(help="Images as data URLs in the output.")] = False,
-    allow_private_urls: Annotated[bool, typer.Option(help="Let input image URLs point at private addresses.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
-) -> None:
-    """A multi-step pipeline from a YAML file (source, models, limits, steps)."""
-    from pixelmill.errors import ConfigError, redact
-
-    try:
-        config = pipeline_config(pipeline, locals())
-        code = _execute(config, quiet=quiet)
-    except ConfigError as exc:
-        _error(redact(str(exc), (api_key or "",)))
-        code = EXIT_CONFIG
-    raise typer.Exit(code)
+_INPUT = [inspect.Parameter("input", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Input)]
+_command("generate", "Text-to-image over every record of INPUT.", _job("generate"), _INPUT, JobOptions)
+_command("edit", "Image editing over every record of INPUT (input images + instruction; several user messages "
+                 "make a multi-turn edit).", _job("edit"), _INPUT, JobOptions)
 
 
-def pipeline_config(path: Path, options: dict[str, Any]) -> Any:
-    """The RunConfig of a pipeline file with the command line's overrides."""
-    from pixelmill.pipeline import load_pipeline
+def _run_pipeline(pipeline: Path, quiet: bool = False, **kwargs: Any) -> int:
+    options = _split(kwargs, PipelineOptions)
+    return _guarded(lambda: _execute(pipeline_config(pipeline, options), quiet=quiet), options.api_key)
 
-    limit_keys = ("concurrency", "rpm", "ipm", "max_retries", "timeout", "deadline", "max_cost")
-    overrides = {
-        "output": options.get("output"), "format": options.get("format"), "limit": options.get("limit"),
-        "api_key": options.get("api_key"), "retry_failed": options.get("retry_failed") or None,
-        "restart": options.get("restart") or None, "embed_images": options.get("embed_images") or None,
-        "allow_private_urls": options.get("allow_private_urls") or None,
-        "limits": {k: options.get(k) for k in limit_keys},
-    }
-    return load_pipeline(path, overrides)
+
+_command("run", "A multi-step pipeline from a YAML file (source, models, limits, steps).", _run_pipeline,
+         [inspect.Parameter("pipeline", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
+             Path, typer.Argument(help="Pipeline file (YAML).", show_default=False)])], PipelineOptions)
 
 
 @app.command()
@@ -332,66 +159,52 @@ def models(
 
 # ---------------------------------------------------------------- spend and visibility: estimate, status, gallery
 _PIPELINE_SUFFIXES = (".yaml", ".yml")
-# The options a pipeline file takes from the command line (as `run` does); the rest are the file's.
+# The options `estimate` takes for a pipeline file (the budget and what selects rows); the rest are the file's.
 _PIPELINE_OPTIONS = ("output", "limit", "api_key", "max_cost", "retry_failed", "restart")
 
 
-def _estimate(input: Path, task: str, as_json: bool, options: dict[str, Any]) -> int:
+def _estimate(input: Path, task: str = "generate", json: bool = False, **kwargs: Any) -> int:
     import orjson
 
-    from pixelmill.errors import ConfigError, redact
+    from pixelmill.errors import ConfigError
     from pixelmill.reports.estimate import describe, estimate
 
-    try:
+    options = _split(kwargs, JobOptions)
+
+    def config() -> Any:
         if task not in ("generate", "edit"):
             raise ConfigError(f"--task {task!r}: use generate or edit")
-        if input.suffix.lower() in _PIPELINE_SUFFIXES:
-            defaults = job_options()
-            ignored = sorted(k for k, v in options.items() if k not in _PIPELINE_OPTIONS and v != defaults.get(k))
-            if ignored:
-                raise ConfigError(f"{input} is a pipeline file: its steps, models and limits come from the file; "
-                                  f"remove {', '.join('--' + k.replace('_', '-') for k in ignored)}")
-            config = pipeline_config(input, {k: options.get(k) for k in _PIPELINE_OPTIONS})
+        if input.suffix.lower() not in _PIPELINE_SUFFIXES:
+            return build_config(task, input, options)
+        # A pipeline file: its steps, models and limits are the file's; only what `run` takes may be given.
+        ignored = [name for name in changed_options(options) if name not in _PIPELINE_OPTIONS]
+        if ignored:
+            raise ConfigError(f"{input} is a pipeline file: its steps, models and limits come from the file; "
+                              f"remove {', '.join('--' + k.replace('_', '-') for k in ignored)}")
+        return pipeline_config(input, PipelineOptions(**{name: getattr(options, name) for name in _PIPELINE_OPTIONS}))
+
+    def show() -> int:
+        run = config()
+        result = estimate(run)
+        if json:
+            typer.echo(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
         else:
-            config = build_config(task, input, options)
-        result = estimate(config)
-    except ConfigError as exc:
-        _error(redact(str(exc), (options.get("api_key") or "",)))
-        return EXIT_CONFIG
-    if as_json:
-        typer.echo(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
-    else:
-        for line in describe(result, config):
-            typer.echo(line)
-    return 0
+            for line in describe(result, run):
+                typer.echo(line)
+        return 0
+
+    return _guarded(show, options.api_key)
 
 
-def _estimate_command() -> Any:
-    """`estimate` takes generate/edit's options (the same `_job` signature), plus --task and --json."""
-    import inspect
-
-    def command(input: Path, task: str, json: bool, **kwargs: Any) -> None:
-        raise typer.Exit(_estimate(input, task, json, kwargs))
-
-    sig = inspect.signature(_job, eval_str=True)
-    keep = [p for name, p in sig.parameters.items() if name not in ("task", "input", "quiet")]
-    first = [
-        inspect.Parameter("input", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[Path, typer.Argument(
-            help="Input dataset (.jsonl, .json, .csv, .parquet) or pipeline file (.yaml).", show_default=False)]),
-        inspect.Parameter("task", inspect.Parameter.KEYWORD_ONLY, default="generate", annotation=Annotated[
-            str, typer.Option(help="For an input dataset: generate or edit.")]),
-        inspect.Parameter("json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
-            bool, typer.Option("--json", help="The estimate as JSON.")]),
-    ]
-    keep = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in keep]
-    command.__signature__ = sig.replace(parameters=[*first, *keep])  # type: ignore[attr-defined]
-    command.__name__ = "estimate"
-    command.__doc__ = ("Requests, images and cost (low, expected, at most) that a run would make, per step; "
-                       "sends nothing.")
-    return command
-
-
-app.command("estimate")(_estimate_command())
+_command("estimate", "Requests, images and cost (low, expected, at most) that a run would make, per step; sends "
+                     "nothing.", _estimate, [
+    inspect.Parameter("input", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[Path, typer.Argument(
+        help="Input dataset (.jsonl, .json, .csv, .parquet) or pipeline file (.yaml).", show_default=False)]),
+    inspect.Parameter("task", inspect.Parameter.KEYWORD_ONLY, default="generate", annotation=Annotated[
+        str, typer.Option(help="For an input dataset: generate or edit.")]),
+    inspect.Parameter("json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+        bool, typer.Option("--json", help="The estimate as JSON.")]),
+], JobOptions)
 
 
 @app.command()

@@ -14,17 +14,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pixelmill import defaults
 from pixelmill.errors import ConfigError
 from pixelmill.params import ImageParams
 
-DEFAULT_OUTPUT_FIELD = {"generate": "images", "edit": "output_image", "auto": "images"}
+DEFAULT_OUTPUT_FIELD = defaults.DEFAULT_OUTPUT_FIELD
 
 
 class ModelRef(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    provider: str = "openai"
-    model: str = "gpt-image-2"
+    provider: str = defaults.DEFAULT_PROVIDER
+    model: str = defaults.MODEL
     base_url: str | None = None
     base_model: str | None = None  # Azure: the model behind a deployment, for rules and prices
     api_version: str | None = None
@@ -97,13 +98,13 @@ class StepConfig(BaseModel):
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    concurrency: int = Field(default=16, ge=1, le=4096)
+    concurrency: int = Field(default=defaults.CONCURRENCY, ge=1, le=4096)
     rpm: float | None = Field(default=None, gt=0)
     ipm: float | None = Field(default=None, gt=0)
-    max_retries: int = Field(default=5, ge=0)
-    max_billed_retries: int = Field(default=1, ge=0)  # retries after truncated/malformed answers
-    timeout: float = Field(default=300.0, gt=0)  # one request
-    deadline: float = Field(default=600.0, gt=0)  # one row, all retries and 429 waits included
+    max_retries: int = Field(default=defaults.MAX_RETRIES, ge=0)
+    max_billed_retries: int = Field(default=defaults.MAX_BILLED_RETRIES, ge=0)  # after broken or lost answers
+    timeout: float = Field(default=defaults.TIMEOUT, gt=0)  # one request
+    deadline: float = Field(default=defaults.DEADLINE, gt=0)  # one row, all retries and 429 waits included
     max_cost: float | None = Field(default=None, ge=0)
     drain_timeout: float = Field(default=60.0, ge=0)  # how long Ctrl-C waits for calls in flight
     retry_base: float = Field(default=0.5, gt=0)  # first backoff step, seconds (doubles per retry)

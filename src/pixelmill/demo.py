@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from pixelmill.console import run_with_progress
+from pixelmill.options import build_config, job_options
+
 if TYPE_CHECKING:
-    from pixelmill.api import RunReport
-    from pixelmill.config import RunConfig
+    from pixelmill.options import JobOptions
 
 
 def _say(text: str) -> None:
@@ -21,8 +23,6 @@ def _say(text: str) -> None:
 
 
 def run_demo(root: Path) -> int:
-    from pixelmill.cli import build_config
-
     root.mkdir(parents=True, exist_ok=True)
     prompts = root / "prompts.jsonl"
     with resources.files("pixelmill").joinpath("data/demo_prompts.jsonl").open("rb") as src, \
@@ -32,11 +32,12 @@ def run_demo(root: Path) -> int:
 
     generate = build_config("generate", prompts, _options(root / "generate", id_field="id", size="1536x1024",
                                                           quality="low"))
-    report = _run(generate)
+    report = run_with_progress(generate, interval=2.0)
     if report.exit_code not in (0, 1):
         return report.exit_code
 
-    # Edit the first four generated images: each row points at a file of the first run.
+    # Edit the first four generated images: each row points at a file of the first run, by a path relative to
+    # the edit file (input paths resolve against their file's folder and stay inside its tree).
     edits = root / "edits.jsonl"
     with (report.output).open("rb") as f, edits.open("wb") as out:
         for line in list(f)[:4]:
@@ -44,11 +45,11 @@ def run_demo(root: Path) -> int:
             if row.get("images"):
                 out.write(orjson.dumps({
                     "id": row["id"],
-                    "images": [str((root / "generate" / row["images"][0]).resolve())],
+                    "images": [f"generate/{row['images'][0]}"],
                     "prompt": f"Put this {row['id']} on a marble table, keep the lighting",
                 }) + b"\n")
     edit = build_config("edit", edits, _options(root / "edit", id_field="id", quality="low"))
-    report2 = _run(edit)
+    report2 = run_with_progress(edit, interval=2.0)
     _say(f"generated images: {root / 'generate' / 'images'}; table: {report.output}")
     _say(f"edited images:    {root / 'edit' / 'images'}; table: {report2.output}")
     from pixelmill.reports.gallery.page import write_gallery
@@ -60,23 +61,6 @@ def run_demo(root: Path) -> int:
     return max(report.exit_code, report2.exit_code)
 
 
-def _options(output: Path, **extra: object) -> dict[str, object]:
-    from pixelmill.cli import job_options
-
+def _options(output: Path, **extra: object) -> JobOptions:
     return job_options(provider="emulator", model="gpt-image-2", output=output, restart=True, concurrency=8,
                        **extra)
-
-
-def _run(config: RunConfig) -> RunReport:
-    from pixelmill.api import emulated, run_config
-    from pixelmill.engine.stats import RunStats
-    from pixelmill.reports.progress import Progress
-    from pixelmill.reports.status import rebuild_command, remember_command
-
-    stats = RunStats()
-    progress = Progress(stats, quiet=False, interval=2.0, config=config)
-    with emulated(config) as emulated_config, progress:
-        report = run_config(emulated_config, stats=stats, notice=progress.notice, handle_signals=True)
-    remember_command(config.output, rebuild_command(config))
-    progress.summary(report, emulated_config)
-    return report

@@ -34,6 +34,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from pixelmill import defaults
 from pixelmill.config import Limits, ModelRef, RunConfig, StepConfig
 from pixelmill.errors import ConfigError
 from pixelmill.models.table import builtin_table
@@ -115,7 +116,7 @@ def load_pipeline(path: Path, overrides: dict[str, Any] | None = None) -> RunCon
         return RunConfig(
             source=source,
             source_format=source_format,
-            output=Path(o.pop("output", None) or (base / output if output else Path("pixelmill-out") / path.stem)),
+            output=Path(o.pop("output", None) or (base / output if output else defaults.OUTPUT_ROOT / path.stem)),
             steps=tuple(steps),
             pipeline=True,
             origin=str(path),
@@ -213,10 +214,10 @@ def _step(body: Any, index: int, aliases: dict[str, tuple[ModelRef, dict[str, An
     name = str(body.get("name", f"step{index + 1}"))
     if unknown := set(body) - STEP_KEYS:
         raise where.unknown(unknown, STEP_KEYS, step=name)
-    ref, defaults = _model(body.get("model", "gpt-image-2"), aliases, where, name, "model")
+    ref, preset = _model(body.get("model", defaults.MODEL), aliases, where, name, "model")
     fallback = tuple(_model(v, aliases, where, name, f"fallback[{i}]")[0]
                      for i, v in enumerate(body.get("fallback") or []))
-    params = {**defaults, **{k: v for k, v in body.items() if k in PARAM_KEYS}}
+    params = {**preset, **{k: v for k, v in body.items() if k in PARAM_KEYS}}
     extra = body.get("param") or {}
     if not isinstance(extra, dict):
         raise where.error("must be a mapping of provider parameters", step=name, key="param")

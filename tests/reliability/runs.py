@@ -13,7 +13,7 @@ GEMINI_TEST_KEY = "AIzaTEST-0b5e2c9d4a7f1e3b6c8d0a2f4e6b"
 def run_family(emu: Any, family: str, src: Path, out: Path, task: str = "generate", **options: Any) -> Any:
     """A run with fast retries (10-50 ms backoff) over real HTTP, with the OpenAI or Gemini provider."""
     from pixelmill.api import run_config
-    from pixelmill.cli import build_config, job_options
+    from pixelmill.options import build_config, job_options
 
     engine = {"retry_base": 0.01, "retry_cap": 0.05, **options.pop("engine", {})}
     if family == "gemini":

@@ -88,7 +88,7 @@ def test_key_in_no_log_record_or_exception(gateway: LeakyGateway, tmp_path: Path
                                            caplog: pytest.LogCaptureFixture) -> None:
     """In-process: every log record at DEBUG and every message the API hands back are free of the key."""
     from pixelmill.api import run_config
-    from pixelmill.cli import build_config, job_options
+    from pixelmill.options import build_config, job_options
 
     caplog.set_level(logging.DEBUG)
     src = write_jsonl(tmp_path / "in.jsonl", ROWS)

@@ -120,6 +120,8 @@ class Runner(RowExecution):
         )
         provider = provider_class(ref.provider)(settings, self.env)
         model = self.table.resolve_preset(ref.provider, ref.model)
+        lookup = ref.base_model or model
+        provider = provider.for_model(self.table.get(lookup) or provider.spec_for(lookup))
         spec = self._spec(provider, model, ref.base_model)
         runtime = StepRuntime(step, provider, spec, model)
         tasks = ["generate", "edit"] if step.task == "auto" else [step.task]

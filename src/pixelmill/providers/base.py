@@ -101,6 +101,12 @@ class Provider(abc.ABC):
 
         return builtin_table().get(model) or permissive_spec(model, self.family)  # type: ignore[arg-type]
 
+    def for_model(self, spec: ModelSpec) -> Provider:
+        """The provider that sends `spec`'s calls: this one, unless a provider hands models to the wire that
+        serves them (the emulator: Gemini's wire for Gemini models, OpenAI's for the rest). The planner asks
+        once per model, before checking the model against `family`."""
+        return self
+
     @abc.abstractmethod
     def plan(self, spec: ModelSpec, params: ImageParams, task: Task) -> WirePlan:
         """Map neutral parameters to this wire family's values for `spec`; raise `ConfigError` for what the

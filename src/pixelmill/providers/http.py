@@ -40,8 +40,8 @@ import orjson
 import pybase64
 from multidict import CIMultiDictProxy
 
-from pixelmill import __version__
 from pixelmill.errors import PixelmillError, TransientError, redact
+from pixelmill.version import VERSION
 
 __all__ = [
     "HttpClient",
@@ -53,7 +53,7 @@ __all__ = [
     "transport_error",
 ]
 
-USER_AGENT = f"pixelmill/{__version__}"
+USER_AGENT = f"pixelmill/{VERSION}"
 _CHUNK = 1 << 20
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pixelmill.config import ModelRef, RunConfig, StepConfig
+from pixelmill.config import RunConfig, StepConfig
 from pixelmill.engine.inputs import image_refs
 from pixelmill.errors import ConfigError, InputError
 from pixelmill.models.cost import ZERO, Expected, batch_cost, expected_cost
@@ -130,26 +130,14 @@ def estimate(config: RunConfig, *, env: Mapping[str, str] | None = None) -> RunE
 
 
 def _offline(config: RunConfig) -> RunConfig:
-    """The configuration with a placeholder key where none is given and `--provider emulator` mapped to the
-    wire family it would serve: nothing is started and nothing is sent."""
-    from pixelmill.models.table import builtin_table
-
-    def ref(r: ModelRef) -> ModelRef:
-        if r.provider != "emulator":
-            return r
-        spec = builtin_table().get(r.model)
-        family = "gemini" if spec is not None and spec.family == "gemini" else "openai"
-        return r.model_copy(update={"provider": family, "base_url": "http://127.0.0.1:9"})
-
-    steps = tuple(s.model_copy(update={"model": ref(s.model), "fallback": tuple(ref(f) for f in s.fallback)})
-                  for s in config.steps)
-    return config.model_copy(update={"steps": steps, "api_key": config.api_key or PLACEHOLDER_KEY})
+    """The configuration with a placeholder key where none is given: providers are built and checked as a run
+    builds them, and nothing is started or sent."""
+    return config.model_copy(update={"api_key": config.api_key or PLACEHOLDER_KEY})
 
 
 def _journal_state(config: RunConfig, offline: RunConfig) -> tuple[dict[str, set[int]], float, list[str]]:
     """Rows already finished per step in RUNDIR (done, and failed unless --retry-failed), what RUNDIR has
-    spent, and notes; empty when RUNDIR holds no run, another configuration, or --restart discards it.
-    `offline` is the configuration as a run records it (the emulator mapped to its wire family)."""
+    spent, and notes; empty when RUNDIR holds no run, another configuration, or --restart discards it."""
     from pixelmill.reports.status import journal_path, open_journal
 
     if config.restart or not journal_path(config.output).is_file():

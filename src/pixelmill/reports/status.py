@@ -6,7 +6,6 @@ it works on finished, failed, interrupted and running runs alike, and never chan
 
 from __future__ import annotations
 
-import shlex
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,6 +16,7 @@ import orjson
 
 from pixelmill.config import RunConfig
 from pixelmill.errors import ConfigError
+from pixelmill.options import command_line, with_option
 from pixelmill.writing.journal import Journal
 
 JOURNAL = Path(".pixelmill") / "journal.sqlite"
@@ -285,7 +285,7 @@ def remember_outcome(journal: Journal, *, aborted: str | None, kind: str | None,
 
 
 def remember_command(rundir: Path, command: str | None) -> None:
-    """Keep the command that resumes the run (see `rebuild_command`), for `status` to show. Nothing is written
+    """Keep the command that resumes the run (see `options.command_line`), for `status` to show. Nothing is written
     when the run left no journal or there is no command."""
     if command is None or not journal_path(rundir).is_file():
         return
@@ -301,79 +301,8 @@ def resume_command(journal: Journal, config: RunConfig | None, status: RunStatus
     given), else one rebuilt from the configuration snapshot (runs made through the Python API)."""
     command = journal.get_meta("command")
     if command is None and config is not None:
-        command = rebuild_command(config)
+        command = command_line(config)
     return command
-
-
-_LIMIT_FLAGS = {"concurrency": "--concurrency", "rpm": "--rpm", "ipm": "--ipm", "max_retries": "--max-retries",
-                "timeout": "--timeout", "deadline": "--deadline", "max_cost": "--max-cost"}
-
-
-def rebuild_command(config: RunConfig) -> str | None:
-    """The command line of a configuration: `generate` / `edit` for one step, `run PIPELINE` for a pipeline
-    read from a file (never a key, never --restart, which a resume must not repeat); None otherwise."""
-    from pixelmill.config import Limits
-
-    if config.pipeline:
-        if not config.origin:
-            return None
-        args = ["pixelmill", "run", config.origin, "-o", str(config.output)]
-        for flag, value in (("--limit", config.limit), ("--max-cost", config.limits.max_cost)):
-            if value is not None:
-                args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-        return shlex.join(args)
-    if len(config.steps) != 1:
-        return None
-
-    step = config.steps[0]
-    args = ["pixelmill", step.task if step.task != "auto" else "edit", str(config.source), "-o", str(config.output)]
-    ref = step.model
-    args += ["--provider", ref.provider, "--model", ref.model]
-    options: list[tuple[str, Any]] = [
-        ("--base-url", ref.base_url), ("--base-model", ref.base_model), ("--api-version", ref.api_version),
-        ("--prompt-field", step.prompt_field), ("--prompt-template", step.prompt),
-        ("--image-field", step.image_field), ("--mask-field", step.mask_field), ("--id-field", config.id_field),
-        ("--output-field", step.output_field), ("--limit", config.limit),
-        ("--format", config.format if config.format != "jsonl" else None),
-        ("--models-file", config.models_file),
-    ]
-    params = step.params.model_dump(exclude_none=True)
-    extra = {**params.pop("extra", {}), **ref.options}
-    for name, value in params.items():
-        options.append(("--" + name.replace("_", "-"), value))
-    for name, value in extra.items():
-        options.append(("--param", f"{name}={value if isinstance(value, str) else orjson.dumps(value).decode()}"))
-    defaults = Limits()
-    for name, flag in _LIMIT_FLAGS.items():
-        value = getattr(config.limits, name)
-        if value != getattr(defaults, name):
-            options.append((flag, f"{value:g}" if isinstance(value, float) else value))
-    for flag, value in options:
-        if value is not None:
-            args += [flag, str(value)]
-    for flag, on in (("--embed-images", config.embed_images), ("--allow-private-urls", config.allow_private_urls)):
-        if on:
-            args.append(flag)
-    return shlex.join(args)
-
-
-def with_option(command: str, flag: str, value: str | None = None) -> str:
-    """`command` with `flag` (and its value) set, replacing an earlier value of the same flag."""
-    args = shlex.split(command)
-    out: list[str] = []
-    skip = False
-    for i, arg in enumerate(args):
-        if skip:
-            skip = False
-            continue
-        if arg == flag:
-            skip = value is not None and i + 1 < len(args)
-            continue
-        if arg.startswith(flag + "="):
-            continue
-        out.append(arg)
-    out += [flag] if value is None else [flag, value]
-    return shlex.join(out)
 
 
 # ---------------------------------------------------------------- what the user reads

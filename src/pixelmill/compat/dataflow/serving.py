@@ -57,7 +57,7 @@ class ImageGenServing:
         if owned:
             raise DataFlowConfigError(f"{', '.join(owned)}: set by {name}'s own arguments or by the operator, not "
                                       "as extra options")
-        from pixelmill.cli import job_options
+        from pixelmill.options import job_options
 
         try:
             job_options(**options)
@@ -84,8 +84,8 @@ class ImageGenServing:
 
     def run_config(self, source: Path, output: Path, *, image_field: str | None, output_field: str) -> RunConfig:
         """The engine's configuration for one operator run over `source` (the derived requests)."""
-        from pixelmill.cli import build_config, job_options
         from pixelmill.errors import ConfigError
+        from pixelmill.options import build_config, job_options
 
         options = {**self.engine_options(), **self.options}
         params = _param_list(self.engine_options().get("param")) + _param_list(self.options.get("param"))
@@ -102,7 +102,7 @@ class ImageGenServing:
         if extra:
             model = step.model.model_copy(update={"options": {**step.model.options, **extra}})
             config = config.model_copy(update={"steps": (step.model_copy(update={"model": model}),)})
-        return config  # type: ignore[no-any-return]
+        return config
 
 
 class APIImageGenServing(ImageGenServing):

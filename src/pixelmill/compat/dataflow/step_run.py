@@ -24,7 +24,6 @@ In csv and parquet step files, `K_error` and `pixelmill` hold JSON text.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import sys
@@ -180,34 +179,10 @@ class OperatorRun:
             yield requests
 
     def _run_engine(self, config: RunConfig, stats: RunStats) -> RunReport:
-        from pixelmill.api import run_config
-        from pixelmill.reports.progress import Progress
+        from pixelmill.console import run_with_progress
 
-        progress = Progress(stats, quiet=not self.serving.progress)
-        in_main = threading.current_thread() is threading.main_thread()
-        try:
-            asyncio.get_running_loop()
-            in_loop = True
-        except RuntimeError:
-            in_loop = False
-        with progress:
-            if not in_loop:
-                return run_config(config, stats=stats, notice=progress.notice, handle_signals=in_main)
-            # Called from a running event loop (a notebook): the engine gets a loop of its own in a thread.
-            box: list[Any] = []
-
-            def target() -> None:
-                try:
-                    box.append(run_config(config, stats=stats, notice=progress.notice))
-                except BaseException as exc:
-                    box.append(exc)
-
-            worker = threading.Thread(target=target, name="pixelmill-dataflow")
-            worker.start()
-            worker.join()
-            if isinstance(box[0], BaseException):
-                raise box[0]
-            return box[0]  # type: ignore[no-any-return]
+        return run_with_progress(config, quiet=not self.serving.progress, summary=False, remember=False,
+                                 stats=stats)
 
     # ------------------------------------------------------------ the output file
     def flush(self, *, final: bool, aborted: str | None = None) -> StepResult:

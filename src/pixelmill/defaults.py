@@ -1,0 +1,39 @@
+"""Every default a user can see, declared once: the command line (`options.py`), pipeline files
+(`pipeline.py`), the run configuration (`config.py`) and the Python API all read them from here.
+
+Plain constants, importing nothing of pixelmill's, so that `pixelmill --help` can show them without loading pydantic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# The model a provider uses when none is named. None: the provider has no default and needs --model.
+DEFAULT_PROVIDER = "openai"
+MODEL = "gpt-image-2"  # the default provider's default model (and a pipeline step's without `model`)
+DEFAULT_MODEL: dict[str, str | None] = {
+    "openai": MODEL,
+    "azure": MODEL,
+    "openai-compatible": MODEL,
+    "gemini": "gemini-3.1-flash-image",
+    "emulator": MODEL,
+    "diffusers": None,
+}
+
+# The output field a step writes when none is named (the seed documents' names).
+DEFAULT_OUTPUT_FIELD = {"generate": "images", "edit": "output_image", "auto": "images"}
+
+# Engine limits (config.Limits).
+CONCURRENCY = 16  # requests in flight
+MAX_RETRIES = 5  # retries of transient errors per call; 429s are bounded by the deadline instead
+MAX_BILLED_RETRIES = 1  # retries of calls that may have been billed (answer lost or broken)
+TIMEOUT = 300.0  # seconds for one request
+DEADLINE = 600.0  # seconds for one row, retries and 429 waits included
+
+# Where a run writes when no --output is given: OUTPUT_ROOT/<input stem>.
+OUTPUT_ROOT = Path("pixelmill-out")
+
+
+def default_model(provider: str) -> str | None:
+    """The model `provider` uses when none is named; unknown (third-party) providers get OpenAI's."""
+    return DEFAULT_MODEL.get(provider, MODEL)

@@ -1,0 +1,302 @@
+"""The options of `generate`, `edit`, `run` and `estimate`: declared once, typed, and turned into a `RunConfig`.
+
+- `JobOptions`: every option of generate / edit (and estimate), with its default and its help text. The command
+  line builds its flags from these fields (cli.py maps no option by hand); the Python API, the demo and the
+  DataFlow compatibility layer fill the same fields (`job_options(**overrides)`).
+- `PipelineOptions`: what `run PIPELINE.yaml` takes from the command line; every value left unset keeps the
+  file's.
+- `build_config` / `pipeline_config`: the `RunConfig` the engine runs; every mistake is a `ConfigError` naming the
+  flag (or the file, step and key).
+- `command_line`: the inverse, the command that resumes a run (`status` shows it).
+
+Defaults come from `defaults.py`. This module stays free of typer and pydantic at import time, so that the command
+line's `--help` is quick; the configuration models are imported when a configuration is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pixelmill import defaults
+
+if TYPE_CHECKING:
+    from pixelmill.config import RunConfig
+
+Task = Literal["generate", "edit"]
+
+
+def option(default: Any, help: str, *flags: str) -> Any:
+    """A field of an options class: its default, its help text and, where the flag is not `--<name>`, its
+    flags."""
+    return field(default=default, metadata={"help": help, "flags": flags})
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """The options of generate / edit / estimate, in command-line order."""
+
+    output: Path | None = option(None, f"Run directory (default: {defaults.OUTPUT_ROOT}/<input stem>).",
+                                 "--output", "-o")
+    format: str = option("jsonl", "Output format: jsonl, parquet or hf (a saved Hugging Face dataset).")
+    limit: int | None = option(None, "Only the first N rows.")
+    provider: str = option(defaults.DEFAULT_PROVIDER,
+                           "openai, azure, gemini, openai-compatible, diffusers, emulator.")
+    model: str | None = option(None, "Model name, alias or preset (fast, base, best); Azure: the deployment.")
+    base_url: str | None = option(None, "API base URL (gateways, compatible servers).")
+    api_key: str | None = option(None, "API key (default: the provider's environment variable).")
+    base_model: str | None = option(None, "Azure: the model behind the deployment, for rules and prices.")
+    api_version: str | None = option(None, "Azure API version (default: OPENAI_API_VERSION).")
+    prompt_field: str | None = option(None, "Field holding the prompt [default: prompt, else conversations].")
+    prompt_template: str | None = option(None, 'Prompt template over the row\'s fields, e.g. "A photo of {product}".')
+    image_field: str | None = option(None, "Field holding input image(s) [default: images].")
+    mask_field: str | None = option(None, "Field holding the mask (PNG, transparent = edit).")
+    id_field: str | None = option(None, "Field whose value names the row's image files.")
+    output_field: str | None = option(None, "Output field [default: images / output_image].")
+    name_template: str | None = option(
+        None, 'Image file names below RUNDIR/images, e.g. "{key}_{field}_{i}" [default: {step}/{key}_{i}].')
+    n: int | None = option(None, "Images per row.", "--n")
+    size: str | None = option(None, "WIDTHxHEIGHT or auto.")
+    aspect_ratio: str | None = option(None, "W:H, e.g. 16:9.")
+    resolution: str | None = option(None, "512, 1K, 2K or 4K.")
+    quality: str | None = option(None, "low, medium, high, auto (or the model's own: hd, standard).")
+    style: str | None = option(None, "vivid or natural (dall-e-3).")
+    background: str | None = option(None, "transparent, opaque or auto.")
+    output_format: str | None = option(None, "png, jpeg or webp.")
+    compression: int | None = option(None, "0-100, for jpeg and webp.")
+    seed: int | None = option(None, "Seed (models that take one; local models: per image).")
+    steps: int | None = option(None, "Inference steps (local models).")
+    guidance_scale: float | None = option(None, "Guidance scale (local models).")
+    negative_prompt: str | None = option(None, "What the image should not show (models that take it).")
+    moderation: str | None = option(None, "low or auto (GPT image models).")
+    input_fidelity: str | None = option(None, "low or high (GPT image edits).")
+    param: list[str] | None = option(None, "KEY=VALUE passed to the provider unchanged (repeatable).")
+    concurrency: int = option(defaults.CONCURRENCY, "Requests in flight.")
+    batch_size: int | None = option(None, "Local models: rows per pipeline call.")
+    devices: str | None = option(None, "Local models: auto, a GPU count, cuda:0,cuda:1, cpu or mps.")
+    rpm: float | None = option(None, "Requests per minute at most.")
+    ipm: float | None = option(None, "Images per minute at most.")
+    max_retries: int = option(defaults.MAX_RETRIES,
+                              "Retries of transient errors per call (429s: bounded by --deadline).")
+    max_billed_retries: int = option(
+        defaults.MAX_BILLED_RETRIES,
+        "Retries of a call that may have been billed without a usable answer (0: never).")
+    timeout: float = option(defaults.TIMEOUT, "Seconds for one request.")
+    deadline: float = option(defaults.DEADLINE, "Seconds for one row, retries included.")
+    max_cost: float | None = option(None, "Budget in USD for this run directory, across resumes.")
+    retry_failed: bool = option(False, "Also re-request rows that failed.")
+    restart: bool = option(False, "Discard the run in the output folder and start over.")
+    embed_images: bool = option(False, "Images as data URLs in the output instead of file paths.")
+    allow_private_urls: bool = option(False, "Let input image URLs point at private or loopback addresses.")
+    models_file: Path | None = option(None, "A TOML model table laid over the built-in one.")
+    # Limits fields with no flag (retry_base, retry_cap, drain_timeout): the Python API and tests.
+    engine: dict[str, Any] = field(default_factory=dict, metadata={"flag": False})
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineOptions:
+    """What `run PIPELINE.yaml` takes from the command line. None (or False) keeps the pipeline file's value."""
+
+    output: Path | None = option(None, "Run directory (default: the file's `output`).", "--output", "-o")
+    format: str | None = option(None, "Output format: jsonl or parquet.")
+    limit: int | None = option(None, "Only the first N rows.")
+    api_key: str | None = option(None, "API key (default: the provider's environment variable).")
+    concurrency: int | None = option(None, "Requests in flight.")
+    rpm: float | None = option(None, "Requests per minute at most.")
+    ipm: float | None = option(None, "Images per minute at most.")
+    max_retries: int | None = option(None, "Retries of transient errors per call.")
+    max_billed_retries: int | None = option(None, "Retries of a call that may have been billed (0: never).")
+    timeout: float | None = option(None, "Seconds for one request.")
+    deadline: float | None = option(None, "Seconds for one row, retries included.")
+    max_cost: float | None = option(None, "Budget in USD for this run directory, across resumes.")
+    retry_failed: bool = option(False, "Also re-request rows that failed.")
+    restart: bool = option(False, "Discard the run in the output folder and start over.")
+    embed_images: bool = option(False, "Images as data URLs in the output.")
+    allow_private_urls: bool = option(False, "Let input image URLs point at private addresses.")
+
+
+# The limits a pipeline run takes from the command line, by field name (they are also JobOptions fields).
+LIMIT_OPTIONS = ("concurrency", "rpm", "ipm", "max_retries", "max_billed_retries", "timeout", "deadline",
+                 "max_cost")
+# Provider settings of local models that --param may also give (they configure the provider, not a request).
+LOCAL_OPTIONS = ("batch_size", "devices", "dtype", "scheduler", "attention_slicing", "vae_tiling", "cpu_offload",
+                 "batch_window", "variant")
+
+
+def job_options(**overrides: Any) -> JobOptions:
+    """The options of generate/edit with their defaults, updated by `overrides` (snake_case names; `param` may
+    also be a mapping). Unknown names raise `TypeError`."""
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(JobOptions)}
+    if unknown:
+        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    if isinstance(overrides.get("param"), dict):
+        overrides["param"] = [f"{k}={v}" for k, v in overrides["param"].items()]
+    if overrides.get("output") is not None:
+        overrides["output"] = Path(overrides["output"])
+    return JobOptions(**overrides)
+
+
+def changed_options(options: Any) -> list[str]:
+    """The names of the fields of `options` (a JobOptions or PipelineOptions) that differ from their defaults."""
+    changed = []
+    for f in dataclasses.fields(options):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if getattr(options, f.name) != default:
+            changed.append(f.name)
+    return changed
+
+
+def build_config(task: str, input: Path, options: JobOptions) -> RunConfig:
+    """The RunConfig of generate/edit (pydantic errors become a ConfigError naming the flag)."""
+    from pydantic import ValidationError
+
+    from pixelmill.config import Limits, ModelRef, RunConfig, StepConfig
+    from pixelmill.errors import ConfigError
+    from pixelmill.models.table import builtin_table
+    from pixelmill.params import ImageParams
+
+    o = options
+    model = o.model or defaults.default_model(o.provider)
+    if model is None:
+        raise ConfigError(f"--provider {o.provider} needs --model PATH_OR_HUB_ID")
+    extra = _parse_params(o.param)
+    model_options = {k: extra.pop(k) for k in list(extra) if k in LOCAL_OPTIONS}
+    for name in ("batch_size", "devices"):
+        if getattr(o, name) is not None:
+            model_options[name] = getattr(o, name)
+    try:
+        params = ImageParams(
+            n=o.n, size=o.size, aspect_ratio=o.aspect_ratio, resolution=o.resolution, quality=o.quality,
+            style=o.style, background=o.background, compression=o.compression, seed=o.seed, steps=o.steps,
+            guidance_scale=o.guidance_scale, negative_prompt=o.negative_prompt,
+            moderation=o.moderation, input_fidelity=o.input_fidelity, extra=extra,
+            output_format=o.output_format,  # type: ignore[arg-type]  # checked by the model
+        )
+        step = StepConfig(
+            name=task, task=task,  # type: ignore[arg-type]
+            model=ModelRef(provider=o.provider, model=model, base_url=o.base_url, base_model=o.base_model,
+                           api_version=o.api_version, options=model_options),
+            prompt=o.prompt_template, prompt_field=o.prompt_field, image_field=o.image_field,
+            mask_field=o.mask_field, output_field=o.output_field, name_template=o.name_template, params=params,
+        )
+        config = RunConfig(
+            source=input, output=o.output or defaults.OUTPUT_ROOT / input.stem, steps=(step,),
+            limits=Limits(**{name: getattr(o, name) for name in LIMIT_OPTIONS}, **o.engine),
+            id_field=o.id_field, format=o.format, limit=o.limit,  # type: ignore[arg-type]
+            embed_images=o.embed_images, retry_failed=o.retry_failed, restart=o.restart,
+            allow_private_urls=o.allow_private_urls, api_key=o.api_key, models_file=o.models_file,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = "--" + str(first["loc"][-1]).replace("_", "-") if first["loc"] else "an option"
+        raise ConfigError(f"{flag}: {first['msg']}") from None
+    if o.prompt_template is not None:
+        from pixelmill.reading.records import template_fields
+
+        template_fields(o.prompt_template)
+    if not input.exists() and not str(input).startswith("hf:"):
+        raise ConfigError(f"input file {input} does not exist")
+    builtin_table()  # fail early on a broken table
+    return config
+
+
+def pipeline_config(path: Path, options: PipelineOptions | None = None) -> RunConfig:
+    """The RunConfig of a pipeline file with the command line's overrides."""
+    from pixelmill.pipeline import load_pipeline
+
+    o = options or PipelineOptions()
+    overrides = {
+        "output": o.output, "format": o.format, "limit": o.limit, "api_key": o.api_key,
+        "retry_failed": o.retry_failed or None, "restart": o.restart or None,
+        "embed_images": o.embed_images or None, "allow_private_urls": o.allow_private_urls or None,
+        "limits": {name: getattr(o, name) for name in LIMIT_OPTIONS},
+    }
+    return load_pipeline(path, overrides)
+
+
+def _parse_params(pairs: list[str] | None) -> dict[str, Any]:
+    import orjson
+
+    from pixelmill.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------- the inverse: the command that resumes a run
+def command_line(config: RunConfig) -> str | None:
+    """The command line of a configuration: `generate` / `edit` for one step, `run PIPELINE` for a pipeline
+    read from a file (never a key, never --restart, which a resume must not repeat); None otherwise."""
+    import orjson
+
+    if config.pipeline:
+        if not config.origin:
+            return None
+        args = ["pixelmill", "run", config.origin, "-o", str(config.output)]
+        for flag, value in (("--limit", config.limit), ("--max-cost", config.limits.max_cost)):
+            if value is not None:
+                args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+        return shlex.join(args)
+    if len(config.steps) != 1:
+        return None
+
+    step = config.steps[0]
+    args = ["pixelmill", step.task if step.task != "auto" else "edit", str(config.source), "-o", str(config.output)]
+    ref = step.model
+    args += ["--provider", ref.provider, "--model", ref.model]
+    values: list[tuple[str, Any]] = [
+        ("--base-url", ref.base_url), ("--base-model", ref.base_model), ("--api-version", ref.api_version),
+        ("--prompt-field", step.prompt_field), ("--prompt-template", step.prompt),
+        ("--image-field", step.image_field), ("--mask-field", step.mask_field), ("--id-field", config.id_field),
+        ("--output-field", step.output_field), ("--limit", config.limit),
+        ("--format", config.format if config.format != "jsonl" else None),
+        ("--models-file", config.models_file),
+    ]
+    params = step.params.model_dump(exclude_none=True)
+    extra = {**params.pop("extra", {}), **ref.options}
+    for name, value in params.items():
+        values.append(("--" + name.replace("_", "-"), value))
+    for name, value in extra.items():
+        values.append(("--param", f"{name}={value if isinstance(value, str) else orjson.dumps(value).decode()}"))
+    defaults_ = JobOptions()
+    for name in LIMIT_OPTIONS:
+        value = getattr(config.limits, name)
+        if value != getattr(defaults_, name):
+            values.append(("--" + name.replace("_", "-"), f"{value:g}" if isinstance(value, float) else value))
+    for flag, value in values:
+        if value is not None:
+            args += [flag, str(value)]
+    for flag, on in (("--embed-images", config.embed_images), ("--allow-private-urls", config.allow_private_urls)):
+        if on:
+            args.append(flag)
+    return shlex.join(args)
+
+
+def with_option(command: str, flag: str, value: str | None = None) -> str:
+    """`command` with `flag` (and its value) set, replacing an earlier value of the same flag."""
+    args = shlex.split(command)
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if arg == flag:
+            skip = value is not None and i + 1 < len(args)
+            continue
+        if arg.startswith(flag + "="):
+            continue
+        out.append(arg)
+    out += [flag] if value is None else [flag, value]
+    return shlex.join(out)

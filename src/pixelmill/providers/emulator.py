@@ -1,0 +1,158 @@
+"""`--provider emulator`: the built-in emulator (`pixelmill.testing`), a registered provider like the others.
+
+Nothing rewrites a configuration for it: a step names `provider: emulator` (its model, or any fallback), the
+planner asks this provider for the wire that serves the model (`for_model`: Gemini's for Gemini models, OpenAI's
+for the rest), and that wire talks to the emulator over real HTTP on loopback. The emulator starts when the first
+call is sent (planning, `estimate` and the checks before a run start nothing), is shared by every step of the
+process, and stops when the last provider using it is closed. Rows record `emulator` as their provider, so a
+rehearsal is never taken for a paid run.
+
+This is the one product module that imports the emulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
+
+from pixelmill.models.table import ModelSpec, builtin_table, permissive_spec
+from pixelmill.providers.base import ImageRequest, ImageResult, Provider, ProviderSettings, Task
+from pixelmill.providers.gemini.provider import GeminiProvider, api_base
+from pixelmill.providers.openai.provider import OpenAIProvider, normalize_base_url
+
+if TYPE_CHECKING:
+    from pixelmill.params import ImageParams, WirePlan
+    from pixelmill.testing import Emulator, ThreadRunner
+
+# The emulator's key: it checks that one is sent, not which. A user's real key is never sent to it.
+EMULATOR_KEY = "sk-emulator"
+LATENCY = 0.05  # seconds per answer: quick, yet long enough for progress, Ctrl-C and pacing to be seen
+
+
+class _SharedEmulator:
+    """One emulator for the process, started on first use and stopped when its last user is done."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runner: ThreadRunner | None = None
+        self._emulator: Emulator | None = None
+        self._users = 0
+
+    def acquire(self) -> Emulator:
+        with self._lock:
+            if self._emulator is None:
+                from pixelmill.testing import Emulator, EmulatorConfig
+
+                self._runner = Emulator(EmulatorConfig(latency=LATENCY, serve_retired=True)).run_in_thread()
+                self._emulator = self._runner.start()
+            self._users += 1
+            return self._emulator
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users <= 0 and self._runner is not None:
+                self._runner.stop()
+                self._runner = self._emulator = None
+                self._users = 0
+
+
+_SHARED = _SharedEmulator()
+
+
+class _EmulatedWire:
+    """Mixed into a real wire provider: its base URL is the shared emulator's, known once the first call starts
+    it."""
+
+    name: ClassVar[str] = "emulator"
+    base_url: str
+    _emulator: Emulator | None = None
+    _starting: asyncio.Lock | None = None
+
+    def _point_at(self, emulator: Emulator) -> None:
+        raise NotImplementedError
+
+    async def _ensure_started(self) -> None:
+        if self._emulator is not None:
+            return
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._emulator is None:
+                emulator = await asyncio.to_thread(_SHARED.acquire)
+                self._point_at(emulator)
+                self._emulator = emulator
+
+    def _release(self) -> None:
+        if self._emulator is not None:
+            self._emulator = None
+            _SHARED.release()
+
+
+class _EmulatedOpenAI(_EmulatedWire, OpenAIProvider):
+    def _point_at(self, emulator: Emulator) -> None:
+        self.base_url = normalize_base_url(emulator.openai_base_url)
+
+    async def call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
+        await self._ensure_started()
+        return await super().call(request, spec)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        self._release()
+
+
+class _EmulatedGemini(_EmulatedWire, GeminiProvider):
+    def _point_at(self, emulator: Emulator) -> None:
+        self.base_url = api_base(emulator.gemini_base_url)
+
+    async def call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
+        await self._ensure_started()
+        return await super().call(request, spec)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        self._release()
+
+
+class EmulatorProvider(Provider):
+    """The emulator, for every model of the table: `for_model` hands each model to the wire that serves it."""
+
+    name = "emulator"
+    family = "openai"  # models the table does not know get OpenAI's wire and permissive rules
+
+    def __init__(self, settings: ProviderSettings, env: Mapping[str, str]) -> None:
+        super().__init__(settings, env)
+        # The placeholder base URL is replaced when the emulator starts; no environment variable is read, so a
+        # real key or base URL in the environment never reaches the emulator.
+        self._wire_settings = ProviderSettings(
+            base_url="http://127.0.0.1:9", api_key=settings.api_key or EMULATOR_KEY, api_version=None,
+            connect_timeout=settings.connect_timeout, max_download_bytes=settings.max_download_bytes,
+            options=dict(settings.options),
+        )
+        self._wires: dict[str, Provider] = {}
+
+    def spec_for(self, model: str) -> ModelSpec:
+        return builtin_table().get(model) or permissive_spec(model, "openai")
+
+    def for_model(self, spec: ModelSpec) -> Provider:
+        family = "gemini" if spec.family == "gemini" else "openai"
+        if family not in self._wires:
+            wire = _EmulatedGemini if family == "gemini" else _EmulatedOpenAI
+            self._wires[family] = wire(self._wire_settings, {})
+        return self._wires[family]
+
+    def plan(self, spec: ModelSpec, params: ImageParams, task: Task) -> WirePlan:
+        return self.for_model(spec).plan(spec, params, task)
+
+    async def call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
+        return await self.for_model(spec).call(request, spec)
+
+    async def aclose(self) -> None:
+        for wire in self._wires.values():
+            await wire.aclose()
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for wire in self._wires.values() for s in wire.secrets())
