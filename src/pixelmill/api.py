@@ -25,9 +25,12 @@ from pixelmill.engine.stats import RunStats
 from pixelmill.options import build_config, job_options
 from pixelmill.reports.status import remember_outcome
 from pixelmill.writing.journal import Journal
+from pixelmill.writing.lock import RunLock
 from pixelmill.writing.output import OutputCounts, write_output
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_CONFIG, EXIT_ABORTED = 0, 1, 2, 3
+# The signals that stop a run cleanly, with the names its messages give them.
+_STOP_SIGNALS = ((signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM"), (signal.SIGHUP, "SIGHUP"))
 
 
 @dataclass(slots=True)
@@ -58,15 +61,16 @@ async def arun(
     runner.prepare()
     if runner_hook is not None:
         runner_hook(runner)
-    outcome: RunOutcome = await runner.run()
-    journal = Journal.open(config.output)
-    try:
-        s = outcome.stats
-        remember_outcome(journal, aborted=outcome.aborted, kind=outcome.abort_kind, spent=s.spent,
-                         requests=s.requests, images=s.images)
-        path, counts = await asyncio.to_thread(write_output, config, journal)
-    finally:
-        journal.close()
+    with RunLock(config.output):  # one process per RUNDIR: a second one would pay for every row again
+        outcome: RunOutcome = await runner.run()
+        journal = Journal.open(config.output)
+        try:
+            s = outcome.stats
+            remember_outcome(journal, aborted=outcome.aborted, kind=outcome.abort_kind, spent=s.spent,
+                             requests=s.requests, images=s.images)
+            path, counts = await asyncio.to_thread(write_output, config, journal)
+        finally:
+            journal.close()
     return RunReport(path, counts, outcome.stats, outcome.aborted, outcome.abort_kind)
 
 
@@ -78,7 +82,7 @@ def run_config(
     notice: Callable[[str], None] = lambda _: None,
     handle_signals: bool = False,
 ) -> RunReport:
-    """Sync facade. With `handle_signals`, the first Ctrl-C (or SIGTERM) stops sending, lets calls in flight
+    """Sync facade. With `handle_signals`, the first Ctrl-C (or SIGTERM, or SIGHUP) stops sending, lets calls in flight
     finish and records them; a second one cancels at once (the journal stays consistent either way)."""
 
     async def main() -> RunReport:
@@ -88,20 +92,21 @@ def run_config(
         task = asyncio.current_task()
         runners: list[Runner] = []
 
-        def on_signal() -> None:
+        def on_signal(name: str) -> None:
             if not runners:  # still preparing: nothing sent yet
                 if task is not None:
                     task.cancel()
             elif runners[0].abort_reason is None:
-                notice("stopping: waiting for the calls in flight to finish (Ctrl-C again to stop at once)")
-                runners[0].stop("interrupted (Ctrl-C): run the same command again to continue")
+                notice(f"stopping: waiting for the calls in flight to finish ({name} again to stop at once)")
+                runners[0].stop(f"interrupted ({name}): run the same command again to continue")
             else:
                 notice("stopping now: calls in flight are abandoned and will be sent again by a re-run")
-                runners[0].stop_now("interrupted (Ctrl-C twice): run the same command again to continue")
+                runners[0].stop_now(f"interrupted ({name} twice): run the same command again to continue")
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, on_signal)
+        # SIGHUP (the terminal closed, an ssh session dropped) drains like SIGTERM: calls in flight were paid.
+        for sig, name in _STOP_SIGNALS:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, on_signal, name)
         return await arun(config, env=env, stats=stats, notice=notice, runner_hook=runners.append)
 
     try:

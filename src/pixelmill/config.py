@@ -19,6 +19,7 @@ from pixelmill.errors import ConfigError
 from pixelmill.params import ImageParams
 
 DEFAULT_OUTPUT_FIELD = defaults.DEFAULT_OUTPUT_FIELD
+RESERVED_FIELD = "pixelmill"  # each output row's metadata
 
 
 class ModelRef(BaseModel):
@@ -65,6 +66,8 @@ class StepConfig(BaseModel):
         # It names a column and may name a folder ({field} in a name template): no path separators, no `..`.
         if value is not None and (not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_. -]{0,99}", value) or ".." in value):
             raise ValueError(f"output field {value!r} must be letters, digits, '_', '-', '.' or spaces")
+        if value == RESERVED_FIELD:
+            raise ValueError(f"output field {value!r} is where pixelmill writes each row's metadata: choose another")
         return value
 
     @field_validator("name")
@@ -96,7 +99,8 @@ class StepConfig(BaseModel):
 
 
 class Limits(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `--timeout inf` or a NaN budget would disable the very bound it names.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     concurrency: int = Field(default=defaults.CONCURRENCY, ge=1, le=4096)
     rpm: float | None = Field(default=None, gt=0)

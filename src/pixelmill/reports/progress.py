@@ -15,6 +15,7 @@ shows no bar and no time left.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from types import TracebackType
@@ -138,10 +139,22 @@ class Progress:
     # ------------------------------------------------------------ the display's life
     def notice(self, text: str) -> None:
         if self._live is not None:
-            self._live.console.print(f"[yellow]notice:[/yellow] {_markup_escape(text)}", highlight=False)
+            try:
+                self._live.console.print(f"[yellow]notice:[/yellow] {_markup_escape(text)}", highlight=False)
+            except (OSError, ValueError):
+                pass  # messages are best effort: a closed terminal or a full disk never stops a run
         else:
-            self.stream.write(f"pixelmill: notice: {text}\n")
+            self._say(f"notice: {text}")
+
+    def _say(self, *lines: str) -> None:
+        """Write lines to the stream, best effort: a terminal that closed (SIGHUP), a pipe whose reader left or a
+        full disk must not end a run or change its exit status."""
+        try:
+            for line in lines:
+                self.stream.write(f"pixelmill: {line}\n")
             self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
     def __enter__(self) -> Progress:
         if self.quiet:
@@ -178,8 +191,7 @@ class Progress:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            self.stream.write(f"pixelmill: {self.line()}\n")
-            self.stream.flush()
+            self._say(self.line())
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -188,7 +200,8 @@ class Progress:
             self._thread.join(timeout=2)
             self._thread = None
         if self._live is not None:
-            self._live.stop()
+            with contextlib.suppress(OSError, ValueError):  # a terminal that closed under the display
+                self._live.stop()
             self._live = None
 
     # ------------------------------------------------------------ the end
@@ -214,9 +227,7 @@ class Progress:
             lines = [line for line in lines if line.startswith(keep)]
         else:
             lines.insert(1, this_run)
-        for line in lines:
-            self.stream.write(f"pixelmill: {line}\n")
-        self.stream.flush()
+        self._say(*lines)
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -43,6 +43,12 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE INDEX IF NOT EXISTS results_status ON results (step, status);
 """
+# What the journal reads: a table without these columns is another program's, or an older layout.
+_COLUMNS = {
+    "meta": ("key", "value"),
+    "records": ("row", "key", "digest"),
+    "results": ("step", "row", "status", "attempts", "calls_done", "outputs", "cost", "info", "updated"),
+}
 
 
 @dataclass(slots=True)
@@ -58,12 +64,31 @@ class StepState:
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=10000")
-        self.db.executescript(_SCHEMA)
+        rundir = path.parent.parent
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot use {rundir} as a run directory: {exc.strerror or exc}") from None
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the journal {path}: {exc}") from None
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=10000")
+            self.db.executescript(_SCHEMA)
+            for table, columns in _COLUMNS.items():  # a file of another program passes CREATE IF NOT EXISTS
+                self.db.execute(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0")
+        except sqlite3.Error as exc:
+            self.db.close()
+            if "readonly" in str(exc) or "read-only" in str(exc) or "unable to open" in str(exc):
+                raise ConfigError(f"cannot write the journal {path}: {exc}. The run directory must be "
+                                  "writable.") from None
+            raise ConfigError(
+                f"{path} is damaged or is not a pixelmill journal ({exc}). Move {rundir} aside (or use another "
+                f"--output) to start a new run; nothing was sent."
+            ) from None
 
     @classmethod
     def open(cls, rundir: Path) -> Journal:
@@ -84,6 +109,9 @@ class Journal:
         """Tie this RUNDIR to one configuration: refuse another one unless `restart` (which clears the run)."""
         mine = orjson.dumps(fingerprint, option=orjson.OPT_SORT_KEYS).decode()
         theirs = self.get_meta("fingerprint")
+        source = _source_of(snapshot)
+        if not restart:
+            self._check_source(source)
         if theirs is not None and theirs != mine:
             if not restart:
                 changed = _diff(orjson.loads(theirs), orjson.loads(mine))
@@ -95,8 +123,23 @@ class Journal:
         elif restart:
             self.clear()
         self.set_meta("schema", SCHEMA_VERSION)
+        if source is not None:
+            self.set_meta("source", source)
         self.set_meta("fingerprint", mine)
         self.set_meta("config", orjson.dumps(snapshot, option=orjson.OPT_SORT_KEYS).decode())
+
+    def _check_source(self, source: str | None) -> None:
+        """Refuse a RUNDIR that holds the run of another input file that still exists (`batch1/prompts.jsonl`
+        then `batch2/prompts.jsonl` share the default folder `pixelmill-out/prompts`). An input that was moved
+        (its old path is gone) is taken as the same data: rows are matched by identity anyway."""
+        theirs = self.get_meta("source")
+        if source is None or theirs is None or theirs == source or theirs.startswith("hf:"):
+            return
+        if Path(theirs).exists():
+            raise ConfigError(
+                f"{self.path.parent.parent} holds the run of {theirs}, not of {source}: give this input its own "
+                "--output folder (or --restart to discard that run)."
+            )
 
     def clear(self) -> None:
         self.db.execute("BEGIN")
@@ -202,6 +245,14 @@ class Journal:
             sql = query.format(",".join("?" * len(chunk)))
             out.extend(self.db.execute(sql, (*prefix, *chunk)).fetchall())
         return out
+
+
+def _source_of(snapshot: dict[str, Any]) -> str | None:
+    """The input a configuration reads, as an absolute path (or `hf:name:split`)."""
+    source = snapshot.get("source")
+    if not isinstance(source, str):
+        return None
+    return source if source.startswith("hf:") else str(Path(source).resolve())
 
 
 def _diff(old: Any, new: Any, path: str = "") -> str:
