@@ -104,7 +104,8 @@ def test_a_stderr_that_cannot_be_written_does_not_end_the_run(emulator_thread: E
     env = {**os.environ, "OPENAI_API_KEY": TEST_KEY}
     with open("/dev/full", "wb") as full:
         proc = subprocess.run([sys.executable, "-m", "pixelmill", "generate", str(src), "-o", str(run),
-                               "--base-url", emulator_thread.openai_base_url, "--model", "gpt-image-1.5", "--size", "1000x900"],
+                               "--base-url", emulator_thread.openai_base_url, "--model", "gpt-image-1.5",
+                               "--size", "1000x900"],
                               env=env, stderr=full, stdout=full, timeout=60)  # an approximated size: a notice
     assert proc.returncode == 0
     assert [r["pixelmill"]["status"] for r in read_output(run)] == ["done"] * 6
