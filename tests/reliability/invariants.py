@@ -53,13 +53,15 @@ def assert_no_corrupt_image(rundir: Path, checked: dict[Path, tuple[int, int]] |
 
 
 def journal_rows(rundir: Path, step: str = "generate") -> dict[int, tuple[str, list[str]]]:
-    """row -> (status, outputs) of one step, read with plain sqlite (not through pixelmill's own code)."""
+    """source position -> (status, outputs) of one step, read with plain sqlite (not through pixelmill's own code):
+    results are saved under each row's entry, which records where the row stood."""
     db = sqlite3.connect(rundir / ".pixelmill" / "journal.sqlite")
     try:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         keys = db.execute("SELECT row, key FROM records").fetchall()
         assert len({k for _, k in keys}) == len(keys), "two rows share a record key"
-        rows = db.execute("SELECT row, status, outputs FROM results WHERE step = ?", (step,)).fetchall()
+        rows = db.execute("SELECT r.position, s.status, s.outputs FROM results s JOIN records r ON r.row = s.row "
+                          "WHERE s.step = ? AND r.position IS NOT NULL", (step,)).fetchall()
     finally:
         db.close()
     return {row: (status, orjson.loads(outputs)) for row, status, outputs in rows}

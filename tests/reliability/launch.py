@@ -126,14 +126,14 @@ def arm(spec: str) -> None:
 
         Journal.save = killing_save  # type: ignore[method-assign]
     elif phase == "keys":
-        assign = Journal.assign_keys
+        claim = Journal.claim
 
-        def killing_assign(self: Journal, wanted: list[tuple[int, str]]) -> dict[int, str]:
+        def killing_claim(self: Journal, rows: list[Any]) -> Any:
             if counter.hit():
                 self.db = _KillAfterBegin(self.db, instruction)  # type: ignore[assignment]
-            return assign(self, wanted)
+            return claim(self, rows)
 
-        Journal.assign_keys = killing_assign  # type: ignore[method-assign]
+        Journal.claim = killing_claim  # type: ignore[method-assign]
     else:
         raise SystemExit(f"unknown kill phase {phase!r}")
 

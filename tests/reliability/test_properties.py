@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from pixelmill.errors import ConfigError, InputError
 from pixelmill.reading.records import KEY_MAX, read_records, render_template, sanitize_key, template_fields
-from pixelmill.writing.journal import Journal
+from pixelmill.writing.journal import Journal, RowIdentity
 from pixelmill.writing.store import check_name_template, image_stem
 
 SETTINGS = settings(max_examples=150, deadline=None, database=None,
@@ -70,15 +70,18 @@ def test_record_keys_are_unique_and_stable(wanted: list[str], chunk: int, edited
     rows = [(row, want, f"digest {row}") for row, want in enumerate(wanted)]
 
     def assign(batch: list[tuple[int, str, str]]) -> dict[int, str]:
+        identities = [RowIdentity(row, want, digest, f"id:{want}") for row, want, digest in batch]
         keys: dict[int, str] = {}
-        for start in range(0, len(batch), chunk):
-            keys.update(journal.assign_keys(batch[start:start + chunk])[0])
+        for start in range(0, len(identities), chunk):
+            keys.update({row: entry.key for row, entry in journal.claim(identities[start:start + chunk])[0].items()})
         return keys
 
     keys = assign(rows)
     assert len(set(keys.values())) == len(rows)
     for row, want, _ in rows:
         assert keys[row] == want or keys[row].startswith(f"{want}-{row}")
+    assert assign(rows) == keys
+    journal.begin_read()  # a resume: a new read of the same rows finds the same entries
     assert assign(rows) == keys
     changed = [(row, want, digest + " edited" if row in edited else digest) for row, want, digest in rows]
     again = assign(changed)

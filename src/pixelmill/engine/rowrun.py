@@ -66,8 +66,9 @@ class StepRuntime:
 @dataclass(slots=True)
 class Row:
     record: Record
-    key: str
+    key: str  # the stem of its image files
     states: dict[str, StepState]
+    slot: int  # its entry in the journal (found by identity), which its results are saved under
 
 
 class RowExecution:
@@ -110,7 +111,7 @@ class RowExecution:
             if failed_step is not None:
                 state = StepState("failed", info={"error": {
                     "kind": "upstream", "message": f"not run: step {failed_step!r} failed for this row"}})
-                journal.save(name, row.record.index, state)
+                journal.save(name, row.slot, state)
                 continue
             if state.status == "done":
                 data[step.config.out_field] = state.outputs
@@ -174,7 +175,6 @@ class RowExecution:
         rundir_fields: set[str],
         state: StepState,
     ) -> StepState:
-        index = row.record.index
         state.info.pop("error", None)
         try:
             inputs = await gather_inputs(
@@ -182,19 +182,19 @@ class RowExecution:
                 rundir=self.rundir, session=self._session,
             )
         except InputError as exc:
-            return self._fail(journal, step, index, state, exc)
+            return self._fail(journal, step, row.slot, state, exc)
         try:
             await self._send_turns(journal, store, step, row, inputs, state)
         except Stopped:
-            journal.save(step.config.name, index, state)  # stays pending, with what it has
+            journal.save(step.config.name, row.slot, state)  # stays pending, with what it has
             return state
         except (BudgetReached, FatalError) as exc:
             kind = "budget" if isinstance(exc, BudgetReached) else exc.kind
             self._abort(str(exc), kind)
-            journal.save(step.config.name, index, state)  # stays pending, with what it has
+            journal.save(step.config.name, row.slot, state)  # stays pending, with what it has
             return state
         except PixelmillError as exc:
-            return self._fail(journal, step, index, state, exc)
+            return self._fail(journal, step, row.slot, state, exc)
         return state
 
     async def _send_turns(
@@ -269,7 +269,7 @@ class RowExecution:
                     if last and number == len(plan.calls) - 1:  # the step's last call: one save marks it done
                         _log_turn(turn_log, t, turn.prompt, turn_outputs, turn_texts, multi)
                         _finish(state, turn_log, multi)
-                    journal.save(step.config.name, index, state)
+                    journal.save(step.config.name, row.slot, state)
                 finally:
                     self.limiter.release()
             _log_turn(turn_log, t, turn.prompt, turn_outputs, turn_texts, multi)
@@ -279,7 +279,7 @@ class RowExecution:
                     history.append(ChatTurn(turn.prompt, images, restore_content(model_content, store)))
         if state.status != "done":  # every call was made in an earlier run, which stopped before this point
             _finish(state, turn_log, multi)
-            journal.save(step.config.name, index, state)
+            journal.save(step.config.name, row.slot, state)
 
     async def _call(
         self, step: StepRuntime, request: ImageRequest, params: dict[str, Any]
@@ -367,7 +367,7 @@ class RowExecution:
             out.append(inspect_image(data, name=path, field="previous turn", max_bytes=1 << 30))
         return out
 
-    def _fail(self, journal: Journal, step: StepRuntime, index: int, state: StepState,
+    def _fail(self, journal: Journal, step: StepRuntime, slot: int, state: StepState,
               exc: PixelmillError) -> StepState:
         error: dict[str, Any] = {"kind": exc.kind, "message": redact(str(exc), self.secrets)}
         if isinstance(exc, ProviderError):
@@ -388,7 +388,7 @@ class RowExecution:
         state.info["error"] = error
         state.info["attempts"] = state.attempts
         state.info["cost_usd"] = round(state.cost, 6)
-        journal.save(step.config.name, index, state)
+        journal.save(step.config.name, slot, state)
         self._count_failure(exc.kind)
         return state
 

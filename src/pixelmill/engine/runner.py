@@ -40,8 +40,8 @@ from pixelmill.providers.base import (
     provider_class,
 )
 from pixelmill.reading.images import InputPolicy
-from pixelmill.reading.records import Record, default_key, read_records, sanitize_key
-from pixelmill.writing.journal import Journal, StepState
+from pixelmill.reading.records import Record, read_records
+from pixelmill.writing.journal import Journal, RowIdentity, StepState
 from pixelmill.writing.store import ImageStore
 
 CHUNK = 256
@@ -168,6 +168,7 @@ class Runner(RowExecution):
             # For input images given as URLs: opening a session makes no connection, so one is opened per run.
             self._session = aiohttp.ClientSession()
             await asyncio.to_thread(store.sweep_temporaries)
+            journal.begin_read()
             self.stats.spent_before = journal.spent()
             self.budget.spent = self.stats.spent_before
             if self.budget.limit is not None and self.budget.spent >= self.budget.limit:
@@ -261,37 +262,31 @@ class Runner(RowExecution):
             yield record
 
     async def _enqueue(self, journal: Journal, chunk: list[Record], queue: asyncio.Queue[Row | None]) -> None:
-        wanted = [(r.index, self._key(r), r.digest()) for r in chunk]
-        keys, changed = journal.assign_keys(wanted)
+        # Each row's entry is found by its identity (id, else content), wherever the row stands now: inserting,
+        # deleting or reordering rows re-sends only rows that are new or changed.
+        entries, changed = journal.claim([RowIdentity.of(r, self.config.id_field) for r in chunk])
         for row in changed:
             self.notice(f"row {row} changed since the last run: its earlier results are set aside and it is sent "
                         "again")
-        rows = [r.index for r in chunk]
-        states = {s.config.name: journal.states(s.config.name, rows) for s in self.steps}
+        slots = sorted({e.slot for e in entries.values()})
+        states = {s.config.name: journal.states(s.config.name, slots) for s in self.steps}
         for record in chunk:
             self.stats.rows_read += 1
-            mine = {name: by_row[record.index] for name, by_row in states.items() if record.index in by_row}
+            entry = entries[record.index]
+            mine = {name: by_slot[entry.slot] for name, by_slot in states.items() if entry.slot in by_slot}
             if record.error is not None:
                 if not mine:
                     error = {"kind": "input", "message": record.error}
                     for step in self.steps:
-                        journal.save(step.config.name, record.index,
-                                     StepState("failed", info={"error": error}))
+                        journal.save(step.config.name, entry.slot, StepState("failed", info={"error": error}))
                 self._count_failure("input")
                 continue
             if self._finished(mine):
                 self.stats.rows_skipped += 1
                 continue
-            await queue.put(Row(record, keys[record.index], mine))
+            await queue.put(Row(record, entry.key, mine, entry.slot))
             if self.stopping.is_set():
                 return
-
-    def _key(self, record: Record) -> str:
-        if self.config.id_field and record.data is not None:
-            value = record.data.get(self.config.id_field)
-            if value is not None and str(value).strip():
-                return sanitize_key(value)
-        return default_key(record.index)
 
     def _finished(self, states: dict[str, StepState]) -> bool:
         for step in self.steps:

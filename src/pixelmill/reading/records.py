@@ -40,6 +40,25 @@ class Record:
         payload = jsonio.dumps(self.data, sort_keys=True) if self.data is not None else (self.error or "").encode()
         return hashlib.blake2b(payload, digest_size=10).hexdigest()
 
+    def id_value(self, id_field: str | None) -> Any:
+        """The row's `id_field` value, or None when it has none (missing, null or blank)."""
+        if not id_field or self.data is None:
+            return None
+        value = self.data.get(id_field)
+        return value if value is not None and str(value).strip() else None
+
+    def key(self, id_field: str | None) -> str:
+        """The stem its image files would like: its sanitised id, else `row<index>`."""
+        value = self.id_value(id_field)
+        return sanitize_key(value) if value is not None else default_key(self.index)
+
+    def identity(self, id_field: str | None) -> str:
+        """How a resume finds this row's results wherever it moved: its id when it has one, else its content."""
+        value = self.id_value(id_field)
+        if value is not None:
+            return "id:" + jsonio.dumps(value).decode("utf-8", "replace")
+        return "content:" + self.digest()
+
 
 SOURCE_FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 

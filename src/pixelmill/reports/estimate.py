@@ -21,7 +21,8 @@ from pixelmill.config import RunConfig, StepConfig
 from pixelmill.engine.inputs import image_refs
 from pixelmill.errors import ConfigError, InputError
 from pixelmill.models.cost import ZERO, Expected, batch_cost, expected_cost
-from pixelmill.reading.records import read_records, user_turns
+from pixelmill.reading.records import Record, read_records, user_turns
+from pixelmill.writing.journal import Journal
 
 PLACEHOLDER_KEY = "sk-estimate-nothing-is-sent"
 # Enough for every provider to build itself; never contacted.
@@ -151,12 +152,7 @@ def _journal_state(config: RunConfig, offline: RunConfig) -> tuple[dict[str, set
         if theirs is not None and theirs != mine:
             return {}, 0.0, [f"{config.output} holds a run of another configuration: the run would need --restart "
                              "(or another --output); every row is counted"]
-        finished = ("done", "failed") if not config.retry_failed else ("done",)
-        done: dict[str, set[int]] = {}
-        for step, row in journal.db.execute(
-            f"SELECT step, row FROM results WHERE status IN ({','.join('?' * len(finished))})", finished
-        ):
-            done.setdefault(step, set()).add(int(row))
+        done = _finished_rows(config, journal)
         spent = journal.spent()
     finally:
         journal.close()
@@ -164,6 +160,44 @@ def _journal_state(config: RunConfig, offline: RunConfig) -> tuple[dict[str, set
     notes = [f"{config.output} already holds this run: {rows} rows finished there are not counted "
              f"(${spent:.4f} spent so far)"] if rows else []
     return done, spent, notes
+
+
+def _finished_rows(config: RunConfig, journal: Journal) -> dict[str, set[int]]:
+    """Per step, the positions of the source rows whose results in RUNDIR are finished (done, and failed unless
+    --retry-failed), found by identity as a run finds them, without writing to the journal."""
+    finished = ("done", "failed") if not config.retry_failed else ("done",)
+    used: set[int] = set()  # entries already given to an earlier identical row
+    done: dict[str, set[int]] = {}
+    chunk: list[Record] = []
+
+    def look_up(records: list[Record]) -> None:
+        identities = {r.identity(config.id_field): r for r in records}
+        entries: dict[tuple[str, str], list[int]] = {}
+        marks = ",".join("?" * len(identities))
+        for slot, identity, digest in journal.db.execute(
+                f"SELECT row, identity, digest FROM records WHERE identity IN ({marks}) ORDER BY row",
+                list(identities)):
+            entries.setdefault((identity, digest), []).append(int(slot))
+        for record in records:
+            free = [s for s in entries.get((record.identity(config.id_field), record.digest()), []) if s not in used]
+            if not free:
+                continue
+            used.add(free[0])
+            for (step,) in journal.db.execute(
+                    f"SELECT step FROM results WHERE row = ? AND status IN ({','.join('?' * len(finished))})",
+                    (free[0], *finished)):
+                done.setdefault(step, set()).add(record.index)
+
+    for record in read_records(config.source, config.source_format):
+        if config.limit is not None and record.index >= config.limit:
+            break
+        chunk.append(record)
+        if len(chunk) >= 256:
+            look_up(chunk)
+            chunk = []
+    if chunk:
+        look_up(chunk)
+    return done
 
 
 def _first_task(step: StepConfig) -> str:

@@ -156,7 +156,7 @@ def _read(journal: Journal, rundir: Path, rows: int | None) -> RunStatus:
         rows = count_rows(config.source, config.source_format, config.limit)
         if rows is None:
             source_note = f"the source {config.source} cannot be read: pending counts only the rows already seen"
-    rows_seen = int(db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+    rows_seen = int(db.execute("SELECT COUNT(*) FROM records WHERE position IS NOT NULL").fetchone()[0])
     total = rows if rows is not None else rows_seen
 
     steps: list[StepStatus] = []
@@ -169,8 +169,9 @@ def _read(journal: Journal, rundir: Path, rows: int | None) -> RunStatus:
             model=step_config.model.model if step_config else "?",
         )
         for status, n, spent in db.execute(
-            "SELECT status, COUNT(*), COALESCE(SUM(cost), 0) FROM results WHERE step = ? GROUP BY status", (name,)
-        ):
+            f"SELECT status, SUM({_IN_SOURCE}), COALESCE(SUM(cost), 0) FROM results WHERE step = ? GROUP BY status",
+            (name,),
+        ):  # rows deleted from the input are not counted; what they cost is
             if status == "done":
                 step.done = int(n)
             elif status == "failed":
@@ -203,9 +204,14 @@ def _read(journal: Journal, rundir: Path, rows: int | None) -> RunStatus:
     return status
 
 
+# Results of the rows in the source at the last read: a row deleted from the input is not counted (its spend is).
+_IN_SOURCE = "row IN (SELECT row FROM records WHERE position IS NOT NULL)"
+
+
 def _images(db: sqlite3.Connection, step: str) -> int:
     total = 0
-    for (outputs,) in db.execute("SELECT outputs FROM results WHERE step = ? AND status = 'done'", (step,)):
+    for (outputs,) in db.execute(f"SELECT outputs FROM results WHERE step = ? AND status = 'done' AND {_IN_SOURCE}",
+                                 (step,)):
         total += len(orjson.loads(outputs))
     return total
 
@@ -216,10 +222,11 @@ def _row_outcomes(db: sqlite3.Connection, steps: list[str]) -> tuple[int, int]:
         return 0, 0
     marks = ",".join("?" * len(steps))
     failed = db.execute(
-        f"SELECT COUNT(DISTINCT row) FROM results WHERE status = 'failed' AND step IN ({marks})", steps
+        f"SELECT COUNT(DISTINCT row) FROM results WHERE status = 'failed' AND step IN ({marks}) AND {_IN_SOURCE}",
+        steps
     ).fetchone()[0]
     done = db.execute(
-        f"SELECT COUNT(*) FROM (SELECT row FROM results WHERE step IN ({marks}) GROUP BY row "
+        f"SELECT COUNT(*) FROM (SELECT row FROM results WHERE step IN ({marks}) AND {_IN_SOURCE} GROUP BY row "
         "HAVING SUM(status = 'done') = ?)", (*steps, len(steps))
     ).fetchone()[0]
     return int(done), int(failed)
@@ -229,8 +236,8 @@ def _failures(db: sqlite3.Connection, steps: list[str]) -> list[FailureGroup]:
     """Failed rows grouped by step, error kind and code, in order of size, each with its first row."""
     groups: dict[tuple[str, str, str | None], FailureGroup] = {}
     cursor = db.execute(
-        "SELECT s.step, s.row, r.key, s.info FROM results s LEFT JOIN records r ON r.row = s.row "
-        "WHERE s.status = 'failed' ORDER BY s.row"
+        "SELECT s.step, r.position, r.key, s.info FROM results s JOIN records r ON r.row = s.row "
+        "WHERE s.status = 'failed' AND r.position IS NOT NULL ORDER BY r.position"
     )
     for step, row, key, info in cursor:
         if step not in steps:

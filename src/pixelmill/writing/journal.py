@@ -1,10 +1,21 @@
 """The journal: one SQLite file (WAL) per run directory, the single source of truth for what was done.
 
 Tables:
-- `meta`: the run's configuration fingerprint and snapshot.
-- `records`: row index -> record key (keys are unique; assigned once, so a resume names files the same way).
-- `results`: one row per (step, row): status, outputs (image paths), attempts, calls done, cost, and the
+- `meta`: the run's configuration fingerprint and snapshot, its source, and spend set aside.
+- `records`: one entry per source row ever seen, found by the row's identity (its `--id-field` value, else its
+  content), never by its position: `row` is the entry's number (the results' key), `key` the stem of its image
+  files (unique, assigned once), `digest` its content when last seen, `position` where it stood in the source at
+  the last read that reached it (NULL: not in the source any more), `claimed` the number of that read.
+- `results`: one row per (step, entry): status, outputs (image paths), attempts, calls done, cost, and the
   row's `pixelmill` metadata as JSON.
+
+Each run reads the source afresh (`begin_read`) and claims an entry for every row it reads (`claim`; the output
+writer claims the rest when a run stopped early, then `end_read` forgets the positions of rows no longer in the
+source). A read cut short by a kill leaves the positions of the rows it did not reach as they were. A row keeps
+its results wherever it moved; identical rows without an id are told apart by order (the first takes the first
+entry); an inserted row gets a new entry; a deleted row's entry stays (its spend still counts) but is no longer
+in the output; a row whose id stayed but whose content changed has its results set aside and is sent again.
+Journals of the first layout (rows keyed by position) are adopted row by row when content and position agree.
 
 Commits happen per finished call, after the images are on disk: a kill loses at most the calls in flight.
 WAL with synchronous=NORMAL survives a killed process (the OS keeps the log); it is the power-loss case that
@@ -15,7 +26,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +34,14 @@ from typing import Any
 import orjson
 
 from pixelmill.errors import ConfigError
+from pixelmill.reading.records import Record
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS records (row INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, digest TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (row INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, digest TEXT NOT NULL,
+                                    identity TEXT, position INTEGER, claimed INTEGER);
 CREATE TABLE IF NOT EXISTS results (
     step TEXT NOT NULL,
     row INTEGER NOT NULL,
@@ -43,12 +56,38 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE INDEX IF NOT EXISTS results_status ON results (step, status);
 """
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS records_identity ON records (identity);
+CREATE INDEX IF NOT EXISTS records_position ON records (position);
+"""
 # What the journal reads: a table without these columns is another program's, or an older layout.
 _COLUMNS = {
     "meta": ("key", "value"),
-    "records": ("row", "key", "digest"),
+    "records": ("row", "key", "digest", "identity", "position", "claimed"),
     "results": ("step", "row", "status", "attempts", "calls_done", "outputs", "cost", "info", "updated"),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class RowIdentity:
+    """What the journal needs of a source row to find its entry."""
+
+    position: int  # where the row stands in the source now (0-based)
+    key: str  # the file key it would like (its sanitised id, else row<position>)
+    digest: str  # its content
+    identity: str  # its id when it has one, else its content
+
+    @classmethod
+    def of(cls, record: Record, id_field: str | None) -> RowIdentity:
+        return cls(record.index, record.key(id_field), record.digest(), record.identity(id_field))
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """Where one source row's results live: the entry number results are saved under, and its file key."""
+
+    slot: int
+    key: str
 
 
 @dataclass(slots=True)
@@ -64,6 +103,7 @@ class StepState:
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._read: int | None = None  # the number of the current read of the source (begin_read)
         rundir = path.parent.parent
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +118,8 @@ class Journal:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=10000")
             self.db.executescript(_SCHEMA)
+            self._adopt_first_layout()
+            self.db.executescript(_INDEXES)
             for table, columns in _COLUMNS.items():  # a file of another program passes CREATE IF NOT EXISTS
                 self.db.execute(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0")
         except sqlite3.Error as exc:
@@ -89,6 +131,19 @@ class Journal:
                 f"{path} is damaged or is not a pixelmill journal ({exc}). Move {rundir} aside (or use another "
                 f"--output) to start a new run; nothing was sent."
             ) from None
+
+    def _adopt_first_layout(self) -> None:
+        """A journal of the first layout keyed results by position: its entries get no identity (NULL) and their
+        old position, and `claim` adopts each one for the row that stands there with the same content."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(records)")}
+        if "claimed" in columns or not columns:
+            return
+        self.db.execute("BEGIN")
+        self.db.execute("ALTER TABLE records ADD COLUMN identity TEXT")
+        self.db.execute("ALTER TABLE records ADD COLUMN position INTEGER")
+        self.db.execute("ALTER TABLE records ADD COLUMN claimed INTEGER")
+        self.db.execute("UPDATE records SET position = row")
+        self.db.execute("COMMIT")
 
     @classmethod
     def open(cls, rundir: Path) -> Journal:
@@ -148,38 +203,118 @@ class Journal:
         self.db.execute("DELETE FROM meta")
         self.db.execute("COMMIT")
 
-    # ------------------------------------------------------------ record keys
-    def assign_keys(self, wanted: list[tuple[int, str, str]]) -> tuple[dict[int, str], list[int]]:
-        """Keys for a batch of (row, wanted key, content digest). Rows the journal knows keep their key. A row
-        whose content changed since the last run is forgotten (its results no longer belong to it) and listed
-        in the second value. New rows get the wanted key, or `<key>-<row>` when another row has it already
-        (two rows never share a file)."""
-        rows = [r for r, _, _ in wanted]
-        known = {r: (k, d) for r, k, d in self._select_in("SELECT row, key, digest FROM records WHERE row IN ({})",
-                                                          rows)}
-        changed = [r for r, _, d in wanted if r in known and known[r][1] != d]
-        fresh = [(r, k, d) for r, k, d in wanted if r not in known or r in changed]
-        keys = {r: kd[0] for r, kd in known.items()}
-        if fresh:
-            self.db.execute("BEGIN")
-            try:
-                for r in changed:
-                    self.db.execute("DELETE FROM results WHERE row = ?", (r,))
-                    self.db.execute("DELETE FROM records WHERE row = ?", (r,))
-                for r, k, d in fresh:
-                    key = k
-                    attempt = 1
-                    while self.db.execute("SELECT 1 FROM records WHERE key = ?", (key,)).fetchone():
-                        # `<key>-<row>` may itself be another row's id: count on until the name is free.
-                        key = f"{k}-{r}" if attempt == 1 else f"{k}-{r}-{attempt}"
-                        attempt += 1
-                    self.db.execute("INSERT INTO records (row, key, digest) VALUES (?, ?, ?)", (r, key, d))
-                    keys[r] = key
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-        return keys, changed
+    # ------------------------------------------------------------ entries: rows found by identity
+    def begin_read(self) -> None:
+        """A new read of the source: every entry waits to be claimed again by the row that is its own."""
+        self._read = int(self.get_meta("read") or 0) + 1
+        self.set_meta("read", str(self._read))
+
+    def end_read(self) -> None:
+        """The read reached the end of the source: entries it did not claim are no longer in it."""
+        self.db.execute("UPDATE records SET position = NULL WHERE position IS NOT NULL AND identity IS NOT NULL "
+                        "AND (claimed IS NULL OR claimed < ?)", (self._current_read(),))
+
+    def _current_read(self) -> int:
+        if self._read is None:
+            self._read = int(self.get_meta("read") or 0)
+        return self._read
+
+    def claim(self, rows: list[RowIdentity]) -> tuple[dict[int, Entry], list[int]]:
+        """The entries of a batch of source rows, by identity; new rows get a new entry and its file key (the
+        wanted key, or `<key>-<position>` when another entry has it: two rows never share a file). A row whose id
+        was seen with other content has that entry's results set aside (their spend still counts) and is listed
+        in the second value. Claiming the same position again in one read gives the same entry."""
+        entries: dict[int, Entry] = {}
+        changed: list[int] = []
+        self.db.execute("BEGIN")
+        try:
+            for row in rows:
+                entry, was_changed = self._claim_one(row, create=True)
+                assert entry is not None
+                entries[row.position] = entry
+                if was_changed:
+                    changed.append(row.position)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return entries, changed
+
+    def match(self, rows: list[RowIdentity]) -> dict[int, int]:
+        """position -> entry for the rows that have an entry with their content (the output's look-up): claims
+        what the run did not read (it stopped early), never creates an entry nor sets results aside."""
+        found: dict[int, int] = {}
+        self.db.execute("BEGIN")
+        try:
+            for row in rows:
+                entry, _ = self._claim_one(row, create=False)
+                if entry is not None:
+                    found[row.position] = entry.slot
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return found
+
+    def _claim_one(self, row: RowIdentity, *, create: bool) -> tuple[Entry | None, bool]:
+        db = self.db
+        read = self._current_read()
+        here = db.execute("SELECT row, key, digest, identity FROM records WHERE position = ? AND claimed = ?",
+                          (row.position, read)).fetchone()
+        if here is not None and here[3] == row.identity:  # claimed already in this read
+            if here[2] == row.digest:
+                return Entry(here[0], here[1]), False
+            if not create:
+                return None, False
+            self._set_aside(here[0], row.digest)
+            return Entry(here[0], here[1]), True
+        free = db.execute("SELECT row, key, digest FROM records WHERE identity = ? AND (claimed IS NULL OR "
+                          "claimed < ?) ORDER BY (digest = ?) DESC, row LIMIT 1",
+                          (row.identity, read, row.digest)).fetchone()
+        if free is None:  # a journal of the first layout: the entry at this position, if its content agrees
+            free = db.execute("SELECT row, key, digest FROM records WHERE identity IS NULL AND position = ? AND "
+                              "digest = ?", (row.position, row.digest)).fetchone()
+        if free is not None:
+            slot, key, digest = free
+            if digest != row.digest:
+                if not create:
+                    return None, False
+                self._set_aside(slot, row.digest)
+            self._place(slot, row, read)
+            return Entry(slot, key), digest != row.digest
+        if not create:
+            return None, False
+        key = row.key
+        attempt = 1
+        while db.execute("SELECT 1 FROM records WHERE key = ?", (key,)).fetchone():
+            # `<key>-<position>` may itself be another row's id: count on until the name is free.
+            key = f"{row.key}-{row.position}" if attempt == 1 else f"{row.key}-{row.position}-{attempt}"
+            attempt += 1
+        cursor = db.execute("INSERT INTO records (key, digest, identity) VALUES (?, ?, ?)",
+                            (key, row.digest, row.identity))
+        slot = int(cursor.lastrowid or 0)
+        self._place(slot, row, read)
+        return Entry(slot, key), False
+
+    def _place(self, slot: int, row: RowIdentity, read: int) -> None:
+        """The entry is the row's at its position now; whichever entry stood there before is not."""
+        self.db.execute("UPDATE records SET position = NULL WHERE position = ? AND row != ?", (row.position, slot))
+        self.db.execute("UPDATE records SET identity = ?, position = ?, claimed = ? WHERE row = ?",
+                        (row.identity, row.position, read, slot))
+
+    def _set_aside(self, slot: int, digest: str) -> None:
+        """The entry's results no longer belong to its row (same id, other content): keep what they cost."""
+        cost = self.db.execute("SELECT COALESCE(SUM(cost), 0) FROM results WHERE row = ?", (slot,)).fetchone()[0]
+        if cost:
+            before = float(self.get_meta("spent_set_aside") or 0.0)
+            self.set_meta("spent_set_aside", repr(before + float(cost)))
+        self.db.execute("DELETE FROM results WHERE row = ?", (slot,))
+        self.db.execute("UPDATE records SET digest = ? WHERE row = ?", (digest, slot))
+
+    def slots_at(self, positions: list[int]) -> dict[int, int]:
+        """position -> entry, as the last read claimed them (read only)."""
+        return {int(p): int(s) for p, s in self._select_in(
+            "SELECT position, row FROM records WHERE position IN ({})", positions)}
 
     # ------------------------------------------------------------ results
     def states(self, step: str, rows: list[int]) -> dict[int, StepState]:
@@ -208,34 +343,16 @@ class Journal:
         )
 
     def spent(self) -> float:
-        """Everything this RUNDIR has spent, across resumes (what `--max-cost` is measured against)."""
-        return float(self.db.execute("SELECT COALESCE(SUM(cost), 0) FROM results").fetchone()[0])
+        """Everything this RUNDIR has spent, across resumes (what `--max-cost` is measured against), the results
+        of rows since changed or deleted included."""
+        results = float(self.db.execute("SELECT COALESCE(SUM(cost), 0) FROM results").fetchone()[0])
+        return results + float(self.get_meta("spent_set_aside") or 0.0)
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for step, status, n in self.db.execute("SELECT step, status, COUNT(*) FROM results GROUP BY step, status"):
             out.setdefault(step, {})[status] = n
         return out
-
-    def iter_results(self, steps: list[str]) -> Iterator[tuple[int, str, dict[str, StepState]]]:
-        """(row, content digest, {step: state}) for every row the journal knows, in row order: the sink's merge
-        input (the digest tells it whether the results still belong to the row it reads)."""
-        cursor = self.db.execute(
-            "SELECT r.row, r.digest, s.step, s.status, s.attempts, s.calls_done, s.outputs, s.cost, s.info "
-            "FROM records r LEFT JOIN results s ON s.row = r.row ORDER BY r.row"
-        )
-        current: int | None = None
-        key: str = ""
-        states: dict[str, StepState] = {}
-        for row, k, step, status, attempts, calls, outputs, cost, info in cursor:
-            if row != current:
-                if current is not None:
-                    yield current, key, states
-                current, key, states = row, k, {}
-            if step is not None and step in steps:
-                states[step] = StepState(status, attempts, calls, orjson.loads(outputs), cost, orjson.loads(info))
-        if current is not None:
-            yield current, key, states
 
     def _select_in(self, query: str, values: list[int], prefix: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         out: list[tuple[Any, ...]] = []

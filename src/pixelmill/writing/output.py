@@ -1,8 +1,8 @@
 """The output dataset, rebuilt from the source and the journal at any time.
 
-The source is read again beside the journal's rows (both in row order: a merge, memory flat in the dataset's
-size), and every input row is written: unchanged, plus its output field(s) and the `pixelmill` object. The file
-is written under a temporary name and renamed, so a crash never leaves a half output.
+The source is read again a chunk at a time, each row's results looked up in the journal by the row's identity
+(memory flat in the dataset's size), and every input row is written: unchanged, plus its output field(s) and the
+`pixelmill` object. The file is written under a temporary name and renamed, so a crash never leaves a half output.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from pixelmill.config import RunConfig
 from pixelmill.reading import jsonio
 from pixelmill.reading.images import data_url
 from pixelmill.reading.records import Record, read_records
-from pixelmill.writing.journal import Journal, StepState
+from pixelmill.writing.journal import Journal, RowIdentity, StepState
 
 _PRIVATE = ("calls", "_usages", "target")  # journal bookkeeping, not for the user
+CHUNK = 256  # rows looked up in the journal at a time
 
 
 @dataclass(slots=True)
@@ -42,18 +43,29 @@ def step_object(state: StepState | None) -> dict[str, Any]:
 
 
 def output_rows(config: RunConfig, journal: Journal, counts: OutputCounts) -> Iterator[dict[str, Any]]:
-    steps = [s.name for s in config.steps]
-    results = journal.iter_results(steps)
-    pending_result = next(results, None)
+    """Every row of the source in order, each with its own results: found by the row's identity (id, else
+    content), wherever it stands now, a chunk of rows at a time (memory flat in the dataset's size)."""
+    chunk: list[Record] = []
     for record in _records(config):
-        while pending_result is not None and pending_result[0] < record.index:
-            pending_result = next(results, None)
-        states: dict[str, StepState] = {}
-        if pending_result is not None and pending_result[0] == record.index \
-                and pending_result[1] == record.digest():  # results of a row that has changed are not its own
-            states = pending_result[2]
+        chunk.append(record)
+        if len(chunk) >= CHUNK:
+            yield from _chunk_rows(config, journal, chunk, counts)
+            chunk = []
+    if chunk:
+        yield from _chunk_rows(config, journal, chunk, counts)
+    journal.end_read()  # the whole source was read: entries no row claimed are no longer in it
+
+
+def _chunk_rows(config: RunConfig, journal: Journal, chunk: list[Record],
+                counts: OutputCounts) -> Iterator[dict[str, Any]]:
+    slots = journal.match([RowIdentity.of(r, config.id_field) for r in chunk])
+    wanted = sorted(set(slots.values()))
+    states = {step.name: journal.states(step.name, wanted) for step in config.steps}
+    for record in chunk:
+        slot = slots.get(record.index)
+        mine = {} if slot is None else {name: by_slot[slot] for name, by_slot in states.items() if slot in by_slot}
         counts.rows += 1
-        yield _row(config, record, states, counts)
+        yield _row(config, record, mine, counts)
 
 
 def _records(config: RunConfig) -> Iterator[Record]:

@@ -225,7 +225,9 @@ class OperatorRun:
     def _assemble_chunk(self, journal: Journal, chunk: list[tuple[Record, _Plan]], counts: StepResult,
                         why: str) -> Iterator[dict[str, Any]]:
         wanted = [pos for _, plan in chunk for pos in plan.positions]
-        states = journal.states(self.step_name, wanted) if wanted else {}
+        slots = journal.slots_at(wanted) if wanted else {}
+        by_slot = journal.states(self.step_name, sorted(set(slots.values()))) if slots else {}
+        states = {pos: by_slot[slot] for pos, slot in slots.items() if slot in by_slot}
         for record, plan in chunk:
             counts.rows += 1
             row, status, error = self._row(record, plan, states, why)
