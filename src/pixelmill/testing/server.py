@@ -274,18 +274,20 @@ class ThreadRunner:
 
 def serve(config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 8000,
           *, on_ready: Callable[[Emulator], None] | None = None) -> None:
-    """Serve until interrupted (Ctrl-C or SIGTERM). `on_ready` gets the running emulator (to print its URLs)."""
+    """Serve until interrupted (Ctrl-C or SIGTERM). `on_ready` gets the emulator once it is bound and the stop
+    signals are handled, so `emu.port` and the URLs are the real ones (port 0: the port the system picked) and a
+    caller that reads them may interrupt at once."""
 
     async def main() -> None:
         emulator = Emulator(config, host, port)
         async with emulator:
-            if on_ready is not None:
-                on_ready(emulator)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, stop.set)
+            if on_ready is not None:
+                on_ready(emulator)
             await stop.wait()
 
     with contextlib.suppress(KeyboardInterrupt):
