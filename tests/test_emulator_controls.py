@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -177,6 +178,36 @@ def test_serve_runs_until_interrupted(tmp_path: Any) -> None:
             assert resp.status == 200
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_emulate_command_prints_the_port_it_bound() -> None:
+    """`pixelmill emulate --port 0` as a user runs it: the printed URL is the real one (not port 0), it answers
+    an image request, and Ctrl-C stops it cleanly."""
+    proc = subprocess.Popen([sys.executable, "-m", "pixelmill", "emulate", "--port", "0", "--latency", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "error"})
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = proc.stdout.readline()
+        found = re.search(r"on (http://127\.0\.0\.1:(\d+)) \(OpenAI base URL (\S+)\)", line)
+        assert found is not None, line
+        url, port, base = found.group(1), int(found.group(2)), found.group(3)
+        assert port != 0 and base == url + "/v1"
+        import urllib.request
+
+        req = urllib.request.Request(base + "/images/generations", data=orjson.dumps(BODY), method="POST",
+                                     headers={**HEADERS, "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200
+            image = pybase64.b64decode(orjson.loads(resp.read())["data"][0]["b64_json"])
+        assert image.startswith(b"\x89PNG")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        assert proc.stderr.read() == ""
     finally:
         if proc.poll() is None:
             proc.kill()

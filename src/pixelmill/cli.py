@@ -132,9 +132,9 @@ def emulate(
 
     config = EmulatorConfig(latency=latency, latency_sigma=sigma, rpm=int(rpm) if rpm else None, ipm=int(ipm) if ipm else None,
                             serve_retired=True)
-    typer.echo(f"pixelmill emulator on http://127.0.0.1:{port} (OpenAI base URL http://127.0.0.1:{port}/v1); "
-               "Ctrl-C stops it")
-    serve(config, host="127.0.0.1", port=port)
+    # Printed once bound, from the emulator itself: with --port 0 only it knows the port.
+    serve(config, host="127.0.0.1", port=port, on_ready=lambda emu: typer.echo(
+        f"pixelmill emulator on {emu.url} (OpenAI base URL {emu.openai_base_url}); Ctrl-C stops it"))
 
 
 @app.command()

@@ -11,6 +11,20 @@ Routes: OpenAI `/v1/images/{generations,edits,variations}`, `/v1/models`; Azure
 `/{v1beta,v1alpha,v1}/models/{m}:generateContent` (and `:streamGenerateContent`); `/files/<id>.png` for
 DALL·E url answers. Prompt markers force one request's fate: `[[fault:NAME]]` (any name in FAULTS, or
 `thoughts`), `[[latency:SECONDS]]`.
+
+Layout (imports run down this list, never up, and none inside a function goes up either):
+- `server`: `Emulator`, `ThreadRunner`, `serve`; builds the app from the route modules around one state and
+  owns binding, start and stop. Only this `__init__` imports it.
+- `routes/`: one module per API, `openai` (OpenAI and Azure) and `gemini`; neither imports the other.
+- `validation/`: each API's request rules (`openai`, `gemini`), turning a request into a job or a 400.
+- `exchange`: one request's way through, the same for every API: log and count (`observe`), decide its fate
+  and wait (`admit`), answer or damage the answer (`send`, `cut`).
+- `state`: `EmulatorState`, everything shared across requests: config, model table, log, in-flight counts,
+  fault dice, rate-limit window, image cache, files, signing secret.
+- `keys`: where each API carries its key (and which API a request's key says it speaks).
+- Leaves: `config` (`EmulatorConfig`, FAULTS), `faults` (markers and dice), `ratelimit`, `log`
+  (`RequestRecord`), `images` (real image bytes, cheaply), `signatures` (Gemini thought signatures),
+  `wire_errors` (each API's error shapes).
 """
 
 from pixelmill.testing.config import FAULTS, MODIFIERS, EmulatorConfig

@@ -1,10 +1,8 @@
-"""The emulator's server: lifecycle, the request log, in-flight counts, and what every route shares.
+"""The emulator's server: builds the aiohttp app from the route modules around one shared state, and owns
+binding, start, stop, serving from a thread (`ThreadRunner`) and serving until interrupted (`serve`).
 
-Every image route runs the same sequence: the middleware opens a log record and counts the request in flight;
-the route checks the key and validates the request (fast 401/400/404 answers), then `admit` applies
-`fail_after`, prompt markers, the configured rate limit and the random fault draw; quick faults (429, 401,
-quota) answer at once, the others after the drawn latency; `send` delivers the answer (or its corrupted form:
-truncated, malformed, invalid base64).
+`Emulator` is the public face: its config, log and counters are the shared state's (`state.EmulatorState`),
+which the routes read and write while they answer; what one request goes through is `exchange`'s.
 """
 
 from __future__ import annotations
@@ -12,46 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import secrets
-import socket
-import struct
+import signal
 import threading
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from pixelmill.errors import ConfigError
-from pixelmill.models.table import ModelTable, builtin_table
+from pixelmill.models.table import ModelTable
 from pixelmill.testing import wire_errors as we
 from pixelmill.testing.config import EmulatorConfig
-from pixelmill.testing.faults import Decision, FaultDice, Markers
+from pixelmill.testing.exchange import observe
 from pixelmill.testing.images import ImageCache
-from pixelmill.testing.log import RequestLog, RequestRecord, public_headers
-from pixelmill.testing.ratelimit import SlidingWindow
-
-RECORD_KEY: web.AppKey[Any] = web.AppKey("pixelmill_emulator")
-
-
-@dataclass(slots=True)
-class Exchange:
-    """What the emulator keeps about one request while it is being answered."""
-
-    record: RequestRecord
-    cut: bool = False  # the connection was closed on purpose: nothing more may be written
-    rate_headers: dict[str, str] = field(default_factory=dict)
-
-
-EXCHANGE: web.RequestKey[Exchange] = web.RequestKey("pixelmill_exchange", Exchange)
-
-
-def exchange(request: web.Request) -> Exchange:
-    return request[EXCHANGE]
-QUICK_FAULTS = frozenset({"rate_limit", "rate_limit_no_header", "auth", "quota"})
-STATUS_OF_FAULT = {"server_error": 500, "bad_gateway": 502, "unavailable": 503, "gateway_timeout": 504}
+from pixelmill.testing.keys import wants_gemini
+from pixelmill.testing.log import RequestRecord
+from pixelmill.testing.routes import gemini, openai
+from pixelmill.testing.state import EmulatorState
 
 
 def check_loopback(host: str) -> None:
@@ -66,6 +42,31 @@ def check_loopback(host: str) -> None:
             f"the emulator binds loopback addresses only (127.0.0.1, ::1, localhost), not {host!r}: it accepts "
             "any key and must not be reachable from other machines"
         )
+
+
+def build_app(state: EmulatorState) -> web.Application:
+    """The aiohttp app: every API's routes over `state`, the one path two APIs share, and a catch-all 404."""
+    app = web.Application(middlewares=[observe(state)], client_max_size=256 * 1024 * 1024)
+    openai_routes = openai.register(app, state)
+    gemini_routes = gemini.register(app, state)
+    # `GET /v1/models` is OpenAI's and (since google-genai 3.x defaults to v1) Gemini's: the key tells which.
+    app.router.add_get("/v1/models", _by_key(openai=openai_routes.models, gemini=gemini_routes.list_models))
+    app.router.add_get("/v1/models/{target}", _by_key(openai=openai_routes.model, gemini=gemini_routes.get_model))
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    return app
+
+
+def _by_key(*, openai: Handler, gemini: Handler) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await (gemini if wants_gemini(request) else openai)(request)
+
+    return handler
+
+
+async def _not_found(request: web.Request) -> web.StreamResponse:
+    if request.path.startswith(("/v1beta", "/v1alpha")):
+        raise we.gemini_error(404, "NOT_FOUND", f"Requested entity was not found: {request.path}")
+    raise we.openai_route_not_found(request.method, request.path)
 
 
 class Emulator:
@@ -88,44 +89,52 @@ class Emulator:
         check_loopback(host)
         base = config or EmulatorConfig()
         # Validated as a whole (model_copy would skip validation: a plain set of keys would stay a set).
-        self._config = EmulatorConfig.model_validate({**base.model_dump(), **changes}) if changes else base
         if changes:
-            self._config = EmulatorConfig.model_validate(self._config.model_dump())
+            base = EmulatorConfig.model_validate({**base.model_dump(), **changes})
         self.host = host
         self._port = port
-        self.table = table or builtin_table()
-        self.images = ImageCache()
-        self.secret = secrets.token_bytes(32)  # signs Gemini thought signatures
-        self._log = RequestLog(self._config.max_log)
-        self._dice = FaultDice(self._config.seed)
-        self._window = SlidingWindow()
-        self._seq = 0
-        self._admitted = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.files: dict[str, tuple[bytes, str]] = {}  # DALL·E url answers: id -> (bytes, mime)
+        self.state = EmulatorState(base, table)
         self._runner: web.AppRunner | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
-    # ------------------------------------------------------------ configuration
+    # ------------------------------------------------------------ configuration and state
 
     @property
     def config(self) -> EmulatorConfig:
-        return self._config
+        return self.state.config
 
     def configure(self, **changes: Any) -> EmulatorConfig:
         """Change settings while running (thread-safe: the config is replaced as a whole). A new `seed`
         restarts the random draws; new rate limits start from an empty window."""
-        new = EmulatorConfig.model_validate({**self._config.model_dump(), **changes})
-        if "seed" in changes:
-            self._dice.reseed(new.seed)
-        if {"rpm", "ipm", "rate_window"} & set(changes):
-            self._window.reset()
-        if "fail_after" in changes:
-            self._admitted = 0
-        self._log.resize(new.max_log)
-        self._config = new
-        return new
+        return self.state.configure(**changes)
+
+    @property
+    def table(self) -> ModelTable:
+        return self.state.table
+
+    @property
+    def images(self) -> ImageCache:
+        return self.state.images
+
+    @property
+    def files(self) -> dict[str, tuple[bytes, str]]:
+        """DALL·E `url` answers: file name -> (bytes, mime)."""
+        return self.state.files
+
+    @files.setter
+    def files(self, files: dict[str, tuple[bytes, str]]) -> None:
+        self.state.files = files  # tests swap in a store that forgets (URLs that expire at once)
+
+    @property
+    def secret(self) -> bytes:
+        return self.state.secret
+
+    @property
+    def in_flight(self) -> int:
+        return self.state.in_flight
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.state.max_in_flight
 
     # ------------------------------------------------------------ addresses
 
@@ -156,35 +165,26 @@ class Emulator:
 
     @property
     def log(self) -> list[RequestRecord]:
-        return list(self._log)
+        return list(self.state.log)
 
     def records(self, **filters: Any) -> list[RequestRecord]:
         """Log records whose fields match: `emu.records(status=429)`, `emu.records(status=lambda s: s >= 500)`."""
-        return self._log.select(**filters)
+        return self.state.log.select(**filters)
 
     def count(self, **filters: Any) -> int:
-        return len(self._log.select(**filters))
+        return len(self.state.log.select(**filters))
 
     def reset_log(self) -> None:
         """Forget the log, `max_in_flight`, the `fail_after` count and the rate-limit window."""
-        self._log.clear()
-        self.max_in_flight = self.in_flight
-        self._admitted = 0
-        self._window.reset()
+        self.state.reset_log()
 
     # ------------------------------------------------------------ lifecycle
 
     def app(self) -> web.Application:
-        from pixelmill.testing import gemini_routes, openai_routes
-
-        app = web.Application(middlewares=[self._observe], client_max_size=256 * 1024 * 1024)
-        app[RECORD_KEY] = self
-        openai_routes.register(app, self)
-        gemini_routes.register(app, self)
-        app.router.add_route("*", "/{tail:.*}", self._not_found)
-        return app
+        return build_app(self.state)
 
     async def start(self) -> Emulator:
+        """Bind and serve. With port 0 the system picks a free port; `port` (and the URLs) then say which."""
         if self._runner is not None:
             return self
         runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, shutdown_timeout=0.5,
@@ -197,7 +197,6 @@ class Emulator:
         if sockets:
             self._port = sockets[0].getsockname()[1]
         self._runner = runner
-        self._loop = asyncio.get_running_loop()
         return self
 
     async def stop(self) -> None:
@@ -214,186 +213,6 @@ class Emulator:
     def run_in_thread(self) -> ThreadRunner:
         """Serve from a daemon thread with its own event loop: `with Emulator().run_in_thread() as emu:`."""
         return ThreadRunner(self)
-
-    # ------------------------------------------------------------ per request
-
-    @web.middleware
-    async def _observe(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        self._seq += 1
-        record = RequestRecord(
-            id="req_" + secrets.token_hex(16),
-            seq=self._seq,
-            family="other",
-            endpoint="unknown",
-            method=request.method,
-            path=request.path,
-            started=time.monotonic(),
-            content_type=request.content_type,
-            bytes_in=request.content_length or 0,
-            headers=public_headers(request.headers),
-        )
-        ex = Exchange(record)
-        request[EXCHANGE] = ex
-        self._log.append(record)
-        self.in_flight += 1
-        if self.in_flight > self.max_in_flight:
-            self.max_in_flight = self.in_flight
-        try:
-            try:
-                response = await handler(request)
-            except we.WireError as err:
-                response = self.error_response(record, err)
-            if record.status is None and not ex.cut:
-                record.status = response.status
-            response.headers.setdefault("x-request-id", record.id)
-            return response
-        except asyncio.CancelledError:
-            record.status = record.status or 499  # the client went away (nginx's "client closed request")
-            raise
-        finally:
-            self.in_flight -= 1
-            record.finished = time.monotonic()
-
-    def error_response(self, record: RequestRecord, err: we.WireError) -> web.Response:
-        record.status = err.status
-        record.error_code = err.code
-        inner = err.body.get("error")
-        if isinstance(inner, dict):
-            message = inner.get("message")
-            record.error_message = message if isinstance(message, str) else None
-        body = orjson.dumps(err.body)
-        record.bytes_out = len(body)
-        headers = {"x-request-id": record.id, **err.headers}
-        return web.Response(status=err.status, body=body, content_type="application/json", headers=headers)
-
-    async def _not_found(self, request: web.Request) -> web.StreamResponse:
-        if request.path.startswith(("/v1beta", "/v1alpha")):
-            raise we.gemini_error(404, "NOT_FOUND", f"Requested entity was not found: {request.path}")
-        raise we.openai_route_not_found(request.method, request.path)
-
-    def check_key(self, present: str | None) -> bool:
-        """Whether `present` is an accepted key. Raises nothing; the route picks the family's error."""
-        if not present:
-            return False
-        keys = self._config.api_keys
-        return keys is None or present in keys
-
-    async def admit(
-        self,
-        request: web.Request,
-        *,
-        images: int,
-        markers: Markers,
-        fault_error: Callable[[str, float | None], we.WireError | None],
-        rate_limited: Callable[[float | None, str], we.WireError],
-        rate_headers: bool = True,
-    ) -> Decision:
-        """Decide this request's fate and wait its latency. Raises the WireError of quick answers (rate limit,
-        auth and quota faults) and of error faults (5xx, moderation); returns the decision for content faults."""
-        ex = exchange(request)
-        record = ex.record
-        config = self._config
-        self._admitted += 1
-        decision = self._dice.decide(config, self._admitted, markers)
-        record.fault = decision.fault
-        limit_headers: dict[str, str] = {}
-        if config.rpm is not None or config.ipm is not None:
-            verdict = self._window.check(time.monotonic(), images, config.rpm, config.ipm, config.rate_window)
-            limit_headers = verdict.headers if rate_headers else {}
-            if verdict.retry_after is not None:
-                record.fault = None
-                err = rate_limited(verdict.retry_after, verdict.what)
-                err.headers.update(limit_headers)
-                raise err
-        ex.rate_headers = limit_headers  # OpenAI's x-ratelimit-* headers; Gemini sends none
-        fault = decision.fault
-        if fault in QUICK_FAULTS:
-            hint = config.retry_after if fault == "rate_limit" else None
-            if fault in ("rate_limit", "rate_limit_no_header"):
-                raise rate_limited(hint, "requests")
-            quick = fault_error(fault, None)
-            if quick is not None:
-                raise quick
-        if fault == "timeout":
-            record.latency = config.timeout_hold
-            await asyncio.sleep(config.timeout_hold)
-            raise fault_error("gateway_timeout", None) or we.openai_server(504)
-        if decision.latency > 0:
-            record.latency = decision.latency
-            await asyncio.sleep(decision.latency)
-        if fault == "reset":
-            self.cut(request)
-        if fault is not None and fault not in ("truncated", "malformed", "invalid_base64"):
-            late = fault_error(fault, None)
-            if late is not None:
-                raise late
-        return decision
-
-    def dice_choice(self, options: tuple[str, ...]) -> str:
-        """A seeded choice (for faults with variants)."""
-        return self._dice.choice(options)
-
-    def cut(self, request: web.Request) -> None:
-        """Close the connection at once, without an answer (a TCP reset where the platform allows)."""
-        ex = exchange(request)
-        ex.cut = True
-        ex.record.status = None
-        transport = request.transport
-        if transport is None:
-            return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
-
-    def send(
-        self,
-        request: web.Request,
-        payload: dict[str, Any],
-        decision: Decision,
-        *,
-        corrupt: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> web.StreamResponse:
-        """The 200 answer, or the fault's damaged version of it."""
-        ex = exchange(request)
-        record = ex.record
-        all_headers = {"x-request-id": record.id, **ex.rate_headers, **(headers or {})}
-        fault = decision.fault
-        if fault == "reset" or ex.cut:
-            return web.Response(status=200)  # the transport is gone; this is never written
-        if fault == "invalid_base64" and corrupt is not None:
-            payload = corrupt(payload)
-        body = orjson.dumps(payload)
-        if fault == "malformed":
-            body = body[: max(1, len(body) // 3)] + b"<html>upstream error</html>"
-        if fault == "truncated":
-            self._send_truncated(request, body, all_headers)
-            return web.Response(status=200)
-        record.bytes_out = len(body)
-        return web.Response(body=body, content_type="application/json", headers=all_headers)
-
-    def _send_truncated(self, request: web.Request, body: bytes, headers: dict[str, str]) -> None:
-        ex = exchange(request)
-        ex.record.status = 200
-        ex.record.bytes_out = len(body) // 2
-        ex.cut = True
-        transport = request.transport
-        if transport is None:
-            return
-        head = [
-            "HTTP/1.1 200 OK",
-            "Content-Type: application/json",
-            f"Content-Length: {len(body)}",
-            *(f"{k}: {v}" for k, v in headers.items()),
-            "",
-            "",
-        ]
-        transport.write("\r\n".join(head).encode("latin-1") + body[: len(body) // 2])
-        transport.close()
 
 
 class ThreadRunner:
@@ -455,20 +274,20 @@ class ThreadRunner:
 
 def serve(config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 8000,
           *, on_ready: Callable[[Emulator], None] | None = None) -> None:
-    """Serve until interrupted (Ctrl-C or SIGTERM). `on_ready` gets the running emulator (to print its URLs)."""
+    """Serve until interrupted (Ctrl-C or SIGTERM). `on_ready` gets the emulator once it is bound and the stop
+    signals are handled, so `emu.port` and the URLs are the real ones (port 0: the port the system picked) and a
+    caller that reads them may interrupt at once."""
 
     async def main() -> None:
         emulator = Emulator(config, host, port)
         async with emulator:
-            if on_ready is not None:
-                on_ready(emulator)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            import signal
-
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, stop.set)
+            if on_ready is not None:
+                on_ready(emulator)
             await stop.wait()
 
     with contextlib.suppress(KeyboardInterrupt):

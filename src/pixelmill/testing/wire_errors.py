@@ -1,6 +1,6 @@
 """The error answers of each API family, in their real shapes.
 
-Handlers raise `WireError`; the server turns it into the HTTP answer and logs its status and code. The
+Handlers raise `WireError`; `exchange.observe` turns it into the HTTP answer and logs its status and code. The
 factories below hold the shapes: OpenAI `{"error": {message, type, param, code}}` (all four keys always),
 Azure's own shapes for its gateway errors and content filter, Gemini's `{"error": {code, message, status,
 details}}`.

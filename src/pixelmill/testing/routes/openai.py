@@ -3,7 +3,8 @@
 Azure differs only at the edges: the deployment in the path (or `model` on the v1 routes) names the model,
 `api-version` is required on deployment routes, the key comes in `api-key`, errors for auth, rate limits and
 content filtering have Azure's shapes, and webp output is refused. Azure deployments serve models that
-OpenAI has retired (their retirement dates are Azure's own).
+OpenAI has retired (their retirement dates are Azure's own). `GET /v1/models` is also a Gemini path: the server
+routes it here or to the Gemini routes by the request's key (`keys.wants_gemini`).
 """
 
 from __future__ import annotations
@@ -18,40 +19,40 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from pixelmill.testing import gemini_routes
 from pixelmill.testing import wire_errors as we
+from pixelmill.testing.exchange import STATUS_OF_FAULT, admit, exchange, send, tag
 from pixelmill.testing.faults import read_markers
 from pixelmill.testing.images import Rendered, colour_for
+from pixelmill.testing.keys import bearer
 from pixelmill.testing.log import RequestRecord
-from pixelmill.testing.server import Emulator, exchange
-from pixelmill.testing.validation import ImageJob, Upload, build_job, read_upload
+from pixelmill.testing.state import EmulatorState
+from pixelmill.testing.validation.openai import ImageJob, Upload, build_job, read_upload
 
 _API_VERSION = re.compile(r"^(\d{4}-\d{2}-\d{2}(-preview)?|preview|latest|v1)$")
-_FILES_KEPT = 20_000
 
 
-def register(app: web.Application, emu: Emulator) -> None:
-    routes = _Routes(emu)
+def register(app: web.Application, state: EmulatorState) -> OpenAIRoutes:
+    """Add the OpenAI and Azure routes but `GET /v1/models[/{target}]`, which the server shares with Gemini."""
+    routes = OpenAIRoutes(state)
     for endpoint in ("generations", "edits", "variations"):
         app.router.add_post(f"/v1/images/{endpoint}", routes.openai(endpoint))
-    app.router.add_get("/v1/models", routes.models)
-    app.router.add_get("/v1/models/{target}", routes.model)
     for endpoint in ("generations", "edits"):
         app.router.add_post(f"/openai/deployments/{{deployment}}/images/{endpoint}", routes.azure(endpoint))
         app.router.add_post(f"/openai/v1/images/{endpoint}", routes.azure_v1(endpoint))
     app.router.add_get("/files/{name}", routes.file)
+    return routes
 
 
-class _Routes:
-    def __init__(self, emu: Emulator) -> None:
-        self.emu = emu
+class OpenAIRoutes:
+    def __init__(self, state: EmulatorState) -> None:
+        self.state = state
 
     # ------------------------------------------------------------ route factories
 
     def openai(self, endpoint: str) -> Callable[[web.Request], Any]:
         async def handler(request: web.Request) -> web.StreamResponse:
-            record = _tag(request, "openai", endpoint)
-            key = _bearer(request)
+            record = tag(request, "openai", endpoint)
+            key = bearer(request)
             self._auth(record, key, azure=False)
             return await self._serve(request, endpoint, azure=False, model_override=None)
 
@@ -59,12 +60,12 @@ class _Routes:
 
     def azure(self, endpoint: str) -> Callable[[web.Request], Any]:
         async def handler(request: web.Request) -> web.StreamResponse:
-            record = _tag(request, "azure", endpoint)
+            record = tag(request, "azure", endpoint)
             deployment = request.match_info["deployment"]
             record.deployment = deployment
             version = request.query.get("api-version")
             record.api_version = version
-            self._auth(record, request.headers.get("api-key") or _bearer(request), azure=True)
+            self._auth(record, request.headers.get("api-key") or bearer(request), azure=True)
             if not version:
                 raise we.azure_missing_api_version()
             if not _API_VERSION.match(version):
@@ -76,9 +77,9 @@ class _Routes:
 
     def azure_v1(self, endpoint: str) -> Callable[[web.Request], Any]:
         async def handler(request: web.Request) -> web.StreamResponse:
-            record = _tag(request, "azure", endpoint)
+            record = tag(request, "azure", endpoint)
             record.api_version = request.query.get("api-version")
-            self._auth(record, request.headers.get("api-key") or _bearer(request), azure=True)
+            self._auth(record, request.headers.get("api-key") or bearer(request), azure=True)
             return await self._serve(request, endpoint, azure=True, model_override=None, v1_azure=True)
 
         return handler
@@ -86,17 +87,17 @@ class _Routes:
     # ------------------------------------------------------------ shared
 
     def _auth(self, record: RequestRecord, key: str | None, *, azure: bool) -> None:
-        if self.emu.check_key(key):
+        if self.state.check_key(key):
             record.auth = "valid"
             return
         record.auth = "invalid" if key else "missing"
         raise we.azure_auth() if azure else we.openai_auth(bool(key))
 
     def _deployment_model(self, deployment: str) -> str:
-        mapped = self.emu.config.deployments.get(deployment)
+        mapped = self.state.config.deployments.get(deployment)
         if mapped is not None:
             return mapped
-        spec = self.emu.table.get(deployment)
+        spec = self.state.table.get(deployment)
         if spec is None or spec.family != "openai":
             raise we.azure_deployment_not_found(deployment)
         return deployment
@@ -110,7 +111,7 @@ class _Routes:
         model_override: str | None,
         v1_azure: bool = False,
     ) -> web.StreamResponse:
-        emu = self.emu
+        state = self.state
         record: RequestRecord = exchange(request).record
         form, body, uploads = await _read_body(request, endpoint)
         if v1_azure:
@@ -121,13 +122,13 @@ class _Routes:
         prompt = body.get("prompt")
         if isinstance(prompt, str):
             record.prompt = prompt[:1000]
-        config = emu.config
+        config = state.config
         job = build_job(
             endpoint=endpoint,
             form=form,
             body=body,
             uploads=uploads,
-            table=emu.table,
+            table=state.table,
             serve_retired=config.serve_retired,
             today=config.today,
             azure=azure,
@@ -146,9 +147,8 @@ class _Routes:
                 return we.azure_auth() if azure else we.openai_auth(True)
             if fault == "quota":
                 return we.openai_quota()
-            if fault in ("server_error", "bad_gateway", "unavailable", "gateway_timeout"):
-                return we.openai_server({"server_error": 500, "bad_gateway": 502, "unavailable": 503,
-                                         "gateway_timeout": 504}[fault])
+            if fault in STATUS_OF_FAULT:
+                return we.openai_server(STATUS_OF_FAULT[fault])
             if fault == "moderation":
                 return we.azure_content_filter(job.prompt) if azure else we.openai_moderation(record.id,
                                                                                              dalle=job.dalle)
@@ -159,7 +159,8 @@ class _Routes:
                 return _azure_rate_limit(retry_after)
             return we.openai_rate_limit(retry_after, what=what)
 
-        decision = await emu.admit(
+        decision = await admit(
+            state,
             request,
             images=job.n,
             markers=read_markers(job.prompt),
@@ -171,18 +172,18 @@ class _Routes:
         if job.stream:
             return self._stream(request, job, rendered)
         payload = self._answer(request, job, rendered)
-        return emu.send(request, payload, decision, corrupt=_corrupt)
+        return send(request, payload, decision, corrupt=_corrupt)
 
     def _render(self, job: ImageJob, index: int) -> Rendered:
         fmt = "png" if job.dalle else job.output_format
         quality = job.compression if job.compression is not None else 95
-        return self.emu.images.get(
+        return self.state.images.get(
             job.width,
             job.height,
             fmt,
             colour_for(f"{job.prompt}#{index}"),
             transparent=job.background == "transparent",
-            pad_to=self.emu.config.image_bytes,
+            pad_to=self.state.config.image_bytes,
             quality=max(1, quality),
         )
 
@@ -231,23 +232,18 @@ class _Routes:
                             headers={"x-request-id": record.id, **exchange(request).rate_headers})
 
     def _file_url(self, request: web.Request, image: Rendered) -> str:
-        files = self.emu.files
         name = f"img-{secrets.token_hex(12)}.png"
-        files[name] = (image.data, image.mime)
-        while len(files) > _FILES_KEPT:
-            files.pop(next(iter(files)))
+        self.state.keep_file(name, image.data, image.mime)
         return f"{request.url.origin()}/files/{name}"
 
     # ------------------------------------------------------------ other routes
 
     async def models(self, request: web.Request) -> web.StreamResponse:
-        if gemini_routes.wants_gemini(request):
-            return await gemini_routes.gemini_routes(request.app).list_models(request)
-        record = _tag(request, "openai", "models")
-        self._auth(record, _bearer(request), azure=False)
-        config = self.emu.config
+        record = tag(request, "openai", "models")
+        self._auth(record, bearer(request), azure=False)
+        config = self.state.config
         data = []
-        for spec in self.emu.table.family("openai"):
+        for spec in self.state.table.family("openai"):
             if spec.retired(config.today) and not config.serve_retired:
                 continue
             for name in (spec.name, *spec.aliases):
@@ -255,21 +251,19 @@ class _Routes:
         return web.json_response({"object": "list", "data": data}, dumps=_dumps)
 
     async def model(self, request: web.Request) -> web.StreamResponse:
-        if gemini_routes.wants_gemini(request):
-            return await gemini_routes.gemini_routes(request.app).get_model(request)
-        record = _tag(request, "openai", "models")
-        self._auth(record, _bearer(request), azure=False)
+        record = tag(request, "openai", "models")
+        self._auth(record, bearer(request), azure=False)
         name = request.match_info["target"]
-        config = self.emu.config
-        spec = self.emu.table.get(name)
+        config = self.state.config
+        spec = self.state.table.get(name)
         if spec is None or spec.family != "openai" or (spec.retired(config.today) and not config.serve_retired):
             raise we.openai_model_not_found(name)
         return web.json_response(_model_object(name, spec.shutdown.isoformat() if spec.shutdown else None),
                                  dumps=_dumps)
 
     async def file(self, request: web.Request) -> web.StreamResponse:
-        _tag(request, "files", "files")
-        found = self.emu.files.get(request.match_info["name"])
+        tag(request, "files", "files")
+        found = self.state.files.get(request.match_info["name"])
         if found is None:
             raise web.HTTPNotFound(text="BlobNotFound: the image URL has expired or never existed")
         data, mime = found
@@ -277,20 +271,6 @@ class _Routes:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _tag(request: web.Request, family: str, endpoint: str) -> RequestRecord:
-    record: RequestRecord = exchange(request).record
-    record.family = family
-    record.endpoint = endpoint
-    return record
-
-
-def _bearer(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip() or None
-    return None
 
 
 def _dumps(obj: Any) -> str:

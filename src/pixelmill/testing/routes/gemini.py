@@ -1,5 +1,5 @@
 """Gemini routes: `POST /v1beta/models/{model}:generateContent` (and `:streamGenerateContent?alt=sse`),
-`GET /v1beta/models[/{model}]`.
+`GET /v1beta/models[/{model}]` (and `GET /v1/models[/{model}]` when the server sees a Gemini key there).
 
 Answers follow `GenerateContentResponse`: optional thought parts (`"thought": true`, with draft images) before
 the final parts, a text part and the image part, `thoughtSignature` on the final parts of thinking models,
@@ -20,58 +20,46 @@ from aiohttp import web
 from pixelmill.params import nearest_ratio
 from pixelmill.testing import signatures
 from pixelmill.testing import wire_errors as we
+from pixelmill.testing.exchange import STATUS_OF_FAULT, admit, exchange, send, tag
 from pixelmill.testing.faults import Decision, read_markers
-from pixelmill.testing.gemini_validation import GeminiJob, build_gemini_job, resolve_gemini_model
 from pixelmill.testing.images import Rendered, colour_for
-from pixelmill.testing.server import Emulator, exchange
+from pixelmill.testing.keys import gemini_key
+from pixelmill.testing.state import EmulatorState
+from pixelmill.testing.validation.gemini import GeminiJob, build_gemini_job, resolve_gemini_model
 
 SIZE_FACTOR = {"512": 0.5, "512px": 0.5, "1K": 1.0, "2K": 2.0, "4K": 4.0}
 PROMPT_IMAGE_TOKENS = 258
-_STATUS_OF_FAULT = {"server_error": 500, "bad_gateway": 502, "unavailable": 503, "gateway_timeout": 504}
-GEMINI_ROUTES: web.AppKey[Any] = web.AppKey("pixelmill_gemini_routes")
 
 
-def register(app: web.Application, emu: Emulator) -> None:
-    """Gemini's routes under v1beta, v1alpha and v1 (google-genai 3.x defaults to v1). `GET /v1/models` is
-    shared with OpenAI: `gemini_routes.wants_gemini` tells them apart by the key's header."""
-    routes = _GeminiRoutes(emu)
+def register(app: web.Application, state: EmulatorState) -> GeminiRoutes:
+    """Gemini's routes under v1beta, v1alpha and v1 (google-genai 3.x defaults to v1). `GET /v1/models[/{m}]` is
+    shared with OpenAI: the server registers it and sends Gemini-keyed requests to `list_models` / `get_model`."""
+    routes = GeminiRoutes(state)
     for version in ("v1beta", "v1alpha", "v1"):
         app.router.add_post(f"/{version}/models/{{target}}", routes.generate)
         if version != "v1":
             app.router.add_get(f"/{version}/models", routes.list_models)
             app.router.add_get(f"/{version}/models/{{target}}", routes.get_model)
-    app[GEMINI_ROUTES] = routes
-
-
-def wants_gemini(request: web.Request) -> bool:
-    """A request that carries a Gemini key (header or `?key=`) and no OpenAI bearer token."""
-    return ("x-goog-api-key" in request.headers or "key" in request.query) and "Authorization" not in request.headers
-
-
-def gemini_routes(app: web.Application) -> _GeminiRoutes:
-    routes: _GeminiRoutes = app[GEMINI_ROUTES]
     return routes
 
 
-class _GeminiRoutes:
-    def __init__(self, emu: Emulator) -> None:
-        self.emu = emu
+class GeminiRoutes:
+    def __init__(self, state: EmulatorState) -> None:
+        self.state = state
 
     def _auth(self, request: web.Request) -> None:
         record = exchange(request).record
-        key = request.headers.get("x-goog-api-key") or request.query.get("key")
-        if self.emu.check_key(key):
+        key = gemini_key(request)
+        if self.state.check_key(key):
             record.auth = "valid"
             return
         record.auth = "invalid" if key else "missing"
         raise we.gemini_auth(bool(key))
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
-        emu = self.emu
-        record = exchange(request).record
-        record.family = "gemini"
+        state = self.state
         model, _, method = request.match_info["target"].partition(":")
-        record.endpoint = method or "unknown"
+        record = tag(request, "gemini", method or "unknown")
         record.model = model
         self._auth(request)
         if method not in ("generateContent", "streamGenerateContent"):
@@ -81,9 +69,9 @@ class _GeminiRoutes:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise we.gemini_invalid("Invalid JSON payload received. Unexpected token.") from None
-        config = emu.config
-        job = build_gemini_job(body, model, table=emu.table, serve_retired=config.serve_retired,
-                               today=config.today, secret=emu.secret)
+        config = state.config
+        job = build_gemini_job(body, model, table=state.table, serve_retired=config.serve_retired,
+                               today=config.today, secret=state.secret)
         record.model = job.spec.name
         record.prompt = job.prompt[:1000]
         record.n = 1
@@ -96,31 +84,31 @@ class _GeminiRoutes:
                 return we.gemini_auth(True)
             if fault == "quota":
                 return we.gemini_quota(job.spec.name)
-            if fault in _STATUS_OF_FAULT:
-                return we.gemini_server(_STATUS_OF_FAULT[fault])
+            if fault in STATUS_OF_FAULT:
+                return we.gemini_server(STATUS_OF_FAULT[fault])
             return None
 
         def rate_limited(retry_after: float | None, _what: str) -> we.WireError:
             return we.gemini_rate_limit(job.spec.name, retry_after)
 
         wants_image = "IMAGE" in job.modalities
-        decision = await emu.admit(request, images=1 if wants_image else 0, markers=read_markers(job.prompt),
+        decision = await admit(state, request, images=1 if wants_image else 0, markers=read_markers(job.prompt),
                                    fault_error=fault_error, rate_limited=rate_limited, rate_headers=False)
         fault = decision.fault
         if fault == "moderation":
-            fault = emu.dice_choice(("prompt_blocked", "image_safety"))  # the log keeps "moderation"
+            fault = state.dice.choice(("prompt_blocked", "image_safety"))  # the log keeps "moderation"
         payload = self._answer(job, decision, fault)
         record.images = _count_images(payload)
         record.thoughts = sum(1 for c in payload.get("candidates") or []
                               for p in (c.get("content") or {}).get("parts", []) if p.get("thought"))
         if method == "streamGenerateContent":
             return self._stream(request, payload, decision)
-        return emu.send(request, payload, decision, corrupt=_corrupt)
+        return send(request, payload, decision, corrupt=_corrupt)
 
     def _answer(self, job: GeminiJob, decision: Decision, fault: str | None) -> dict[str, Any]:
-        emu = self.emu
+        state = self.state
         spec = job.spec
-        secret = emu.secret
+        secret = state.secret
         prompt_tokens = max(1, math.ceil(job.text_chars / 4)) + PROMPT_IMAGE_TOKENS * job.input_images
         usage: dict[str, Any] = {
             "promptTokenCount": prompt_tokens,
@@ -145,7 +133,7 @@ class _GeminiRoutes:
             parts.append({"text": "**Composing the scene**\n\nI am planning the layout and the light.",
                           "thought": True})
             thought_tokens += 120
-            for k in range(emu.config.thought_drafts if decision.thoughts else 0):
+            for k in range(state.config.thought_drafts if decision.thoughts else 0):
                 draft = self._render(job, f"draft{k}")
                 parts.append({"inlineData": {"mimeType": draft.mime, "data": draft.b64}, "thought": True})
                 thought_tokens += _image_tokens(job)
@@ -185,9 +173,9 @@ class _GeminiRoutes:
         }
 
     def _render(self, job: GeminiJob, salt: str) -> Rendered:
-        fmt = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}.get(self.emu.config.gemini_mime, "png")
-        return self.emu.images.get(job.width, job.height, fmt, colour_for(f"{job.prompt}#{salt}"),
-                                   pad_to=self.emu.config.image_bytes)
+        fmt = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}.get(self.state.config.gemini_mime, "png")
+        return self.state.images.get(job.width, job.height, fmt, colour_for(f"{job.prompt}#{salt}"),
+                                   pad_to=self.state.config.image_bytes)
 
     def _stream(self, request: web.Request, payload: dict[str, Any], decision: Decision) -> web.StreamResponse:
         """`alt=sse`: thought parts (if any) in a first event, the rest in a second."""
@@ -209,24 +197,22 @@ class _GeminiRoutes:
                             headers={"x-request-id": ex.record.id, **ex.rate_headers})
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
-        record = exchange(request).record
-        record.family, record.endpoint = "gemini", "models"
+        tag(request, "gemini", "models")
         self._auth(request)
-        config = self.emu.config
+        config = self.state.config
         models = [
             _model_object(spec.name, spec.max_prompt_chars)
-            for spec in self.emu.table.family("gemini")
+            for spec in self.state.table.family("gemini")
             if not spec.retired(config.today) or config.serve_retired
         ]
         return web.Response(body=orjson.dumps({"models": models}), content_type="application/json")
 
     async def get_model(self, request: web.Request) -> web.StreamResponse:
-        record = exchange(request).record
-        record.family, record.endpoint = "gemini", "models"
+        tag(request, "gemini", "models")
         self._auth(request)
-        config = self.emu.config
+        config = self.state.config
         name = request.match_info["target"]
-        spec = resolve_gemini_model(self.emu.table, name, serve_retired=config.serve_retired, today=config.today)
+        spec = resolve_gemini_model(self.state.table, name, serve_retired=config.serve_retired, today=config.today)
         return web.Response(body=orjson.dumps(_model_object(spec.name, spec.max_prompt_chars)),
                             content_type="application/json")
 

@@ -1,0 +1,88 @@
+"""The emulator's shared state: everything that outlives one request, in one object that every route reads.
+
+`EmulatorState` owns the config (replaced as a whole on every change, so a reader on another thread sees the old
+config or the new one, never half of each), the model table, the request log and its sequence numbers, the
+in-flight counts, the seeded fault dice and the count of admitted requests that `fail_after` reads, the rate-limit
+window, the image cache, the files that DALL·E `url` answers point at, and the secret that signs Gemini thought
+signatures. Route modules import this module; they never import the server (which builds the app around one
+state) nor each other.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from pixelmill.models.table import ModelTable, builtin_table
+from pixelmill.testing.config import EmulatorConfig
+from pixelmill.testing.faults import FaultDice
+from pixelmill.testing.images import ImageCache
+from pixelmill.testing.log import RequestLog, RequestRecord
+from pixelmill.testing.ratelimit import SlidingWindow
+
+FILES_KEPT = 20_000  # DALL·E url answers: the oldest files are forgotten past this (their URLs then 404)
+
+
+class EmulatorState:
+    def __init__(self, config: EmulatorConfig, table: ModelTable | None = None) -> None:
+        self._config = config
+        self.table = table or builtin_table()
+        self.images = ImageCache()
+        self.secret = secrets.token_bytes(32)  # signs Gemini thought signatures
+        self.log = RequestLog(config.max_log)
+        self.dice = FaultDice(config.seed)
+        self.window = SlidingWindow()
+        self.seq = 0  # requests received (the log's `seq`)
+        self.admitted = 0  # requests that reached the fault draw (what `fail_after` counts)
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.files: dict[str, tuple[bytes, str]] = {}  # DALL·E url answers: name -> (bytes, mime)
+
+    @property
+    def config(self) -> EmulatorConfig:
+        return self._config
+
+    def configure(self, **changes: Any) -> EmulatorConfig:
+        """Validate and install a changed config. A new `seed` restarts the random draws; new rate limits start
+        from an empty window; a new `fail_after` counts from zero."""
+        new = EmulatorConfig.model_validate({**self._config.model_dump(), **changes})
+        if "seed" in changes:
+            self.dice.reseed(new.seed)
+        if {"rpm", "ipm", "rate_window"} & set(changes):
+            self.window.reset()
+        if "fail_after" in changes:
+            self.admitted = 0
+        self.log.resize(new.max_log)
+        self._config = new
+        return new
+
+    def reset_log(self) -> None:
+        """Forget the log, `max_in_flight`, the `fail_after` count and the rate-limit window."""
+        self.log.clear()
+        self.max_in_flight = self.in_flight
+        self.admitted = 0
+        self.window.reset()
+
+    def check_key(self, present: str | None) -> bool:
+        """Whether `present` is an accepted key. Raises nothing; the route picks its API's error."""
+        if not present:
+            return False
+        keys = self._config.api_keys
+        return keys is None or present in keys
+
+    def arrived(self, record: RequestRecord) -> None:
+        """A request came in: log it and count it in flight."""
+        self.log.append(record)
+        self.in_flight += 1
+        if self.in_flight > self.max_in_flight:
+            self.max_in_flight = self.in_flight
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def keep_file(self, name: str, data: bytes, mime: str) -> None:
+        files = self.files
+        files[name] = (data, mime)
+        while len(files) > FILES_KEPT:
+            files.pop(next(iter(files)))
