@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from pixelmill.config import Limits, RunConfig, StepConfig
+from pixelmill.engine.budget import Budget
 from pixelmill.engine.inputs import StepInputs, gather_inputs
-from pixelmill.engine.limiter import Budget, Limiter
+from pixelmill.engine.limiter import Limiter
 from pixelmill.engine.outcome import done_call, merge_result, restore_content
 from pixelmill.engine.retry import RetryPolicy, RetryState, next_delay
 from pixelmill.engine.stats import RunStats

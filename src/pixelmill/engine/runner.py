@@ -24,7 +24,8 @@ from typing import Any
 import aiohttp
 
 from pixelmill.config import ModelRef, RunConfig, StepConfig
-from pixelmill.engine.limiter import Budget, Limiter
+from pixelmill.engine.budget import Budget
+from pixelmill.engine.limiter import Limiter
 from pixelmill.engine.retry import RetryPolicy
 from pixelmill.engine.rowrun import Row, RowExecution, StepRuntime
 from pixelmill.engine.stats import RunStats
