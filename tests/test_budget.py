@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pixelmill.engine.limiter import Budget
+from pixelmill.engine.budget import Budget
 from pixelmill.errors import BudgetReached, ConfigError
 from pixelmill.models.cost import expected_cost
 from pixelmill.models.table import builtin_table

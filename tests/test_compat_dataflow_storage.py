@@ -162,7 +162,7 @@ def test_imageio_saves_bytes_in_their_format_and_pil_images_with_transparency(tm
 
 
 def test_serving_maps_onto_the_engine_configuration(tmp_path: Path) -> None:
-    from pixelmill.engine.runner import Runner
+    from pixelmill.engine.plan import plan_run
 
     serving = APIImageGenServing(
         api_url="https://gateway.example/v1", image_io=ImageIO(str(tmp_path)), Image_gen_task="imageedit",
@@ -175,9 +175,8 @@ def test_serving_maps_onto_the_engine_configuration(tmp_path: Path) -> None:
     assert step.model.base_url == "https://gateway.example/v1" and step.image_field == "pics"
     assert (config.limits.concurrency, config.limits.timeout, config.limits.rpm) == (12, 90.0, 120.0)
     assert (step.params.quality, step.params.size, step.params.extra) == ("low", "1024x1536", {"moderation": "low"})
-    runner = Runner(config, env={})
-    runner.prepare()
-    assert runner.steps[0].provider._http.connect_timeout == 7.0  # type: ignore[attr-defined]
+    plan = plan_run(config, env={})
+    assert plan.steps[0].provider._http.connect_timeout == 7.0  # type: ignore[attr-defined]
 
     gemini = APIImageGenServing(api_url=None, image_io=ImageIO(str(tmp_path)), api_format="gemini")
     step = gemini.run_config(tmp_path, tmp_path / "g", image_field=None, output_field="images").steps[0]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pixelmill.api import run_config
-from pixelmill.engine.runner import Runner
+from pixelmill.engine.plan import plan_run
 from pixelmill.errors import ConfigError
 from pixelmill.options import pipeline_config
 from pixelmill.testing import Emulator
@@ -166,7 +166,7 @@ def test_config_errors_name_file_step_and_key(tmp_path: Path, body: str, message
     path = tmp_path / "bad.yaml"
     path.write_text(body)
     with pytest.raises(ConfigError) as info:
-        Runner(pipeline_config(path), env=ENV).prepare()  # everything checked before sending
+        plan_run(pipeline_config(path), env=ENV)  # everything checked before sending
     assert str(path) in str(info.value)
     assert message in str(info.value)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelmill.config import RunConfig
+from pixelmill.engine.plan import plan_run
 from pixelmill.engine.runner import Runner, RunOutcome
 from pixelmill.engine.stats import RunStats
 from pixelmill.options import build_config, job_options
@@ -57,8 +58,8 @@ async def arun(
     runner_hook: Callable[[Runner], None] | None = None,
 ) -> RunReport:
     """Run `config` to the end (or until stopped) and write the output dataset."""
-    runner = Runner(config, env=os.environ if env is None else env, stats=stats, notice=notice)
-    runner.prepare()
+    plan = plan_run(config, env=os.environ if env is None else env, notice=notice)  # ConfigError: nothing sent
+    runner = Runner(config, plan, stats=stats, notice=notice)
     if runner_hook is not None:
         runner_hook(runner)
     with RunLock(config.output):  # one process per RUNDIR: a second one would pay for every row again

@@ -1,12 +1,16 @@
-"""The run: read records, send each row's steps through the limiter to its provider, store images, journal.
+"""The flow of rows: read records, hand each row with work left to a worker, drain, stop.
 
 Shape of a run:
+- the run is planned first (engine/plan.py: providers, models, wire plans; nothing opened or sent), then
+  `Runner.run` opens the journal, the image store and a URL session and puts them, with the limits, counters
+  and the stop signal, in one `RunContext` (engine/context.py) that it passes down;
 - one producer reads the source in chunks, gives every record its key (through the journal, so a resume names
   files the same way) and queues the rows that still have work, through a bounded queue (memory stays flat);
-- workers take a row and carry it through every step in turn (engine/rowrun.py): step 2 of one row runs while
+- workers take a row and carry it through every step in turn (engine/row.py): step 2 of one row runs while
   step 1 of a later row is in flight, with no barrier between steps or batches;
-- every call passes the limiter (concurrency slot, pacing, 429 pause, budget reservation), is retried by the
-  policy, and when it succeeds its images are written and then the journal says so;
+- every call is let in by one ticket (engine/admission.py: budget reservation, concurrency slot, pacing, 429
+  pause), retried by the policy (engine/call.py, engine/retry.py), and when it succeeds its images are written
+  and then the journal says so, before its slot is given back;
 - an abort (auth, quota, missing model, budget, Ctrl-C) stops new calls at once, lets calls in flight finish
   (bounded), and leaves the rest pending for a re-run.
 """
@@ -14,38 +18,30 @@ Shape of a run:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from pixelmill.config import ModelRef, RunConfig, StepConfig
-from pixelmill.engine.limiter import Budget, Limiter
+from pixelmill.config import RunConfig
+from pixelmill.engine.admission import Admission
+from pixelmill.engine.budget import Budget
+from pixelmill.engine.call import Sender
+from pixelmill.engine.context import Halt, RunContext
+from pixelmill.engine.limiter import Limiter
+from pixelmill.engine.plan import RunPlan
 from pixelmill.engine.retry import RetryPolicy
-from pixelmill.engine.rowrun import Row, RowExecution, StepRuntime
+from pixelmill.engine.row import Row, RowExecutor
 from pixelmill.engine.stats import RunStats
-from pixelmill.errors import (
-    ConfigError,
-    redact,
-)
-from pixelmill.models.cost import expected_cost
-from pixelmill.models.table import ModelSpec, ModelTable, builtin_table
-from pixelmill.providers.base import (
-    Provider,
-    ProviderSettings,
-    provider_class,
-)
 from pixelmill.reading.images import InputPolicy
 from pixelmill.reading.records import Record, read_records
 from pixelmill.writing.journal import Journal, RowIdentity, StepState
 from pixelmill.writing.store import ImageStore
 
 CHUNK = 256
-
 
 
 @dataclass(slots=True)
@@ -55,213 +51,127 @@ class RunOutcome:
     stats: RunStats
 
 
-class Runner(RowExecution):
+class Runner:
+    """Runs a planned configuration (`plan_run`) to the end, or until stopped."""
+
     def __init__(
         self,
         config: RunConfig,
+        plan: RunPlan,
         *,
-        env: Mapping[str, str],
         stats: RunStats | None = None,
         notice: Callable[[str], None] = lambda _: None,
-        table: ModelTable | None = None,
     ) -> None:
         self.config = config
-        self.env = env
+        self.plan = plan
         self.stats = stats or RunStats()
         self.notice = notice
-        self.table = table or builtin_table()
-        if config.models_file is not None:
-            self.table = self.table.merged(config.models_file)
-        self.rundir = config.output
-        self.steps: list[StepRuntime] = []
-        self.limits = config.limits
-        self.limiter = Limiter(self.limits.concurrency, self.limits.rpm, self.limits.ipm)
-        self.budget = Budget(self.limits.max_cost)
-        self.policy = RetryPolicy(self.limits.max_retries, self.limits.max_billed_retries, self.limits.deadline,
-                                  self.limits.retry_base, self.limits.retry_cap)
-        self.rng = random.Random()
-        self.stopping = asyncio.Event()
-        self._hard_stop = asyncio.Event()
-        self.abort_reason: str | None = None
-        self.abort_kind: str | None = None
-        self.secrets: tuple[str, ...] = ()
-        self._session: Any = None
-        self.policy_inputs = InputPolicy(
-            base_dir=config.source.parent, allow_private_urls=config.allow_private_urls
-        )
+        self.halt = Halt(plan.secrets)
 
-    # ------------------------------------------------------------ set-up (ConfigError here: nothing sent)
-    def prepare(self) -> None:
-        """Build providers, look up models and plan every step's parameters: everything that can be wrong with
-        the configuration is found here, before the journal is touched or a request is sent."""
-        for step in self.config.steps:
-            try:
-                runtime = self._target(step, step.model)
-                runtime.fallbacks = [self._target(step, ref) for ref in step.fallback]
-            except ConfigError as exc:
-                where = f"{self.config.origin}: " if self.config.origin else ""
-                raise ConfigError(f"{where}step {step.name!r}: {exc}") from None
-            self.steps.append(runtime)
-        # Local models batch rows inside the provider: it needs more rows in flight than a cloud API's
-        # --concurrency to fill its batches (and has no rate limit to respect).
-        wanted = max([int(getattr(s.provider, "preferred_concurrency", 0)) for s in self.steps] or [0])
-        if wanted > self.limits.concurrency:
-            self.limiter = Limiter(wanted, self.limits.rpm, self.limits.ipm)
-        names = [s.config.name for s in self.steps]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"step names must be unique; got {names}")
-
-    def _target(self, step: StepConfig, ref: ModelRef) -> StepRuntime:
-        """One model a step can use: its provider, rules and wire plans, checked now."""
-        settings = ProviderSettings(
-            base_url=ref.base_url, api_key=self.config.api_key, api_version=ref.api_version,
-            options=dict(ref.options),
-            connect_timeout=float(ref.options.get("connect_timeout", 30.0)),  # seconds to open a connection
-        )
-        provider = provider_class(ref.provider)(settings, self.env)
-        model = self.table.resolve_preset(ref.provider, ref.model)
-        lookup = ref.base_model or model
-        provider = provider.for_model(self.table.get(lookup) or provider.spec_for(lookup))
-        spec = self._spec(provider, model, ref.base_model)
-        runtime = StepRuntime(step, provider, spec, model)
-        tasks = ["generate", "edit"] if step.task == "auto" else [step.task]
-        for task in tasks:
-            if task not in spec.tasks:
-                raise ConfigError(f"{spec.name} cannot {task}; it can {', '.join(spec.tasks)}")
-            for line in runtime.plan(task).notices:
-                self.notice(f"step {step.name!r}, {model}: {line}")
-        if step.mask_field and spec.known and not spec.mask:
-            raise ConfigError(f"{spec.name} takes no mask (--mask-field {step.mask_field}); models with masks: "
-                              + ", ".join(s.name for s in self.table.specs.values() if s.mask))
-        if (notice := spec.retirement_notice()) is not None:
-            self.notice(notice)
-        if not spec.known:
-            self.notice(f"{model} is not in the model table: its rules are not checked and its cost is unknown")
-        if self.limits.max_cost is not None and expected_cost(spec, runtime.plan(tasks[0]).params, 1) is None:
-            raise ConfigError(
-                f"no price is known for {spec.name}, so --max-cost cannot be kept; "
-                "add its price in a --models-file, or run without --max-cost"
-            )
-        self.secrets += provider.secrets()
-        return runtime
-
-    def _spec(self, provider: Provider, model: str, base_model: str | None) -> ModelSpec:
-        lookup = base_model or model
-        spec = self.table.get(lookup)
-        if spec is None:
-            spec = provider.spec_for(lookup)
-        if spec.known and spec.family != provider.family:
-            raise ConfigError(f"{spec.name} is a {spec.family} model; it cannot be used with provider "
-                              f"{provider.name!r}")
-        return spec
+    @property
+    def abort_reason(self) -> str | None:
+        return self.halt.reason
 
     # ------------------------------------------------------------ the run
     async def run(self) -> RunOutcome:
-        if not self.steps:
-            self.prepare()
-        journal = Journal.open(self.rundir)
+        config, limits = self.config, self.config.limits
+        rundir = config.output
+        journal = Journal.open(rundir)
+        session: aiohttp.ClientSession | None = None
         try:
-            journal.bind(self.config.fingerprint(), self.config.snapshot(), restart=self.config.restart)
-            if self.config.restart:
-                _remove_images(self.rundir)
-            store = ImageStore(self.rundir)
+            journal.bind(config.fingerprint(), config.snapshot(), restart=config.restart)
+            if config.restart:
+                _remove_images(rundir)
+            store = ImageStore(rundir)
             # For input images given as URLs: opening a session makes no connection, so one is opened per run.
-            self._session = aiohttp.ClientSession()
+            session = aiohttp.ClientSession()
             await asyncio.to_thread(store.sweep_temporaries)
             journal.begin_read()
             self.stats.spent_before = journal.spent()
-            self.budget.spent = self.stats.spent_before
-            if self.budget.limit is not None and self.budget.spent >= self.budget.limit:
-                self._abort(f"budget of ${self.budget.limit:.2f} already spent "
-                            f"(${self.budget.spent:.4f}); raise --max-cost to continue", "budget")
+            budget = Budget(limits.max_cost, spent=self.stats.spent_before)
+            if budget.limit is not None and budget.spent >= budget.limit:
+                self.halt.stop(f"budget of ${budget.limit:.2f} already spent (${budget.spent:.4f}); raise "
+                               "--max-cost to continue", "budget")
             else:
-                await self._run_rows(journal, store)
+                ctx = RunContext(
+                    config=config, limits=limits, stats=self.stats, halt=self.halt, secrets=self.plan.secrets,
+                    rundir=rundir, session=session, journal=journal, store=store,
+                    inputs=InputPolicy(base_dir=config.source.parent,
+                                       allow_private_urls=config.allow_private_urls),
+                )
+                limiter = Limiter(self.plan.concurrency, limits.rpm, limits.ipm)
+                policy = RetryPolicy(limits.max_retries, limits.max_billed_retries, limits.deadline,
+                                     limits.retry_base, limits.retry_cap)
+                sender = Sender(Admission(limiter, budget, self.halt.stopping), policy, self.stats)
+                await self._run_rows(ctx, RowExecutor(ctx, self.plan.steps, sender))
         finally:
-            for step in self.steps:
-                with contextlib.suppress(Exception):
-                    await step.provider.aclose()
-            if self._session is not None:
-                await self._session.close()
+            await self.plan.aclose()
+            if session is not None:
+                await session.close()
             journal.close()
-        return RunOutcome(self.abort_reason, self.abort_kind, self.stats)
+        return RunOutcome(self.halt.reason, self.halt.kind, self.stats)
 
     def stop(self, reason: str, kind: str = "interrupted") -> None:
         """Stop sending (Ctrl-C): calls in flight finish and are recorded; the rest stays pending."""
-        self._abort(reason, kind)
+        self.halt.stop(reason, kind)
 
     def stop_now(self, reason: str) -> None:
         """Stop at once (a second Ctrl-C): calls in flight are abandoned (a re-run sends them again); what is
         journaled stays, and the output is still written."""
-        self._abort(reason, "interrupted")
-        self._hard_stop.set()
+        self.halt.stop_now(reason)
 
-    def _abort(self, reason: str, kind: str) -> None:
-        if self.abort_reason is None:
-            self.abort_reason = redact(reason, self.secrets)
-            self.abort_kind = kind
-        self.stopping.set()
-
-    async def _run_rows(self, journal: Journal, store: ImageStore) -> None:
-        workers = self.limiter.concurrency * 2 + 2
+    async def _run_rows(self, ctx: RunContext, rows: RowExecutor) -> None:
+        stop = ctx.halt.stopping
+        workers = self.plan.concurrency * 2 + 2
         queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=max(CHUNK, workers * 2))
-        producer = asyncio.create_task(self._produce(journal, queue, workers))
-        tasks = [asyncio.create_task(self._work(journal, store, queue)) for _ in range(workers)]
-        stopping = asyncio.create_task(self.stopping.wait())
+        producer = asyncio.create_task(self._produce(ctx, queue, workers))
+        tasks = [asyncio.create_task(self._work(stop, rows, queue)) for _ in range(workers)]
+        stopping = asyncio.create_task(stop.wait())
         everything: asyncio.Future[Any] = asyncio.gather(*tasks)
         try:
             await asyncio.wait([producer, stopping], return_when=asyncio.FIRST_COMPLETED)
-            if not self.stopping.is_set():
+            if not stop.is_set():
                 producer.result()
                 await asyncio.wait([everything, stopping], return_when=asyncio.FIRST_COMPLETED)
-                if not self.stopping.is_set():
+                if not stop.is_set():
                     everything.result()
                     return
             # Stopping: calls in flight finish and are recorded (bounded by drain_timeout, or cut short by
             # stop_now); workers see `stopping` and take nothing new.
             producer.cancel()
-            await self._drain(tasks, asyncio.create_task(self._hard_stop.wait()))
+            await _drain(tasks, asyncio.create_task(ctx.halt.now.wait()), ctx.limits.drain_timeout)
         finally:
             for task in (producer, stopping, *tasks):
                 task.cancel()
             await asyncio.gather(producer, stopping, everything, return_exceptions=True)
 
-    async def _drain(self, tasks: list[asyncio.Task[None]], hurry: asyncio.Task[Any]) -> None:
-        """Wait for the workers to finish their calls in flight, until drain_timeout or a second stop."""
-        deadline = time.monotonic() + self.limits.drain_timeout
-        pending: set[asyncio.Task[Any]] = {t for t in tasks if not t.done()}
-        while pending and not hurry.done():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            _, pending = await asyncio.wait([*pending, hurry], timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            pending.discard(hurry)
-        hurry.cancel()
-
-    async def _produce(self, journal: Journal, queue: asyncio.Queue[Row | None], workers: int) -> None:
+    async def _produce(self, ctx: RunContext, queue: asyncio.Queue[Row | None], workers: int) -> None:
+        stop = ctx.halt.stopping
         try:
             chunk: list[Record] = []
             for record in self._records():
                 chunk.append(record)
                 if len(chunk) >= CHUNK:
-                    await self._enqueue(journal, chunk, queue)
+                    await self._enqueue(ctx, chunk, queue)
                     chunk = []
-                if self.stopping.is_set():
+                if stop.is_set():
                     return
             if chunk:
-                await self._enqueue(journal, chunk, queue)
+                await self._enqueue(ctx, chunk, queue)
         finally:
-            if not self.stopping.is_set():
+            if not stop.is_set():
                 for _ in range(workers):
                     await queue.put(None)
 
-    def _records(self) -> Any:
+    def _records(self) -> Iterator[Record]:
         limit = self.config.limit
         for record in read_records(self.config.source, self.config.source_format):
             if limit is not None and record.index >= limit:
                 return
             yield record
 
-    async def _enqueue(self, journal: Journal, chunk: list[Record], queue: asyncio.Queue[Row | None]) -> None:
+    async def _enqueue(self, ctx: RunContext, chunk: list[Record], queue: asyncio.Queue[Row | None]) -> None:
+        journal, steps = ctx.journal, self.plan.steps
         # Each row's entry is found by its identity (id, else content), wherever the row stands now: inserting,
         # deleting or reordering rows re-sends only rows that are new or changed.
         entries, changed = journal.claim([RowIdentity.of(r, self.config.id_field) for r in chunk])
@@ -269,7 +179,7 @@ class Runner(RowExecution):
             self.notice(f"row {row} changed since the last run: its earlier results are set aside and it is sent "
                         "again")
         slots = sorted({e.slot for e in entries.values()})
-        states = {s.config.name: journal.states(s.config.name, slots) for s in self.steps}
+        states = {s.config.name: journal.states(s.config.name, slots) for s in steps}
         for record in chunk:
             self.stats.rows_read += 1
             entry = entries[record.index]
@@ -277,19 +187,19 @@ class Runner(RowExecution):
             if record.error is not None:
                 if not mine:
                     error = {"kind": "input", "message": record.error}
-                    for step in self.steps:
+                    for step in steps:
                         journal.save(step.config.name, entry.slot, StepState("failed", info={"error": error}))
-                self._count_failure("input")
+                self.stats.count_failure("input")
                 continue
             if self._finished(mine):
                 self.stats.rows_skipped += 1
                 continue
             await queue.put(Row(record, entry.key, mine, entry.slot))
-            if self.stopping.is_set():
+            if ctx.halt.stopping.is_set():
                 return
 
     def _finished(self, states: dict[str, StepState]) -> bool:
-        for step in self.steps:
+        for step in self.plan.steps:
             state = states.get(step.config.name)
             if state is None or state.status == "pending":
                 return False
@@ -297,14 +207,30 @@ class Runner(RowExecution):
                 return not self.config.retry_failed
         return True
 
-    async def _work(self, journal: Journal, store: ImageStore, queue: asyncio.Queue[Row | None]) -> None:
-        while not self.stopping.is_set():
+    @staticmethod
+    async def _work(stop: asyncio.Event, rows: RowExecutor, queue: asyncio.Queue[Row | None]) -> None:
+        while not stop.is_set():
             item = await queue.get()
             if item is None:
                 return
-            await self._process_row(journal, store, item)
+            await rows.run(item)
 
-def _remove_images(rundir: Any) -> None:
+
+async def _drain(tasks: list[asyncio.Task[None]], hurry: asyncio.Task[Any], seconds: float) -> None:
+    """Wait for the workers to finish their calls in flight, for at most `seconds` or until a second stop
+    (`hurry`)."""
+    deadline = time.monotonic() + seconds
+    pending: set[asyncio.Task[Any]] = {t for t in tasks if not t.done()}
+    while pending and not hurry.done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        _, pending = await asyncio.wait([*pending, hurry], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        pending.discard(hurry)
+    hurry.cancel()
+
+
+def _remove_images(rundir: Path) -> None:
     import shutil
 
     images = rundir / "images"

@@ -29,3 +29,13 @@ class RunStats:
     def images_per_minute(self) -> float:
         elapsed = self.elapsed()
         return self.images * 60.0 / elapsed if elapsed > 0 else 0.0
+
+    def count_failure(self, kind: str) -> None:
+        """A row failed, for a reason of this kind."""
+        self.rows_failed += 1
+        self.failures[kind] = self.failures.get(kind, 0) + 1
+
+    def forget_failure(self, kind: str) -> None:
+        """A failure counted by `count_failure` no longer stands (the row goes on to a fallback model)."""
+        self.rows_failed -= 1
+        self.failures[kind] -= 1

@@ -1,13 +1,13 @@
 """`pixelmill estimate`: the rows, requests, images and cost a run would make, per step, without sending anything.
 
-The configuration is checked exactly as a run checks it (the same `Runner.prepare`: providers, models,
-parameters), with a placeholder key where none is set, since nothing is sent. Then the source is read row by
-row, the way the engine reads it: each row's prompt or conversation turns, its input images (counted, not
-loaded) and the wire plan of each call give the requests and images; the model table's prices give the cost
-(`cost.expected_cost`: for token-billed models the documented token counts per size and quality). Rows that
-would fail before sending (no prompt, no image to edit, a prompt too long) are counted apart, with an
-example. When RUNDIR already holds this run, rows done there are not counted again: the estimate is what is
-left to pay.
+The configuration is checked exactly as a run checks it (the run's own planner, `engine.plan.plan_run`:
+providers, models, parameters), with a placeholder key where none is set, since nothing is sent. Then the
+source is read row by row, the way the engine reads it: each row's prompt or conversation turns, its input
+images (counted, not loaded) and the wire plan of each turn (`StepPlan.turn_plan`, as a run plans it) give the
+requests and images; the model table's prices give the cost (`cost.expected_cost`: for token-billed models the
+documented token counts per size and quality). Rows that would fail before sending (no prompt, no image to
+edit, a prompt too long) are counted apart, with an example. When RUNDIR already holds this run, rows done
+there are not counted again: the estimate is what is left to pay.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from pixelmill.config import RunConfig, StepConfig
 from pixelmill.engine.inputs import image_refs
+from pixelmill.engine.plan import RunPlan, StepPlan, images_per_call, plan_run
 from pixelmill.errors import ConfigError, InputError
 from pixelmill.models.cost import ZERO, Expected, batch_cost, expected_cost
 from pixelmill.reading.records import Record, read_records, user_turns
@@ -97,20 +98,17 @@ class RunEstimate:
 
 def estimate(config: RunConfig, *, env: Mapping[str, str] | None = None) -> RunEstimate:
     """What `config` would send and cost. Raises `ConfigError` where the run itself would refuse to start."""
-    from pixelmill.engine.runner import Runner
-
     notices: list[str] = []
     offline = _offline(config)
     environment = {**_PLACEHOLDER_ENV, **(os.environ if env is None else env)}
-    runner = Runner(offline, env=environment, notice=notices.append)
-    runner.prepare()  # the run's own checks; builds providers, opens nothing
+    plan = plan_run(offline, env=environment, notice=notices.append)  # the run's own checks; opens nothing
     done_rows, spent_before, notes = _journal_state(config, offline)
     notices += notes
     steps = [
         StepEstimate(s.config.name, s.config.task, s.config.model.provider, s.wire_model,
                      priced=expected_cost(s.spec, s.plan(_first_task(s.config)).params, 1) is not None,
                      fallbacks=len(s.fallbacks))
-        for s in runner.steps
+        for s in plan.steps
     ]
     result = RunEstimate(rows=0, steps=steps, budget=config.limits.max_cost, spent_before=spent_before,
                          notices=notices)
@@ -121,8 +119,8 @@ def estimate(config: RunConfig, *, env: Mapping[str, str] | None = None) -> RunE
         if record.data is None:
             result.unreadable += 1
             continue
-        _row(runner, steps, record.index, record.data, done_rows)
-    for runtime, step in zip(runner.steps, steps, strict=True):
+        _row(plan, steps, record.index, record.data, done_rows)
+    for runtime, step in zip(plan.steps, steps, strict=True):
         step.batch = batch_cost(runtime.spec, step.cost) if step.priced else None
         if step.fallbacks:
             notices.append(f"step {step.name!r}: {step.fallbacks} fallback model(s) are not counted: they are "
@@ -204,12 +202,12 @@ def _first_task(step: StepConfig) -> str:
     return "generate" if step.task == "auto" else step.task
 
 
-def _row(runner: Any, steps: list[StepEstimate], index: int, data: dict[str, Any],
+def _row(plan: RunPlan, steps: list[StepEstimate], index: int, data: dict[str, Any],
          done_rows: dict[str, set[int]]) -> None:
     """Count one row through every step; a step that would fail stops the row, as in a run."""
     outputs: dict[str, int] = {}  # output field -> images an earlier step gives this row
-    for runtime, step in zip(runner.steps, steps, strict=True):
-        config: StepConfig = runtime.config
+    for runtime, step in zip(plan.steps, steps, strict=True):
+        config = runtime.config
         if index in done_rows.get(config.name, ()):
             step.already_done += 1
             outputs[config.out_field] = max(1, config.params.n or 1)
@@ -224,10 +222,11 @@ def _row(runner: Any, steps: list[StepEstimate], index: int, data: dict[str, Any
         outputs[config.out_field] = made
 
 
-def _count_step(runtime: Any, step: StepEstimate, data: dict[str, Any], outputs: dict[str, int]) -> int:
-    """Add one row's requests, images and cost to `step`; returns the images it would make. Mirrors the
-    engine: `rowinputs.gather_inputs` for the task and images, `Runner._send_turns` for the calls."""
-    config: StepConfig = runtime.config
+def _count_step(runtime: StepPlan, step: StepEstimate, data: dict[str, Any], outputs: dict[str, int]) -> int:
+    """Add one row's requests, images and cost to `step`; returns the images it would make. The task and
+    images follow `engine.inputs.gather_inputs` (counted, not loaded); the calls are the run's own plan of each
+    turn (`StepPlan.turn_plan`)."""
+    config = runtime.config
     spec = runtime.spec
     turns = user_turns(data, prompt_field=config.prompt_field, template=config.prompt)
     image_field = config.image_field or ("images" if config.task != "generate" else None)
@@ -256,11 +255,10 @@ def _count_step(runtime: Any, step: StepEstimate, data: dict[str, Any], outputs:
         last = t == len(turns) - 1
         # Later turns edit the previous turn's image(s), plus any the turn adds.
         sent = inputs if t == 0 else previous + len(turn.images)
-        turn_task = "edit" if sent or t > 0 else task
-        plan = runtime.plan(turn_task, single=not last)
+        _, plan = runtime.turn_plan(task, t, len(turns), sent)
         made = 0
         for params in plan.calls:
-            n = int(params.get("n", params.get("num_images_per_prompt", 1)) or 1)
+            n = images_per_call(params)
             # A chat sends the whole history again: earlier prompts and images are input tokens too.
             priced = expected_cost(spec, params, n, len(turn.prompt) + history_chars, sent)
             if priced is not None:

@@ -1,0 +1,133 @@
+"""One call with its retries: admission (budget reservation + concurrency slot), the provider call, the retry
+policy's verdict on each failure, and the attempt count.
+
+```python
+async with sender.send(target, request, params) as outcome:
+    if isinstance(outcome, Failure):      # given up: outcome.error, outcome.attempts; the slot is already free
+        ...
+    else:                                 # an answer with images: the slot is held until the block ends
+        outcome.settle(cost)              # settle the reservation with what the call cost
+        ...store the images, journal them...
+```
+
+The slot is held until the caller has stored and journaled the images, so a kill loses at most --concurrency
+paid calls. Each attempt takes a new ticket (engine/admission.py): a failed attempt settles its reservation at
+0 at once and keeps its slot through the backoff pause, as the limiter always had it. When to retry and how
+long to wait is engine/retry.py's alone; what is let in, engine/admission.py's. Stopping, the budget running
+out and cancellation are exceptions (`Stopped`, `BudgetReached`, `CancelledError`); a provider's error that is
+not retried is an outcome (`Failure`), carrying the attempts made like an answer does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pixelmill.engine.admission import Admission, Ticket
+from pixelmill.engine.plan import StepPlan, images_per_call
+from pixelmill.engine.retry import RetryPolicy, RetryState, next_delay
+from pixelmill.engine.stats import RunStats
+from pixelmill.errors import PixelmillError, ProviderError, RateLimited, Refused
+from pixelmill.models.cost import expected_cost
+from pixelmill.providers.base import ImageRequest, ImageResult
+
+
+class Stopped(PixelmillError):
+    """Raised inside a row when the run is stopping: the row stays pending."""
+
+    kind = "interrupted"
+
+
+@dataclass(slots=True)
+class Answer:
+    """A call's answer, with images; its ticket (slot and reservation) is held until the `async with` ends."""
+
+    result: ImageResult
+    attempts: int
+    ticket: Ticket
+
+    def settle(self, cost: float) -> None:
+        """Settle the call's budget reservation with what it cost."""
+        self.ticket.settle(cost)
+
+
+@dataclass(slots=True)
+class Failure:
+    """A call given up on: the provider's last error and the attempts made (each one a request sent)."""
+
+    error: ProviderError
+    attempts: int
+
+
+class Sender:
+    """Sends calls for every row of a run: through admission, to the provider, retried by the policy."""
+
+    def __init__(self, admission: Admission, policy: RetryPolicy, stats: RunStats,
+                 rng: random.Random | None = None) -> None:
+        self.admission = admission
+        self.policy = policy
+        self.stats = stats
+        self.rng = rng or random.Random()
+        self.stopping = admission.stopping
+
+    @asynccontextmanager
+    async def send(self, target: StepPlan, request: ImageRequest,
+                   params: dict[str, Any]) -> AsyncIterator[Answer | Failure]:
+        """Send `request` until it is answered with images or the policy gives up (see the module docstring)."""
+        images = images_per_call(params)
+        expected = expected_cost(target.spec, params, images, len(request.prompt), len(request.images))
+        reserve = expected.high if expected else 0.0
+        retry = RetryState.start()
+        attempts = 0
+        while True:
+            if self.stopping.is_set() and attempts:
+                raise Stopped()
+            error: ProviderError | None = None
+            async with self.admission.ticket(images=images, reserve=reserve) as ticket:
+                if self.stopping.is_set():  # stopped while waiting for a slot or a pause: send nothing more
+                    raise Stopped()
+                attempts += 1
+                self.stats.requests += 1
+                self.stats.in_flight += 1
+                result: ImageResult | None = None
+                try:
+                    result = await target.provider.call(request, target.spec)
+                except ProviderError as exc:
+                    error = exc
+                    ticket.settle(0.0)  # an error is charged nothing
+                    delay = self._verdict(retry, exc)
+                    if delay is not None:
+                        self.stats.retries += 1
+                        await self._pause(delay)  # the slot is held through the pause
+                        continue
+                finally:
+                    self.stats.in_flight -= 1  # an answer counts no more: it is being stored
+                if result is not None:
+                    if result.images:
+                        yield Answer(result, attempts, ticket)
+                        return
+                    error = Refused(f"the provider answered without an image (finish reason {result.finish_reason})",
+                                    reason=result.finish_reason or "no_image")
+            # Given up: the slot and reservation are back before the row records the failure.
+            assert error is not None
+            yield Failure(error, attempts)
+            return
+
+    def _verdict(self, retry: RetryState, error: ProviderError) -> float | None:
+        """The policy's delay before another attempt, or None to give up; a 429 pauses every sender."""
+        if isinstance(error, RateLimited):
+            self.admission.limiter.on_rate_limited(error.retry_after)
+            self.stats.rate_limited += 1
+        return next_delay(self.policy, retry, error, self.rng)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, unless the run is stopping: then the row stops where it is (pending)."""
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            return
+        raise Stopped()

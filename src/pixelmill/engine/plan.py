@@ -1,0 +1,157 @@
+"""Planning a run: everything that can be wrong with a configuration, found before anything is opened or sent.
+
+`plan_run` builds each step's provider (and its fallbacks'), looks its model up in the model table (presets
+resolved, unknown models allowed with a notice), checks that the model can do the step's task and take its mask,
+plans the wire parameters, tells of retired or unknown models, and refuses `--max-cost` for a model without a
+price. It opens no file and no connection: `reports/estimate.py` plans the same way a run does and sends
+nothing. `StepPlan.turn_plan` is the one place that says which task and wire plan each turn of a row uses, so a
+run (engine/row.py) and an estimate count the same calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pixelmill.config import ModelRef, RunConfig, StepConfig
+from pixelmill.errors import ConfigError
+from pixelmill.models.cost import expected_cost
+from pixelmill.models.table import ModelSpec, ModelTable, builtin_table
+from pixelmill.params import WirePlan
+from pixelmill.providers.base import Provider, ProviderSettings, provider_class
+
+
+@dataclass(slots=True)
+class StepPlan:
+    """One model a step can use: its provider, the model's rules and the wire plans, checked at planning."""
+
+    config: StepConfig
+    provider: Provider
+    spec: ModelSpec
+    wire_model: str  # the name sent: what the user wrote (a preset resolved), e.g. an Azure deployment
+    plans: dict[tuple[str, bool], WirePlan] = field(default_factory=dict)
+    fallbacks: list[StepPlan] = field(default_factory=list)  # tried in order when this model fails a row
+
+    def plan(self, task: str, single: bool = False) -> WirePlan:
+        """The wire plan for `task`; `single` asks for one image (intermediate turns of a conversation)."""
+        key = (task, single)
+        if key not in self.plans:
+            params = self.config.params
+            if single:
+                params = params.model_copy(update={"n": 1})
+            self.plans[key] = self.provider.plan(self.spec, params, task)  # type: ignore[arg-type]
+        return self.plans[key]
+
+    def turn_plan(self, row_task: str, turn: int, turns: int, images: int) -> tuple[str, WirePlan]:
+        """The task and wire plan of one turn of a row. The first turn edits when it sends input images, else
+        does the row's task; every later turn edits the previous turn's output (a chain of edits, or a chat
+        with its history). Turns before the last ask for one image: only the last turn's images are kept."""
+        task = "edit" if images or turn > 0 else row_task
+        return task, self.plan(task, single=turn < turns - 1)
+
+
+def images_per_call(params: Mapping[str, Any]) -> int:
+    """How many images one call with these wire parameters asks for."""
+    return int(params.get("n", params.get("num_images_per_prompt", 1)) or 1)
+
+
+@dataclass(slots=True)
+class RunPlan:
+    """What a run sends with: one `StepPlan` per step in order, the keys to redact, and the concurrency."""
+
+    steps: list[StepPlan]
+    secrets: tuple[str, ...]
+    # --concurrency, or more where a local model batches rows inside the provider and needs more rows in flight
+    # to fill its batches (it has no rate limit to respect).
+    concurrency: int
+
+    async def aclose(self) -> None:
+        """Close every provider (their connection pools); errors while closing are not the run's concern."""
+        for step in self.steps:
+            for target in (step, *step.fallbacks):
+                with contextlib.suppress(Exception):
+                    await target.provider.aclose()
+
+
+def plan_run(
+    config: RunConfig,
+    *,
+    env: Mapping[str, str],
+    notice: Callable[[str], None] = lambda _: None,
+    table: ModelTable | None = None,
+) -> RunPlan:
+    """Plan every step of `config`. Raises `ConfigError` naming the file and step when the configuration is
+    wrong: then nothing was opened or sent."""
+    planner = _Planner(config, env, notice, table)
+    steps: list[StepPlan] = []
+    for step in config.steps:
+        try:
+            target = planner.target(step, step.model)
+            target.fallbacks = [planner.target(step, ref) for ref in step.fallback]
+        except ConfigError as exc:
+            where = f"{config.origin}: " if config.origin else ""
+            raise ConfigError(f"{where}step {step.name!r}: {exc}") from None
+        steps.append(target)
+    names = [s.config.name for s in steps]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"step names must be unique; got {names}")
+    wanted = max([int(getattr(s.provider, "preferred_concurrency", 0)) for s in steps] or [0])
+    return RunPlan(steps, planner.secrets, max(config.limits.concurrency, wanted))
+
+
+class _Planner:
+    def __init__(self, config: RunConfig, env: Mapping[str, str], notice: Callable[[str], None],
+                 table: ModelTable | None) -> None:
+        self.config = config
+        self.env = env
+        self.notice = notice
+        self.table = table or builtin_table()
+        if config.models_file is not None:
+            self.table = self.table.merged(config.models_file)
+        self.secrets: tuple[str, ...] = ()
+
+    def target(self, step: StepConfig, ref: ModelRef) -> StepPlan:
+        """One model a step can use: its provider, rules and wire plans, checked now."""
+        settings = ProviderSettings(
+            base_url=ref.base_url, api_key=self.config.api_key, api_version=ref.api_version,
+            options=dict(ref.options),
+            connect_timeout=float(ref.options.get("connect_timeout", 30.0)),  # seconds to open a connection
+        )
+        provider = provider_class(ref.provider)(settings, self.env)
+        model = self.table.resolve_preset(ref.provider, ref.model)
+        lookup = ref.base_model or model
+        provider = provider.for_model(self.table.get(lookup) or provider.spec_for(lookup))
+        spec = self.spec(provider, model, ref.base_model)
+        target = StepPlan(step, provider, spec, model)
+        tasks = ["generate", "edit"] if step.task == "auto" else [step.task]
+        for task in tasks:
+            if task not in spec.tasks:
+                raise ConfigError(f"{spec.name} cannot {task}; it can {', '.join(spec.tasks)}")
+            for line in target.plan(task).notices:
+                self.notice(f"step {step.name!r}, {model}: {line}")
+        if step.mask_field and spec.known and not spec.mask:
+            raise ConfigError(f"{spec.name} takes no mask (--mask-field {step.mask_field}); models with masks: "
+                              + ", ".join(s.name for s in self.table.specs.values() if s.mask))
+        if (notice := spec.retirement_notice()) is not None:
+            self.notice(notice)
+        if not spec.known:
+            self.notice(f"{model} is not in the model table: its rules are not checked and its cost is unknown")
+        if self.config.limits.max_cost is not None and expected_cost(spec, target.plan(tasks[0]).params, 1) is None:
+            raise ConfigError(
+                f"no price is known for {spec.name}, so --max-cost cannot be kept; "
+                "add its price in a --models-file, or run without --max-cost"
+            )
+        self.secrets += provider.secrets()
+        return target
+
+    def spec(self, provider: Provider, model: str, base_model: str | None) -> ModelSpec:
+        lookup = base_model or model
+        spec = self.table.get(lookup)
+        if spec is None:
+            spec = provider.spec_for(lookup)
+        if spec.known and spec.family != provider.family:
+            raise ConfigError(f"{spec.name} is a {spec.family} model; it cannot be used with provider "
+                              f"{provider.name!r}")
+        return spec
