@@ -1,8 +1,10 @@
-"""Running `pixelmill generate|edit` as a real process for the hostile-input tests, bounded in time: a run that
-hangs (a FIFO read for ever) is killed and fails its test instead of hanging the suite."""
+"""Running `pixelmill generate|edit` as a real process for the hostile-input tests, bounded in time and memory: a
+run that hangs (a FIFO read for ever) is killed, and one that reads without end (`/dev/zero`) runs out of its
+own address space, so either fails its test instead of hanging the suite or taking the machine down."""
 
 from __future__ import annotations
 
+import resource
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,8 @@ class Finished:
 
 def run_process(emu: Emulator, task: str, src: Path, out: Path, *extra: str | Path,
                 timeout: float = 120) -> Finished:
-    proc = cli_process(task, src, "-o", out, "--base-url", emu.openai_base_url, "--quiet", *extra)
+    proc = cli_process(task, src, "-o", out, "--base-url", emu.openai_base_url, "--quiet", *extra,
+                       preexec_fn=_bounded_memory)
     try:
         _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -30,6 +33,13 @@ def run_process(emu: Emulator, task: str, src: Path, out: Path, *extra: str | Pa
         proc.communicate()
         raise AssertionError(f"pixelmill {task} {src.name} did not finish within {timeout} s") from None
     return Finished(proc.returncode, stderr.decode("utf-8", "replace"))
+
+
+MEMORY_LIMIT = 6 * 1024**3  # address space: far above what a run of a few rows needs
+
+
+def _bounded_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
 def output_rows(rundir: Path) -> list[dict[str, Any]]:
