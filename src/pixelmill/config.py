@@ -132,6 +132,8 @@ class RunConfig(BaseModel):
     retry_failed: bool = False
     restart: bool = False
     allow_private_urls: bool = False
+    # Folders beyond the input file's own whose files rows may name as input images (`--allow-path DIR`).
+    allowed_paths: tuple[Path, ...] = ()
     api_key: str | None = Field(default=None, repr=False, exclude=True)
     models_file: Path | None = None
 

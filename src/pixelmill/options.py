@@ -91,6 +91,8 @@ class JobOptions:
     restart: bool = option(False, "Discard the run in the output folder and start over.")
     embed_images: bool = option(False, "Images as data URLs in the output instead of file paths.")
     allow_private_urls: bool = option(False, "Let input image URLs point at private or loopback addresses.")
+    allow_path: list[Path] | None = option(
+        None, "A folder (besides the input file's) whose image files rows may name (repeatable).")
     models_file: Path | None = option(None, "A TOML model table laid over the built-in one.")
     # Limits fields with no flag (retry_base, retry_cap, drain_timeout): the Python API and tests.
     engine: dict[str, Any] = field(default_factory=dict, metadata={"flag": False})
@@ -116,6 +118,8 @@ class PipelineOptions:
     restart: bool = option(False, "Discard the run in the output folder and start over.")
     embed_images: bool = option(False, "Images as data URLs in the output.")
     allow_private_urls: bool = option(False, "Let input image URLs point at private addresses.")
+    allow_path: list[Path] | None = option(
+        None, "A folder (besides the source's) whose image files rows may name (repeatable).")
 
 
 # The limits a pipeline run takes from the command line, by field name (they are also JobOptions fields).
@@ -187,7 +191,8 @@ def build_config(task: str, input: Path, options: JobOptions) -> RunConfig:
             limits=Limits(**{name: getattr(o, name) for name in LIMIT_OPTIONS}, **o.engine),
             id_field=o.id_field, format=o.format, limit=o.limit,  # type: ignore[arg-type]
             embed_images=o.embed_images, retry_failed=o.retry_failed, restart=o.restart,
-            allow_private_urls=o.allow_private_urls, api_key=o.api_key, models_file=o.models_file,
+            allow_private_urls=o.allow_private_urls, allowed_paths=tuple(o.allow_path or ()), api_key=o.api_key,
+            models_file=o.models_file,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -212,6 +217,7 @@ def pipeline_config(path: Path, options: PipelineOptions | None = None) -> RunCo
         "output": o.output, "format": o.format, "limit": o.limit, "api_key": o.api_key,
         "retry_failed": o.retry_failed or None, "restart": o.restart or None,
         "embed_images": o.embed_images or None, "allow_private_urls": o.allow_private_urls or None,
+        "allowed_paths": tuple(o.allow_path) if o.allow_path else None,
         "limits": {name: getattr(o, name) for name in LIMIT_OPTIONS},
     }
     return load_pipeline(path, overrides)
@@ -280,6 +286,8 @@ def command_line(config: RunConfig) -> str | None:
     for flag, on in (("--embed-images", config.embed_images), ("--allow-private-urls", config.allow_private_urls)):
         if on:
             args.append(flag)
+    for folder in config.allowed_paths:
+        args += ["--allow-path", str(folder)]
     return shlex.join(args)
 
 

@@ -41,7 +41,7 @@ from pixelmill.models.table import builtin_table
 from pixelmill.params import ImageParams
 
 TOP_KEYS = {"source", "output", "models", "limits", "steps", "id_field", "format", "embed_images",
-            "allow_private_urls"}
+            "allow_private_urls", "allowed_paths"}
 REF_KEYS = {"provider", "model", "base_url", "base_model", "api_version", "options"}
 PARAM_KEYS = set(ImageParams.model_fields) - {"extra"}
 STEP_KEYS = {"name", "task", "model", "fallback", "prompt", "prompt_field", "images", "image_field", "mask",
@@ -125,12 +125,22 @@ def load_pipeline(path: Path, overrides: dict[str, Any] | None = None) -> RunCon
             format=o.pop("format", None) or raw.get("format", "jsonl"),
             embed_images=o.pop("embed_images", None) or raw.get("embed_images", False),
             allow_private_urls=o.pop("allow_private_urls", None) or raw.get("allow_private_urls", False),
+            allowed_paths=o.pop("allowed_paths", None) or _folders(raw.get("allowed_paths"), base, where),
             **{k: v for k, v in o.items() if v is not None},
         )
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         raise where.error(first["msg"], key=loc) from None
+
+
+def _folders(value: Any, base: Path, where: _Where) -> tuple[Path, ...]:
+    """`allowed_paths`: folders whose image files rows may name, relative to the pipeline file's folder."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise where.error("must be a list of folders", key="allowed_paths")
+    return tuple(Path(v) if Path(v).is_absolute() else base / v for v in value)
 
 
 def _source(value: Any, base: Path, where: _Where) -> tuple[Path, str | None]:

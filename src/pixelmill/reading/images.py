@@ -3,6 +3,13 @@ and converting only where a model or the user needs another format.
 
 Formats are sniffed from magic numbers, never trusted from file names or labels. Pillow is imported only
 where pixels are touched (input checks and conversions), never on the output hot path.
+
+Local paths in rows are data, not trusted commands: a downloaded dataset must not make pixelmill upload the
+user's own files. A path is read only when it resolves (symlinks followed) inside the input file's folder tree
+(`InputPolicy.base_dir`; RUNDIR for paths pixelmill wrote itself) or a folder the user named
+(`allowed_paths`, the `--allow-path` flag); the refusal reads the same whether the file exists or not. Only a
+regular file within the size limit is read, within `file_timeout`: a directory, a device (`/dev/zero`), a FIFO
+or a socket fails its row instead of exhausting memory or hanging the run.
 """
 
 from __future__ import annotations
@@ -10,7 +17,10 @@ from __future__ import annotations
 import asyncio
 import io
 import ipaddress
+import os
 import socket
+import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,10 +60,12 @@ def sniff(data: bytes) -> str | None:
 class InputPolicy:
     """Limits on input images, from the run's options."""
 
-    base_dir: Path
+    base_dir: Path  # relative paths resolve here, and paths must stay inside it (or an allowed folder)
     max_bytes: int = 50 * 1024 * 1024
     url_timeout: float = 30.0
     allow_private_urls: bool = False
+    allowed_paths: tuple[Path, ...] = ()  # more folders whose files rows may name (`--allow-path`)
+    file_timeout: float = 30.0  # reading one local file (a hung network file system fails the row)
 
 
 async def load_image(
@@ -74,25 +86,88 @@ async def load_image(
         raise InputError(f"{field}: only http(s) URLs, data URLs and file paths are read, not {ref[:40]!r}",
                          field=field)
     elif isinstance(ref, str) and ref.strip():
-        path = Path(ref) if Path(ref).is_absolute() else policy.base_dir / ref
+        path = confined_path(ref, field=field, policy=policy)
         name = path.name
-        try:
-            size = path.stat().st_size
-            if size > policy.max_bytes:
-                raise InputError(f"{field}: {ref} is {size} bytes, over the limit of {policy.max_bytes}",
-                                 field=field)
-            data = await asyncio.to_thread(path.read_bytes)
-        except FileNotFoundError:
-            raise InputError(f"{field}: image file {ref} not found (relative paths are read from "
-                             f"{policy.base_dir})", field=field) from None
-        except IsADirectoryError:
-            raise InputError(f"{field}: {ref} is a folder, not an image file", field=field) from None
-        except OSError as exc:
-            raise InputError(f"{field}: cannot read {ref}: {exc.strerror}", field=field) from None
+        data = await _read_file(path, ref, field=field, policy=policy)
     else:
         raise InputError(f"{field}: expected an image path, URL or data URL, got {type(ref).__name__}",
                          field=field)
     return await asyncio.to_thread(inspect_image, data, name=name, field=field, max_bytes=policy.max_bytes)
+
+
+def confined_path(ref: str, *, field: str, policy: InputPolicy) -> Path:
+    """The real path (symlinks resolved) of a local image reference, refused unless it lies inside the input's
+    folder tree or an allowed folder. Nothing is opened here, so a refusal cannot tell whether a file exists."""
+    if "\x00" in ref:
+        raise InputError(f"{field}: the image path holds a NUL byte", field=field)
+    given = Path(ref)
+    try:
+        resolved = (given if given.is_absolute() else policy.base_dir / given).resolve()
+        roots = [root.resolve() for root in (policy.base_dir, *policy.allowed_paths)]
+    except (OSError, RuntimeError):  # a symlink loop, a name too long
+        raise InputError(f"{field}: cannot resolve the image path {ref}", field=field) from None
+    if not any(resolved.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(root) for root in roots)
+        raise InputError(
+            f"{field}: image path {ref} is outside the folders images are read from ({allowed}); a row may only "
+            "name files in its input file's folder; to read another folder, pass --allow-path DIR", field=field)
+    return resolved
+
+
+async def _read_file(path: Path, ref: str, *, field: str, policy: InputPolicy) -> bytes:
+    deadline = time.monotonic() + policy.file_timeout
+    try:
+        return await asyncio.wait_for(
+            asyncio.to_thread(_read_regular_file, path, ref, field, policy.max_bytes, deadline),
+            timeout=policy.file_timeout)
+    except TimeoutError:
+        raise InputError(f"{field}: reading {ref} took longer than {policy.file_timeout:g} s", field=field) \
+            from None
+    except FileNotFoundError:
+        raise InputError(f"{field}: image file {ref} not found (relative paths are read from "
+                         f"{policy.base_dir})", field=field) from None
+    except OSError as exc:
+        raise InputError(f"{field}: cannot read {ref}: {exc.strerror or exc}", field=field) from None
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | \
+    getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+def _read_regular_file(path: Path, ref: str, field: str, max_bytes: int, deadline: float) -> bytes:
+    """At most max_bytes of a regular file. Checked before opening (a FIFO would block the open), opened without
+    blocking or following a symlink swapped in since `confined_path`, and checked again on the open descriptor
+    (the file may have been replaced between the two)."""
+    _check_kind(os.stat(path), ref, field, max_bytes)
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        _check_kind(os.fstat(fd), ref, field, max_bytes)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > max_bytes:  # the file grew since fstat
+                raise InputError(f"{field}: {ref} is over the limit of {max_bytes} bytes", field=field)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def _check_kind(info: os.stat_result, ref: str, field: str, max_bytes: int) -> None:
+    mode = info.st_mode
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{field}: {ref} is a folder, not an image file", field=field)
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else \
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+        raise InputError(f"{field}: {ref} is {kind}, not an image file; only regular files are read", field=field)
+    if info.st_size > max_bytes:
+        raise InputError(f"{field}: {ref} is {info.st_size} bytes, over the limit of {max_bytes}", field=field)
 
 
 def inspect_image(data: bytes, *, name: str, field: str, max_bytes: int) -> InputImage:

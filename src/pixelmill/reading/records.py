@@ -1,16 +1,16 @@
 """Reading sources as a stream of records, record keys, prompts and conversation turns.
 
-A source is never loaded whole: JSONL is read line by line, JSON arrays element by element, CSV row by row and
-Parquet batch by batch. Every record keeps its position (`index`), so the output can be rebuilt in input order
-by reading the source again beside the journal. A line that cannot be parsed is still a record, with `error`
-set: it becomes a failed row in the output, never a silent gap.
+A source is never loaded whole: JSONL is read line by line, JSON arrays element by element (`jsonsource`), CSV
+row by row (`csvsource`) and Parquet batch by batch. Every record keeps its position (`index`), so the output
+can be rebuilt in input order by reading the source again beside the journal. A row that cannot be read or used
+(broken syntax, text that is not valid Unicode, a value no writer can hold) is still a record, with `error` set
+naming the row and the field (`rows.checked`): it becomes a failed row in the output, never a silent gap and
+never an exception that ends the run.
 """
 
 from __future__ import annotations
 
-import codecs
 import hashlib
-import json
 import re
 import string
 import unicodedata
@@ -19,45 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from pixelmill.errors import ConfigError, InputError
 from pixelmill.reading import jsonio
+from pixelmill.reading.csvsource import read_csv
+from pixelmill.reading.jsonsource import MAX_LINE_BYTES, read_json_array, read_jsonl
+from pixelmill.reading.rows import Record, checked
 
-MAX_LINE_BYTES = 256 * 1024 * 1024  # a line longer than this is a failed row, not a memory blow-up
+# The names other modules import from here.
+__all__ = ["KEY_MAX", "MAX_LINE_BYTES", "Record", "Turn", "default_key", "read_records", "render_template",
+           "sanitize_key", "source_format", "template_fields", "user_turns"]
+_read_json_array = read_json_array
+
 KEY_MAX = 80
-
-
-@dataclass(slots=True)
-class Record:
-    index: int  # position in the source, 0-based, bad lines included
-    data: dict[str, Any] | None
-    line: int | None = None  # 1-based line number (JSONL) for messages
-    error: str | None = None  # why the record could not be read
-
-    def digest(self) -> str:
-        """A fingerprint of the row's content: a resume recognises a row that changed since the last run."""
-        payload = jsonio.dumps(self.data, sort_keys=True) if self.data is not None else (self.error or "").encode()
-        return hashlib.blake2b(payload, digest_size=10).hexdigest()
-
-    def id_value(self, id_field: str | None) -> Any:
-        """The row's `id_field` value, or None when it has none (missing, null or blank)."""
-        if not id_field or self.data is None:
-            return None
-        value = self.data.get(id_field)
-        return value if value is not None and str(value).strip() else None
-
-    def key(self, id_field: str | None) -> str:
-        """The stem its image files would like: its sanitised id, else `row<index>`."""
-        value = self.id_value(id_field)
-        return sanitize_key(value) if value is not None else default_key(self.index)
-
-    def identity(self, id_field: str | None) -> str:
-        """How a resume finds this row's results wherever it moved: its id when it has one, else its content."""
-        value = self.id_value(id_field)
-        if value is not None:
-            return "id:" + jsonio.dumps(value).decode("utf-8", "replace")
-        return "content:" + self.digest()
 
 
 SOURCE_FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
@@ -89,141 +62,13 @@ def read_records(path: Path, fmt: str | None = None) -> Iterator[Record]:
     if not path.exists():
         raise ConfigError(f"input file {path} does not exist")
     if fmt == "jsonl":
-        yield from _read_jsonl(path)
+        yield from read_jsonl(path)
     elif fmt == "json":
-        yield from _read_json_array(path)
+        yield from read_json_array(path)
     elif fmt == "csv":
-        yield from _read_csv(path)
+        yield from read_csv(path)
     else:
         yield from _read_parquet(path)
-
-
-def _read_jsonl(path: Path) -> Iterator[Record]:
-    index = 0
-    with path.open("rb") as f:
-        for number, raw in enumerate(_lines(f), start=1):
-            if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8) :]
-            if isinstance(raw, _TooLong):
-                yield Record(index, None, number, f"line {number}: longer than {MAX_LINE_BYTES} bytes")
-                index += 1
-                continue
-            text = raw.strip()
-            if not text:
-                continue
-            yield _parse_line(index, number, text)
-            index += 1
-
-
-class _TooLong(bytes):
-    pass
-
-
-def _lines(f: Any) -> Iterator[bytes]:
-    """Lines of a binary file, each bounded in size: an oversized line is reported, not held in memory."""
-    while True:
-        line = f.readline(MAX_LINE_BYTES + 1)
-        if not line:
-            return
-        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-            while True:  # skip the rest of the oversized line
-                rest = f.readline(1024 * 1024)
-                if not rest or rest.endswith(b"\n"):
-                    break
-            yield _TooLong(b"")
-            continue
-        yield line
-
-
-def _parse_line(index: int, number: int, text: bytes) -> Record:
-    try:
-        value = jsonio.loads(text)
-    except (orjson.JSONDecodeError, ValueError) as exc:
-        try:
-            text.decode("utf-8")
-        except UnicodeDecodeError:
-            return Record(index, None, number, f"line {number}: not valid UTF-8 text")
-        return Record(index, None, number, f"line {number}: not valid JSON ({exc})")
-    if not isinstance(value, dict):
-        return Record(index, None, number, f"line {number}: expected a JSON object, got {type(value).__name__}")
-    return Record(index, value, number)
-
-
-def _read_json_array(path: Path, chunk: int = 1 << 20) -> Iterator[Record]:
-    """Stream the elements of a top-level JSON array without loading the file."""
-    try:
-        yield from _json_elements(path, chunk)
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not valid UTF-8 text (byte {exc.start} of a block); save it as UTF-8") from None
-
-
-def _json_elements(path: Path, chunk: int) -> Iterator[Record]:
-    decoder = json.JSONDecoder()
-    index = 0
-    with path.open("r", encoding="utf-8-sig") as f:
-        buf = f.read(chunk)
-        pos = _skip_ws(buf, 0)
-        if pos >= len(buf) or buf[pos] != "[":
-            raise ConfigError(f"{path}: a .json input must be an array of objects (or use .jsonl)")
-        pos += 1
-        eof = False
-        while True:
-            pos = _skip_ws(buf, pos)
-            while pos >= len(buf) and not eof:
-                more = f.read(chunk)
-                eof = not more
-                buf, pos = buf[pos:] + more, 0
-                pos = _skip_ws(buf, pos)
-            if pos >= len(buf):
-                raise ConfigError(f"{path}: the JSON array is not closed")
-            if buf[pos] == "]":
-                return
-            if buf[pos] == ",":
-                pos += 1
-                continue
-            while True:
-                try:
-                    value, end = decoder.raw_decode(buf, pos)
-                    break
-                except json.JSONDecodeError as exc:
-                    if eof:
-                        raise ConfigError(f"{path}: element {index} is not valid JSON ({exc.msg})") from None
-                    more = f.read(chunk)
-                    eof = not more
-                    buf, pos = buf[pos:] + more, 0
-            pos = end
-            if isinstance(value, dict):
-                yield Record(index, value)
-            else:
-                yield Record(index, None, None, f"element {index}: expected a JSON object")
-            index += 1
-
-
-def _skip_ws(buf: str, pos: int) -> int:
-    while pos < len(buf) and buf[pos] in " \t\r\n":
-        pos += 1
-    return pos
-
-
-def _read_csv(path: Path) -> Iterator[Record]:
-    import csv
-
-    # Bytes that are not UTF-8 survive as surrogates, so that one bad row fails alone instead of the run.
-    with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        reader = csv.DictReader(f)
-        for index, row in enumerate(reader):
-            if any(_has_surrogates(v) for v in (*row.values(), *row.keys()) if isinstance(v, str)):
-                yield Record(index, None, reader.line_num, f"line {reader.line_num}: not valid UTF-8 text")
-            else:
-                yield Record(index, dict(row), reader.line_num)
-
-
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _read_parquet(path: Path) -> Iterator[Record]:
@@ -231,9 +76,31 @@ def _read_parquet(path: Path) -> Iterator[Record]:
 
     index = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            yield Record(index, row)
+        try:
+            rows: list[Any] = batch.to_pylist()
+        except Exception:  # pyarrow raises many types; each row is converted alone below
+            rows = [None] * batch.num_rows
+        for i, row in enumerate(rows):
+            where = f"row {index}"
+            if row is None:
+                problem = _parquet_row_problem(batch, i)
+                if problem is not None:
+                    yield Record(index, None, None, f"{where}: {problem}")
+                    index += 1
+                    continue
+                row = batch.slice(i, 1).to_pylist()[0]
+            yield checked(index, row, where)
             index += 1
+
+
+def _parquet_row_problem(batch: Any, i: int) -> str | None:
+    """Why one row of a batch cannot become Python values (text that is not UTF-8, a date out of range...)."""
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        try:
+            column[i].as_py()
+        except Exception as exc:  # as above
+            return f"field {name!r} cannot be read ({type(exc).__name__}: {exc})"
+    return None
 
 
 def _read_hf(source: str) -> Iterator[Record]:
@@ -258,7 +125,7 @@ def _read_hf(source: str) -> Iterator[Record]:
         data = loaded
     data = _hf_images_as_dicts(data)
     for index, row in enumerate(data):
-        yield Record(index, dict(row))
+        yield checked(index, dict(row), f"row {index}")
 
 
 def _hf_images_as_dicts(data: Any) -> Any:
@@ -393,7 +260,13 @@ def _message_content(content: object, where: str) -> tuple[object, list[Any]]:
         elif isinstance(part, dict):
             kind = part.get("type")
             if kind == "text" or (kind is None and "text" in part):
-                texts.append(str(part.get("text", "")))
+                text = part.get("text")
+                if text is None:  # a null part adds nothing (never the word "None")
+                    continue
+                if not isinstance(text, str):
+                    raise InputError(f"{where}: a text part must hold text, got {type(text).__name__}",
+                                     field=where.split("[", 1)[0])
+                texts.append(text)
             elif kind in ("image_url", "image") or "image_url" in part:
                 ref = part.get("image_url", part.get("image"))
                 images.append(ref.get("url") if isinstance(ref, dict) and "url" in ref else ref)

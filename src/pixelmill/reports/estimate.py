@@ -23,7 +23,7 @@ from pixelmill.engine.plan import RunPlan, StepPlan, images_per_call, plan_run
 from pixelmill.errors import ConfigError, InputError
 from pixelmill.models.cost import ZERO, Expected, batch_cost, expected_cost
 from pixelmill.reading.records import Record, read_records, user_turns
-from pixelmill.writing.journal import Journal
+from pixelmill.writing.journal import Journal, RowIdentity
 
 PLACEHOLDER_KEY = "sk-estimate-nothing-is-sent"
 # Enough for every provider to build itself; never contacted.
@@ -169,7 +169,7 @@ def _finished_rows(config: RunConfig, journal: Journal) -> dict[str, set[int]]:
     chunk: list[Record] = []
 
     def look_up(records: list[Record]) -> None:
-        identities = {r.identity(config.id_field): r for r in records}
+        identities = {RowIdentity.of(r, config.id_field).identity: r for r in records}
         entries: dict[tuple[str, str], list[int]] = {}
         marks = ",".join("?" * len(identities))
         for slot, identity, digest in journal.db.execute(
@@ -177,7 +177,8 @@ def _finished_rows(config: RunConfig, journal: Journal) -> dict[str, set[int]]:
                 list(identities)):
             entries.setdefault((identity, digest), []).append(int(slot))
         for record in records:
-            free = [s for s in entries.get((record.identity(config.id_field), record.digest()), []) if s not in used]
+            free = [s for s in entries.get((RowIdentity.of(record, config.id_field).identity, record.digest()), [])
+                    if s not in used]
             if not free:
                 continue
             used.add(free[0])

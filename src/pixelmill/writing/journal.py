@@ -34,7 +34,8 @@ from typing import Any
 import orjson
 
 from pixelmill.errors import ConfigError
-from pixelmill.reading.records import Record
+from pixelmill.reading import jsonio
+from pixelmill.reading.records import Record, default_key, sanitize_key
 
 SCHEMA_VERSION = "2"
 
@@ -79,7 +80,13 @@ class RowIdentity:
 
     @classmethod
     def of(cls, record: Record, id_field: str | None) -> RowIdentity:
-        return cls(record.index, record.key(id_field), record.digest(), record.identity(id_field))
+        """A row's identity is its `id_field` value when it has one (not missing, null or blank), else its
+        content; the key its files would like is its sanitised id, else `row<index>`."""
+        value = record.data.get(id_field) if id_field and record.data is not None else None
+        if value is not None and str(value).strip():
+            identity = "id:" + jsonio.dumps(value).decode("utf-8", "replace")
+            return cls(record.index, sanitize_key(value), record.digest(), identity)
+        return cls(record.index, default_key(record.index), record.digest(), "content:" + record.digest())
 
 
 @dataclass(frozen=True, slots=True)

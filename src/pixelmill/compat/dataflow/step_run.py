@@ -133,7 +133,12 @@ class OperatorRun:
         for plan, mine in zip(plans, positions, strict=True):
             plan.positions = mine
         self.plans = plans
-        config = probe.model_copy(update={"source": ledger, "output": self.rundir})
+        # The engine reads the derived requests from the ledger, but their image paths come from the DataFlow
+        # input: allow the folders DataFlow resolved them against, and where DataFlow steps put their images.
+        roots = (self.storage.input_path().parent, Path(self.storage.first_entry_file_name).parent, Path.cwd(),
+                 Path(self.image_io.save_path))
+        config = probe.model_copy(update={"source": ledger, "output": self.rundir,
+                                          "allowed_paths": (*probe.allowed_paths, *roots)})
         self.step_name = config.steps[0].name
 
         from pixelmill.engine.stats import RunStats
