@@ -84,10 +84,10 @@ class StepConfig(BaseModel):
     def fingerprint(self) -> dict[str, Any]:
         return {
             "task": self.task,
-            "provider": self.model.provider,
+            "provider": _wire_provider(self.model),
             "model": self.model.model,
             "base_model": self.model.base_model,
-            "fallback": [(m.provider, m.model) for m in self.fallback],
+            "fallback": [(_wire_provider(m), m.model) for m in self.fallback],
             "prompt": self.prompt,
             "prompt_field": self.prompt_field,
             "image_field": self.image_field,
@@ -96,6 +96,17 @@ class StepConfig(BaseModel):
             "name_template": self.name_template,
             "params": self.params.fingerprint(),
         }
+
+
+def _wire_provider(ref: ModelRef) -> str:
+    """The provider as a configuration: the emulator stands for the wire it speaks for the model, so that a
+    rehearsal on the emulator and the real run share a RUNDIR (the engine re-sends the rows the emulator made)."""
+    if ref.provider != "emulator":
+        return ref.provider
+    from pixelmill.models.table import builtin_table
+
+    spec = builtin_table().get(ref.model)
+    return "gemini" if spec is not None and spec.family == "gemini" else "openai"
 
 
 class Limits(BaseModel):

@@ -194,3 +194,26 @@ def test_the_metadata_field_cannot_be_an_output_field(emulator_thread: Emulator,
                         "--output-field", "pixelmill"))
     assert "metadata" in text
     assert emulator_thread.count() == 0
+
+
+# ---------------------------------------------------------------- a rehearsal is never the real run
+def test_a_rehearsal_on_the_emulator_is_never_delivered_as_the_real_run(emulator_thread: Emulator,
+                                                                         tmp_path: Path) -> None:
+    """`-o out --provider emulator`, then `-o out --provider openai`: the real run sends every row (the rehearsal
+    was never paid) and replaces the images; the rows say who made them."""
+    rows = [{"prompt": f"rehearsed row {i}"} for i in range(5)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    run = tmp_path / "run"
+    rehearsal = cli("generate", src, "-o", run, "--provider", "emulator", "--size", "1024x1024", "-q")
+    assert rehearsal.code == 0, rehearsal.output
+    assert {r["pixelmill"]["provider"] for r in read_output(run)} == {"emulator"}
+    real = cli("generate", src, "-o", run, "--base-url", emulator_thread.openai_base_url, "--size", "1024x1024")
+    assert real.code == 0, real.output
+    assert "rows made by the emulator are sent again" in real.output
+    assert sorted(r.prompt for r in emulator_thread.records(endpoint="generations")) == sorted(
+        r["prompt"] for r in rows)
+    out = read_output(run)
+    assert {r["pixelmill"]["provider"] for r in out} == {"openai"}
+    assert [r["pixelmill"]["status"] for r in out] == ["done"] * 5
+    again = cli("generate", src, "-o", run, "--base-url", emulator_thread.openai_base_url, "--size", "1024x1024")
+    assert again.code == 0 and emulator_thread.count(endpoint="generations") == 5  # the real results are done

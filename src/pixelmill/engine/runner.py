@@ -67,6 +67,8 @@ class Runner:
         self.stats = stats or RunStats()
         self.notice = notice
         self.halt = Halt(plan.secrets)
+        self._providers = {s.config.name: s.provider.name for s in plan.steps}  # who a step sends to now
+        self._told_rehearsal = False
 
     @property
     def abort_reason(self) -> str | None:
@@ -183,7 +185,8 @@ class Runner:
         for record in chunk:
             self.stats.rows_read += 1
             entry = entries[record.index]
-            mine = {name: by_slot[entry.slot] for name, by_slot in states.items() if entry.slot in by_slot}
+            mine = {name: by_slot[entry.slot] for name, by_slot in states.items() if entry.slot in by_slot
+                    and not self._rehearsed(name, by_slot[entry.slot])}
             if record.error is not None:
                 if not mine:
                     error = {"kind": "input", "message": record.error}
@@ -197,6 +200,19 @@ class Runner:
             await queue.put(Row(record, entry.key, mine, entry.slot))
             if ctx.halt.stopping.is_set():
                 return
+
+    def _rehearsed(self, step: str, state: StepState) -> bool:
+        """A result the emulator made, for a step that now sends elsewhere: it was never paid for, so it is never
+        done for a real run; the row is sent again and its images replaced."""
+        made_by_emulator = state.info.get("provider") == "emulator" or bool(
+            isinstance(state.info.get("response"), dict) and state.info["response"].get("emulated"))
+        if not made_by_emulator or self._providers[step] == "emulator":
+            return False
+        if not self._told_rehearsal:
+            self._told_rehearsal = True
+            self.notice(f"rows made by the emulator are sent again to {self._providers[step]} (a rehearsal's "
+                        "images are never delivered as a real run's)")
+        return True
 
     def _finished(self, states: dict[str, StepState]) -> bool:
         for step in self.plan.steps:
