@@ -217,3 +217,15 @@ def test_a_rehearsal_on_the_emulator_is_never_delivered_as_the_real_run(emulator
     assert [r["pixelmill"]["status"] for r in out] == ["done"] * 5
     again = cli("generate", src, "-o", run, "--base-url", emulator_thread.openai_base_url, "--size", "1024x1024")
     assert again.code == 0 and emulator_thread.count(endpoint="generations") == 5  # the real results are done
+
+
+@pytest.mark.parametrize("field", ["prompt", "id"])
+def test_an_output_field_that_is_an_input_column_is_refused(emulator_thread: Emulator, tmp_path: Path,
+                                                            field: str) -> None:
+    """Rows are promised unchanged: `--output-field prompt` would overwrite every row's prompt."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": "a cat"}, {"id": "b", "prompt": "a dog"}])
+    text = _refused(cli("generate", src, "-o", tmp_path / "run", "--base-url", emulator_thread.openai_base_url,
+                        "--output-field", field))
+    assert f"'{field}' is a column of the input" in text
+    _refused(cli("estimate", src, "-o", tmp_path / "run", "--output-field", field))  # estimate agrees
+    assert emulator_thread.count() == 0

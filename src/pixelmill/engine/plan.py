@@ -11,7 +11,7 @@ run (engine/row.py) and an estimate count the same calls.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from pixelmill.models.cost import expected_cost
 from pixelmill.models.table import ModelSpec, ModelTable, builtin_table
 from pixelmill.params import WirePlan
 from pixelmill.providers.base import Provider, ProviderSettings, provider_class
+from pixelmill.reading.records import Record, read_records
 
 
 @dataclass(slots=True)
@@ -97,8 +98,34 @@ def plan_run(
     names = [s.config.name for s in steps]
     if len(set(names)) != len(names):
         raise ConfigError(f"step names must be unique; got {names}")
+    _check_output_fields(config)
     wanted = max([int(getattr(s.provider, "preferred_concurrency", 0)) for s in steps] or [0])
     return RunPlan(steps, planner.secrets, max(config.limits.concurrency, wanted))
+
+
+def _check_output_fields(config: RunConfig) -> None:
+    """An output field must not be a column of the input: rows are promised unchanged in the output. The first
+    readable row tells the columns (a table's are the same in every row)."""
+    first = next((r for r in _first_rows(config) if r.data is not None), None)
+    if first is None or first.data is None:
+        return
+    for step in config.steps:
+        if step.out_field in first.data:
+            flag = "output_field" if config.pipeline else "--output-field"
+            where = f"{config.origin}: step {step.name!r}: " if config.origin else ""
+            raise ConfigError(f"{where}{flag} {step.out_field!r} is a column of the input: the output would "
+                              "overwrite it (rows are kept unchanged); choose another name")
+
+
+def _first_rows(config: RunConfig) -> Iterator[Record]:
+    try:
+        records = read_records(config.source, config.source_format)
+        for number, record in enumerate(records):
+            if number >= 16:
+                return
+            yield record
+    except ConfigError:
+        return  # an unreadable source is reported where the run reads it
 
 
 class _Planner:
