@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -229,3 +230,31 @@ def test_an_output_field_that_is_an_input_column_is_refused(emulator_thread: Emu
     assert f"'{field}' is a column of the input" in text
     _refused(cli("estimate", src, "-o", tmp_path / "run", "--output-field", field))  # estimate agrees
     assert emulator_thread.count() == 0
+
+
+@pytest.fixture
+def read_only_folder(tmp_path: Path) -> Any:
+    """A real read-only file system (tmpfs remounted read-only): as root, permissions alone never refuse a write."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.mark.parametrize("with_a_run", [False, True])
+def test_a_read_only_rundir_is_one_clear_line(emulator_thread: Emulator, tmp_path: Path, read_only_folder: Path,
+                                              with_a_run: bool) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"row {i}"} for i in range(3)])
+    run = read_only_folder / "run"
+    if with_a_run:
+        assert cli("generate", src, "-o", run, "--base-url", emulator_thread.openai_base_url, "-q").code == 0
+        write_jsonl(src, [{"prompt": f"row {i}"} for i in range(4)])  # one more row to send
+    subprocess.run(["mount", "-o", "remount,ro", str(read_only_folder)], check=True)
+    sent = emulator_thread.count()
+    text = _refused(cli("generate", src, "-o", run, "--base-url", emulator_thread.openai_base_url))
+    assert "Read-only" in text or "read-only" in text or "readonly" in text
+    assert emulator_thread.count() == sent
