@@ -17,6 +17,7 @@ import orjson
 
 from pixelmill.config import RunConfig
 from pixelmill.errors import ConfigError
+from pixelmill.netpolicy import strip_userinfo
 from pixelmill.writing.journal import Journal
 
 JOURNAL = Path(".pixelmill") / "journal.sqlite"
@@ -330,7 +331,8 @@ def rebuild_command(config: RunConfig) -> str | None:
     ref = step.model
     args += ["--provider", ref.provider, "--model", ref.model]
     options: list[tuple[str, Any]] = [
-        ("--base-url", ref.base_url), ("--base-model", ref.base_model), ("--api-version", ref.api_version),
+        ("--base-url", ref.base_url and strip_userinfo(ref.base_url)),  # never a password in a shown command
+        ("--base-model", ref.base_model), ("--api-version", ref.api_version),
         ("--prompt-field", step.prompt_field), ("--prompt-template", step.prompt),
         ("--image-field", step.image_field), ("--mask-field", step.mask_field), ("--id-field", config.id_field),
         ("--output-field", step.output_field), ("--limit", config.limit),
