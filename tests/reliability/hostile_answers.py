@@ -2,7 +2,8 @@
 elsewhere, keys reflected back. Served from a thread (pixelmill.testing.ThreadRunner), like hostile_servers.
 
 `ScriptedServer.script[prompt]` is a `Canned` answer, or a function of the key the caller sent that returns one;
-prompts not in the script get `default`. It speaks OpenAI (`POST /v1/images/generations`) and Gemini
+prompts not in the script get `default`. `passwords` lists the basic-auth password of each request (from a
+base URL with credentials), for answers that reflect it. It speaks OpenAI (`POST /v1/images/generations`) and Gemini
 (`POST /v1beta/models/{model}:generateContent`), and serves `GET /files/{name}` (from `files`) and
 `GET /redirect?to=URL` (a 302 there).
 """
@@ -62,6 +63,7 @@ class ScriptedServer(LocalServer):
         self.script: dict[str, Answer] = {}
         self.default: Answer = Canned(body=openai_image())
         self.files: dict[str, bytes] = {}
+        self.passwords: list[str] = []
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/images/generations", self.openai)
@@ -69,18 +71,21 @@ class ScriptedServer(LocalServer):
         app.router.add_get("/files/{name}", self.file)
         app.router.add_get("/redirect", self.redirect)
 
-    def _answer(self, prompt: str, key: str) -> web.Response:
+    def _answer(self, request: web.Request, prompt: str, key: str) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            self.passwords.append(pybase64.b64decode(auth.removeprefix("Basic ")).decode().partition(":")[2])
         answer = self.script.get(prompt, self.default)
         return (answer if isinstance(answer, Canned) else answer(key)).response()
 
     async def openai(self, request: web.Request) -> web.Response:
         key = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        return self._answer(str((await request.json()).get("prompt", "")), key)
+        return self._answer(request, str((await request.json()).get("prompt", "")), key)
 
     async def gemini(self, request: web.Request) -> web.Response:
         body = await request.json()
         prompt = " ".join(str(p.get("text", "")) for p in body["contents"][-1]["parts"] if "text" in p)
-        return self._answer(prompt, request.headers.get("x-goog-api-key", ""))
+        return self._answer(request, prompt, request.headers.get("x-goog-api-key", ""))
 
     async def file(self, request: web.Request) -> web.Response:
         data = self.files.get(request.match_info["name"])

@@ -122,6 +122,11 @@ class OpenAIProvider(Provider):
         self._key = _first(settings.api_key, *(env.get(var) for var in self.key_vars))
         self._headers = self._auth_headers(settings, env)
         self.base_url = self._base_url(settings, env)
+        if userinfo_secrets(self.base_url) and "Authorization" in self._headers:
+            # aiohttp sends the URL's user and password as an Authorization header, which the key's would clash
+            # with; refused here rather than as an exception in the middle of the run.
+            raise ConfigError(f"the base URL carries a user and password, and a key is set for {self.name}: "
+                              "use one of them (drop the credentials from the URL, or unset the key)")
         max_connections = int(settings.options.get("max_connections", 1024))
         self._http = HttpClient(self.name, connect_timeout=settings.connect_timeout,
                                 max_connections=max_connections)
