@@ -1,11 +1,14 @@
 """What a hostile answer can make pixelmill hold: a gzip bomb (1 MB on the wire, 1 GiB inflated) is dropped at
-the answer bound as it inflates, in a real `pixelmill generate` process whose peak memory is measured; the
+the answer bound as it inflates, in a real `pixelmill generate` process whose peak memory is measured (from
+inside it: `peak_memory`); the
 bounds themselves follow the model (n images at its largest size), not a flat 512 MiB."""
 
 from __future__ import annotations
 
 import os
 import resource
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from pixelmill.providers.gemini.provider import GeminiProvider
 from pixelmill.providers.openai.provider import OpenAIProvider
 from pixelmill.testing import ThreadRunner
 from tests.reliability.hostile_answers import Canned, ScriptedServer, gzip_bomb
-from tests.runs import TEST_KEY, cli_process, read_output, write_jsonl
+from tests.runs import TEST_KEY, read_output, write_jsonl
 
 INFLATED = 1 << 30
 BOMB = gzip_bomb(INFLATED)
@@ -36,13 +39,14 @@ def bomb_server() -> Iterator[ScriptedServer]:
 def test_a_gzip_bomb_is_not_inflated_past_the_bound(bomb_server: ScriptedServer, tmp_path: Path) -> None:
     assert len(BOMB) < 2 * 1024 * 1024
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"bomb {i}"} for i in range(2)])
-    proc = cli_process("generate", src, "-o", tmp_path / "run", "--base-url", bomb_server.url + "/v1",
-                       "--concurrency", "2", "--max-retries", "0", "--quiet")
-    # wait4: this child's own peak resident memory (KiB on Linux), not that of the test process.
-    _, status, usage = os.wait4(proc.pid, 0)
-    stderr = proc.stderr.read().decode() if proc.stderr else ""
-    peak_mib = usage.ru_maxrss / 1024
-    assert os.waitstatus_to_exitcode(status) == 1, stderr[-2000:]
+    peak = tmp_path / "peak"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.reliability.peak_memory", str(peak), "generate", str(src), "-o",
+         str(tmp_path / "run"), "--base-url", bomb_server.url + "/v1", "--concurrency", "2", "--max-retries", "0",
+         "--quiet"],
+        env={**os.environ, "OPENAI_API_KEY": TEST_KEY}, capture_output=True, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stderr.decode()[-2000:]
+    peak_mib = int(peak.read_text()) / 1024
     assert peak_mib < 400, f"peak RSS {peak_mib:.0f} MiB for answers that inflate to {INFLATED >> 20} MiB each"
     rows = read_output(tmp_path / "run")
     assert [row["pixelmill"]["error"]["kind"] for row in rows] == ["transient", "transient"]
