@@ -145,16 +145,21 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     return text
 
 
-# Room beyond a cut for the key that straddles it: longer than any key, so a key that starts before the cut
-# lies whole in the redacted prefix.
+# Room beyond a cut for the key that straddles it: longer than any key.
 _CLIP_SLACK = 1024
 
 
 def redact_clip(text: str, limit: int, secrets: tuple[str, ...] = (), *, ellipsis: str = "...") -> str:
     """`text` redacted, its whitespace collapsed, and cut to `limit` characters. Redaction comes first: a key
-    cut in two no longer matches, and its first part would be kept."""
-    text = " ".join(redact(text[: limit + _CLIP_SLACK], secrets).split())
-    return text if len(text) <= limit else text[: limit - len(ellipsis)] + ellipsis
+    cut in two no longer matches, and its first part would be kept. A long text is redacted on a prefix only;
+    the prefix's last `_CLIP_SLACK` characters, where a key cut by it would lie unrecognised, are dropped
+    (collapsing a run of spaces could otherwise bring them within the limit)."""
+    cut = len(text) > limit + 2 * _CLIP_SLACK
+    head = redact(text[: limit + 2 * _CLIP_SLACK] if cut else text, secrets)
+    if cut:
+        head = head[:-_CLIP_SLACK]
+    head = " ".join(head.split())
+    return head if len(head) <= limit and not cut else head[: limit - len(ellipsis)] + ellipsis
 
 
 def redact_json(value: Any, secrets: tuple[str, ...] = (), *, keep: frozenset[str] = frozenset()) -> Any:

@@ -10,7 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from pixelmill.errors import redact_clip
 from pixelmill.testing import ThreadRunner
 from tests.reliability.hostile_answers import PNG_B64, Canned, ScriptedServer, openai_image
 from tests.runs import cli, read_output, write_jsonl
@@ -126,3 +129,17 @@ def test_a_password_in_the_base_url_is_a_secret(server: ScriptedServer, tmp_path
     # The command that retries the failed row is shown, with the base URL but without its credentials.
     assert f"--base-url {server.url}" in result.output + shown[0], result.output + shown[0]
     assert_nowhere(PASSWORD, run, [result.output, *shown])
+
+
+@settings(max_examples=400, deadline=None)
+@given(before=st.integers(0, 5000), spaces=st.integers(0, 4000), after=st.integers(0, 3000),
+       limit=st.sampled_from([300, 400]))
+@example(before=380, spaces=0, after=10, limit=400)  # the key just before the cut
+@example(before=0, spaces=1410, after=10, limit=400)  # a key cut by the redacted prefix, pulled in by collapsing
+def test_no_piece_of_a_key_survives_the_cut(before: int, spaces: int, after: int, limit: int) -> None:
+    """Wherever the key lies, behind whatever run of text and spaces, the cut message holds no piece of it."""
+    text = "w" * before + " " * spaces + OPENAI_KEY + " tail" * after
+    clipped = redact_clip(text, limit, (OPENAI_KEY,))
+    assert len(clipped) <= limit
+    for piece in pieces(OPENAI_KEY):
+        assert piece not in clipped, (before, spaces, after)

@@ -324,7 +324,7 @@ def error_from_answer(status: int, raw: bytes, headers: Mapping[str, str], spec:
         body = body[0]
     error = obj(body).get("error")
     if not isinstance(error, dict):  # a proxy's HTML page, an empty body: the status alone decides
-        error = {"message": raw[:MESSAGE_CHARS * 4].decode("utf-8", "replace").strip() or "(empty body)"}
+        error = {"message": raw[: 1 << 16].decode("utf-8", "replace").strip() or "(empty body)"}
     rpc = code(error.get("status")) or ""
     details = [d for d in seq(error.get("details")) if isinstance(d, dict)]
     message = error.get("message")

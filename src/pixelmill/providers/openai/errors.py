@@ -58,6 +58,7 @@ _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "b
 _MODEL_CODES = frozenset({"model_not_found", "deploymentnotfound", "deployment_not_found"})
 _SAFETY_VIOLATIONS = re.compile(r"safety_violations=\[([^\]]*)\]")
 _MAX_MESSAGE = 400
+_QUOTED_BYTES = 1 << 16  # of a body that is not JSON: what `redact_clip` sees (it drops the cut's edge)
 _MAX_CATEGORIES = 16
 _MAX_CATEGORY = 80
 
@@ -148,7 +149,7 @@ def _error_fields(body: Any, secrets: tuple[str, ...] = ()) -> _Fields:
         try:
             body = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return _Fields(message=_bounded(bytes(body[: _MAX_MESSAGE * 4]).decode("utf-8", "replace"), secrets))
+            return _Fields(message=_bounded(bytes(body[:_QUOTED_BYTES]).decode("utf-8", "replace"), secrets))
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, str):
         return _Fields(message=_bounded(error, secrets))
