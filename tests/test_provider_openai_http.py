@@ -97,7 +97,8 @@ async def test_chunked_bodies_under_the_bound_are_read(server: str, client: Http
 
 
 async def test_download_image(server: str, client: HttpClient) -> None:
-    data, mime = await client.download_image(f"{server}/image", time_limit=5, max_bytes=1 << 20)
+    data, mime = await client.download_image(f"{server}/image", time_limit=5, max_bytes=1 << 20,
+                                              trusted_origin=server)
     assert (data, mime) == (png(), "image/png")  # sniffed, not taken from the octet-stream label
 
 
@@ -108,13 +109,13 @@ async def test_download_image(server: str, client: HttpClient) -> None:
 async def test_download_failures_are_transient_and_billed(server: str, client: HttpClient, path: str, match: str,
                                                           status: int | None) -> None:
     with pytest.raises(TransientError, match=match) as caught:
-        await client.download_image(f"{server}/{path}", time_limit=5, max_bytes=1 << 20)
+        await client.download_image(f"{server}/{path}", time_limit=5, max_bytes=1 << 20, trusted_origin=server)
     assert caught.value.maybe_billed is True and caught.value.http_status == status
 
 
 async def test_download_is_bounded_and_http_only(server: str, client: HttpClient) -> None:
     with pytest.raises(TransientError, match="more than 10 bytes"):
-        await client.download_image(f"{server}/image", time_limit=5, max_bytes=10)
+        await client.download_image(f"{server}/image", time_limit=5, max_bytes=10, trusted_origin=server)
     with pytest.raises(TransientError, match="not http"):
         await client.download_image("file:///etc/passwd", time_limit=5, max_bytes=10)
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pixelmill import defaults
 from pixelmill.errors import ConfigError
+from pixelmill.netpolicy import strip_userinfo
 from pixelmill.params import ImageParams
 
 DEFAULT_OUTPUT_FIELD = defaults.DEFAULT_OUTPUT_FIELD
@@ -168,6 +169,8 @@ class RunConfig(BaseModel):
         }
 
     def snapshot(self) -> dict[str, Any]:
-        """What the journal keeps for `status` and the gallery (never a key)."""
+        """What the journal keeps for `status` and the gallery (never a key, nor a base URL's credentials)."""
         data = self.model_dump(mode="json", exclude={"api_key"})
+        for ref in (ref for step in data["steps"] for ref in (step["model"], *step["fallback"])):
+            ref["base_url"] = ref["base_url"] and strip_userinfo(ref["base_url"])
         return data

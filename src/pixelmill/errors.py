@@ -16,13 +16,15 @@ PixelmillError
 ```
 
 Every message says what to do next. Messages never contain API keys: providers build them from response
-bodies and the request's public parts only, and `redact` is applied once more at the journal boundary.
+bodies and the request's public parts only, redact everything a server said before keeping it (`redact_clip`
+redacts before it cuts, so that no tail of a key survives the cut; `redact_json` walks answer metadata), and
+`redact` is applied once more at the journal boundary.
 """
 
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class PixelmillError(Exception):
@@ -141,3 +143,34 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.lastindex else "") + "***", text)
     return text
+
+
+# Room beyond a cut for the key that straddles it: longer than any key.
+_CLIP_SLACK = 1024
+
+
+def redact_clip(text: str, limit: int, secrets: tuple[str, ...] = (), *, ellipsis: str = "...") -> str:
+    """`text` redacted, its whitespace collapsed, and cut to `limit` characters. Redaction comes first: a key
+    cut in two no longer matches, and its first part would be kept. A long text is redacted on a prefix only;
+    the prefix's last `_CLIP_SLACK` characters, where a key cut by it would lie unrecognised, are dropped
+    (collapsing a run of spaces could otherwise bring them within the limit)."""
+    cut = len(text) > limit + 2 * _CLIP_SLACK
+    head = redact(text[: limit + 2 * _CLIP_SLACK] if cut else text, secrets)
+    if cut:
+        head = head[:-_CLIP_SLACK]
+    head = " ".join(head.split())
+    return head if len(head) <= limit and not cut else head[: limit - len(ellipsis)] + ellipsis
+
+
+def redact_json(value: Any, secrets: tuple[str, ...] = (), *, keep: frozenset[str] = frozenset()) -> Any:
+    """A copy of a JSON-like value with every string redacted (keys included). Values under the names in
+    `keep` are left as they are: image data and signatures, which must go back byte for byte and are far too
+    large to scan."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {redact(str(k), secrets): (v if k in keep else redact_json(v, secrets, keep=keep))
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_json(v, secrets, keep=keep) for v in value]
+    return value

@@ -246,6 +246,8 @@ def command_line(config: RunConfig) -> str | None:
     read from a file (never a key, never --restart, which a resume must not repeat); None otherwise."""
     import orjson
 
+    from pixelmill.netpolicy import strip_userinfo
+
     if config.pipeline:
         if not config.origin:
             return None
@@ -262,7 +264,8 @@ def command_line(config: RunConfig) -> str | None:
     ref = step.model
     args += ["--provider", ref.provider, "--model", ref.model]
     values: list[tuple[str, Any]] = [
-        ("--base-url", ref.base_url), ("--base-model", ref.base_model), ("--api-version", ref.api_version),
+        ("--base-url", ref.base_url and strip_userinfo(ref.base_url)),  # never a password in a shown command
+        ("--base-model", ref.base_model), ("--api-version", ref.api_version),
         ("--prompt-field", step.prompt_field), ("--prompt-template", step.prompt),
         ("--image-field", step.image_field), ("--mask-field", step.mask_field), ("--id-field", config.id_field),
         ("--output-field", step.output_field), ("--limit", config.limit),

@@ -6,14 +6,22 @@ Public API (kept small and stable; the OpenAI and Gemini providers both import i
     client = HttpClient("openai", connect_timeout=30.0, max_connections=1024)
     reply = await client.send("POST", url, data=body_bytes_or_formdata, headers={...}, params={...},
                               time_limit=request.timeout, max_bytes=limit)   # -> Reply(status, headers, body)
-    data, mime = await client.download_image(url, time_limit=..., max_bytes=...)  # dall-e `url` answers
+    data, mime = await client.download_image(url, time_limit=..., max_bytes=..., trusted_origin=base_url)
     await client.aclose()
 
     parse_json(body, label=..., http_status=..., request_id=...)  -> Any    (not JSON: TransientError)
     decode_base64(text, label=..., request_id=...)                 -> bytes  (bad base64: TransientError)
-    parse_retry_after(headers)                                     -> float | None  (seconds)
+    parse_retry_after(headers)                                     -> float | None  (seconds, finite)
+    sane_seconds(value)                                            -> float | None  (a server's delay, or None)
     sniff_image_mime(data)                                         -> str | None    ("image/png", ...)
     transport_error(exc, label=..., time_limit=..., maybe_billed=...) -> TransientError
+
+Bounds hold on what is held, not on what crossed the wire: a compressed answer is counted as it inflates, and
+reading stops at the bound (a 1 MB gzip bomb of 1 GB costs at most the bound), then `TransientError`.
+
+Image URLs in answers are data, not configuration: `download_image` applies `pixelmill.netpolicy` (public
+addresses only, the checked address connected to, every redirect checked again), except on the provider's own
+server (`trusted_origin`, the base URL: the emulator and local gateways serve their images there).
 
 `send` never raises for an HTTP status: the provider maps statuses and error bodies itself (that is where the
 wire family's knowledge lives). It raises only `TransientError` (timeouts, resets, refused connections,
@@ -29,11 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import orjson
@@ -41,6 +51,7 @@ import pybase64
 from multidict import CIMultiDictProxy
 
 from pixelmill.errors import PixelmillError, TransientError, redact
+from pixelmill.netpolicy import UnsafeAddress, pinned, public_address, same_origin
 from pixelmill.version import VERSION
 
 __all__ = [
@@ -49,12 +60,17 @@ __all__ = [
     "decode_base64",
     "parse_json",
     "parse_retry_after",
+    "sane_seconds",
     "sniff_image_mime",
     "transport_error",
 ]
 
 USER_AGENT = f"pixelmill/{VERSION}"
 _CHUNK = 1 << 20
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 3
+# The longest wait a server may ask for (a day): more, or not a finite number, reads as no advice at all.
+MAX_DELAY = 86400.0
 
 
 @dataclass(slots=True)
@@ -128,23 +144,37 @@ class HttpClient:
             billed = status == 200
             raise transport_error(exc, label=label, time_limit=time_limit, maybe_billed=billed) from exc
 
-    async def download_image(self, url: str, *, time_limit: float, max_bytes: int) -> tuple[bytes, str]:
+    async def download_image(
+        self, url: str, *, time_limit: float, max_bytes: int, trusted_origin: str | None = None
+    ) -> tuple[bytes, str]:
         """Fetch an image the provider answered with as a URL (dall-e `url`). The image was paid for, so every
-        failure here is `TransientError(maybe_billed=True)`. Returns the bytes and their sniffed MIME type."""
+        failure here is `TransientError(maybe_billed=True)`. Returns the bytes and their sniffed MIME type.
+
+        Sent without credentials. Public addresses only (`pixelmill.netpolicy`), except on `trusted_origin`;
+        redirects are followed (at most `MAX_REDIRECTS`), each target checked like the first URL."""
         label = f"{self.label} image download"
-        if not url.startswith(("https://", "http://")):
-            raise TransientError(
-                f"{label}: the answer's image URL is not http(s); cannot fetch it", maybe_billed=True
-            )
+        deadline = time.monotonic() + time_limit
         with _download_errors(label, time_limit):
-            async with self.session().get(url, timeout=self.timeout(time_limit)) as resp:
-                if resp.status != 200:
-                    raise TransientError(
-                        f"{label}: HTTP {resp.status} fetching the generated image (image URLs expire after "
-                        "about an hour; ask for b64_json answers to avoid them)",
-                        http_status=resp.status, maybe_billed=True,
-                    )
-                data = await _read_bounded(resp, max_bytes, label)
+            for _ in range(MAX_REDIRECTS + 1):
+                target, headers, server_hostname = await self._aim(url, trusted_origin, label)
+                left = max(0.001, deadline - time.monotonic())
+                async with self.session().get(target, timeout=self.timeout(left), allow_redirects=False,
+                                              headers=headers, server_hostname=server_hostname) as resp:
+                    location = resp.headers.get("Location")
+                    if resp.status in _REDIRECTS and location:
+                        url = _joined(url, location, label)
+                        continue
+                    if resp.status != 200:
+                        raise TransientError(
+                            f"{label}: HTTP {resp.status} fetching the generated image (image URLs expire after "
+                            "about an hour; ask for b64_json answers to avoid them)",
+                            http_status=resp.status, maybe_billed=True,
+                        )
+                    data = await _read_bounded(resp, max_bytes, label)
+                    break
+            else:
+                raise TransientError(f"{label}: more than {MAX_REDIRECTS} redirects for the generated image",
+                                     maybe_billed=True)
         mime = sniff_image_mime(data)
         if mime is None:
             raise TransientError(
@@ -153,18 +183,50 @@ class HttpClient:
             )
         return data, mime
 
+    async def _aim(self, url: str, trusted_origin: str | None, label: str) -> tuple[str, dict[str, str], str | None]:
+        """Where to connect for an answer's image URL: as given on the provider's own server, else the checked
+        public address (with the name in the Host header and for TLS)."""
+        if not url.startswith(("https://", "http://")):
+            raise TransientError(
+                f"{label}: the answer's image URL is not http(s); cannot fetch it", maybe_billed=True
+            )
+        _joined(url, "", label)  # a URL urllib cannot even split is refused here, not deep in aiohttp
+        if same_origin(url, trusted_origin):
+            return url, {}, None
+        try:
+            aim = pinned(url, await public_address(urlsplit(url).hostname or ""))
+        except (UnsafeAddress, ValueError) as exc:
+            raise TransientError(
+                f"{label}: the answer's image URL points at a host pixelmill does not fetch from ({exc}); only "
+                "public addresses, or the provider's own server, are fetched", maybe_billed=True,
+            ) from None
+        return aim.url, {"Host": aim.host}, aim.server_hostname
+
     async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None and not session.closed and self._loop is asyncio.get_running_loop():
             await session.close()
 
 
+def _joined(url: str, location: str, label: str) -> str:
+    try:
+        joined = urljoin(url, location)
+        urlsplit(joined).port  # noqa: B018 - raises for a port that is not a number
+        return joined
+    except ValueError:
+        raise TransientError(f"{label}: the image URL (or a redirect) is not a valid URL", maybe_billed=True) from None
+
+
 async def _read_bounded(resp: aiohttp.ClientResponse, max_bytes: int, label: str) -> bytes:
+    """The body, at most `max_bytes` of it as decoded: aiohttp inflates gzip/deflate/br as it reads, and the
+    declared length of an encoded body says nothing about what it inflates to, so those are counted chunk by
+    chunk and dropped at the bound."""
     declared = resp.content_length
     if declared is not None and declared > max_bytes:
         raise _too_large(label, resp.status, declared, max_bytes)
-    if declared is not None:
-        return await resp.read()  # aiohttp joins the chunks once; no extra copy here
+    encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+    if declared is not None and encoding in ("", "identity"):
+        return await resp.read()  # exactly `declared` bytes; aiohttp joins the chunks once, no extra copy here
     chunks: list[bytes] = []
     total = 0
     async for chunk in resp.content.iter_chunked(_CHUNK):
@@ -247,26 +309,42 @@ def decode_base64(text: str | bytes, *, label: str, request_id: str | None = Non
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
     """Seconds to wait from `retry-after-ms`, else `retry-after` (seconds or an HTTP date). None when absent
-    or unreadable; never negative."""
+    or unreadable (garbage, not finite, more than a day); never negative."""
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:
         try:
-            return max(0.0, float(raw_ms) / 1000.0)
+            delay = sane_seconds(float(raw_ms) / 1000.0)
         except ValueError:
-            pass
+            delay = None
+        if delay is not None:
+            return delay
     raw = headers.get("retry-after")
     if not raw:
         return None
     raw = raw.strip()
     try:
-        return max(0.0, float(raw))
+        return sane_seconds(float(raw))
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError):
+        return sane_seconds(max(0.0, when.timestamp() - (time.time() if now is None else now)))
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def sane_seconds(value: Any) -> float | None:
+    """A delay a server asked for, as seconds: a finite number of at most `MAX_DELAY` (negative reads as 0),
+    else None (no advice)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int of hundreds of digits
+        return None
+    if not math.isfinite(seconds) or seconds > MAX_DELAY:
+        return None
+    return max(0.0, seconds)
 
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (

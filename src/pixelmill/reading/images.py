@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import io
-import ipaddress
 import os
-import socket
 import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pybase64
 
 from pixelmill.errors import InputError
+from pixelmill.netpolicy import UnsafeAddress, pinned, public_address
 from pixelmill.providers.base import InputImage
 
 if TYPE_CHECKING:
@@ -260,21 +259,13 @@ def _data_url(ref: str, field: str) -> bytes:
 async def _fetch(url: str, *, field: str, policy: InputPolicy, session: aiohttp.ClientSession | None) -> bytes:
     import aiohttp
 
-    parts = urlsplit(url)
-    host = parts.hostname or ""
     target, headers = url, {}
     server_hostname: str | None = None
     if not policy.allow_private_urls:
         # Connect to the very address that was checked (DNS could answer differently a second time), keeping the
         # name for the Host header and TLS.
-        address = await _public_address(host, field)
-        netloc = f"[{address}]" if ":" in address else address
-        if parts.port is not None:
-            netloc += f":{parts.port}"
-        target = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-        headers["Host"] = parts.netloc.rsplit("@", 1)[-1]
-        if parts.scheme.lower() == "https":
-            server_hostname = host
+        aim = pinned(url, await _public_address(urlsplit(url).hostname or "", field))
+        target, headers["Host"], server_hostname = aim.url, aim.host, aim.server_hostname
     if session is None:
         raise InputError(f"{field}: cannot fetch {url}: no HTTP session", field=field)
     try:
@@ -299,23 +290,10 @@ async def _fetch(url: str, *, field: str, policy: InputPolicy, session: aiohttp.
 
 
 async def _public_address(host: str, field: str) -> str:
-    """The address to connect to for `host`, refused when any address it has is not a public one: loopback,
-    private, link-local (cloud metadata services), shared (100.64/10), reserved (SSRF). Use the flag to allow."""
+    """The address to connect to for `host` (`pixelmill.netpolicy`: public addresses only), or the row's
+    `InputError` naming the flag that allows private ones."""
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError:
-        raise InputError(f"{field}: cannot resolve host {host!r}", field=field) from None
-    addresses = []
-    for info in infos:
-        addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        if not addr.is_global:
-            raise InputError(
-                f"{field}: {host} is a private or loopback address; pass --allow-private-urls to read it",
-                field=field,
-            )
-        addresses.append(str(addr))
-    if not addresses:
-        raise InputError(f"{field}: cannot resolve host {host!r}", field=field)
-    return addresses[0]
+        return await public_address(host)
+    except UnsafeAddress as exc:
+        hint = "; pass --allow-private-urls to read it" if exc.private else ""
+        raise InputError(f"{field}: {exc}{hint}", field=field) from None

@@ -18,6 +18,12 @@ Choices that are ours, not the API's:
   cannot use the model, and every further request would fail the same way. A 429 whose QuotaFailure names a
   per-day quota or a spend cap aborts as `QuotaExhausted`: it resets at midnight Pacific (or next month), far
   beyond a row's deadline. Other 429s are `RateLimited`, after `RetryInfo.retryDelay` or `Retry-After`.
+- The answer boundary (`pixelmill.providers.boundary`): every field is read with its type checked (an odd
+  `candidates`, `parts` or image data is a `TransientError`, odd metadata reads as absent; an error body of
+  any shape maps by its status); an answer is bounded by a final image and two thinking drafts at the
+  model's largest size; one image per call is kept (Gemini sends one per call), the rest only counted
+  (`extra["surplus_images"]`); everything the server said is redacted with `secrets()` (the key, and a
+  password in the base URL) before it is cut or returned.
 """
 
 from __future__ import annotations
@@ -41,8 +47,9 @@ from pixelmill.errors import (
     Refused,
     Rejected,
     TransientError,
-    redact,
+    redact_clip,
 )
+from pixelmill.netpolicy import userinfo_secrets
 from pixelmill.providers.base import (
     ChatTurn,
     GeneratedImage,
@@ -53,8 +60,20 @@ from pixelmill.providers.base import (
     ProviderSettings,
     Task,
 )
+from pixelmill.providers.boundary import (
+    answer_limit,
+    code,
+    field,
+    malformed,
+    number,
+    obj,
+    scrub_error,
+    scrub_result,
+    seq,
+    text,
+)
 from pixelmill.providers.gemini.params import REQUEST_LEVEL_KEYS, check_inputs, plan_gemini
-from pixelmill.providers.http import HttpClient, decode_base64, parse_json, parse_retry_after
+from pixelmill.providers.http import HttpClient, decode_base64, parse_json, parse_retry_after, sane_seconds
 
 if TYPE_CHECKING:
     from pixelmill.models.table import ModelSpec
@@ -63,10 +82,13 @@ if TYPE_CHECKING:
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 KEY_VARIABLES = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "DF_API_KEY")
 BASE_URL_VARIABLES = ("GOOGLE_GEMINI_BASE_URL", "DF_BASE_URL")
-# An answer carries at most a few 4K images as base64 (tens of MB); anything far larger is not an answer.
-MAX_ANSWER_BYTES = 512 * 2**20
-# How much of the model's own words a refusal message quotes.
+# A call's answer holds one final image, and up to two draft images of a thinking model; plus text and thought
+# signatures in the envelope. Anything larger is not an answer (`boundary.answer_limit`).
+IMAGES_PER_ANSWER = 3
+ENVELOPE_BYTES = 1 << 20
+# How much of the model's own words a refusal message quotes, and of an error's message.
 QUOTE_CHARS = 300
+MESSAGE_CHARS = 400
 
 _VERSION_SUFFIX = re.compile(r"/v1(?:alpha|beta)?\d*$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)s\s*$")
@@ -94,6 +116,14 @@ class GeminiProvider(Provider):
         return plan_gemini(spec, params, task)
 
     async def call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
+        secrets = self.secrets()
+        try:
+            result = await self._call(request, spec, secrets)
+        except ProviderError as exc:
+            raise scrub_error(exc, secrets) from exc.__cause__
+        return scrub_result(result, secrets)
+
+    async def _call(self, request: ImageRequest, spec: ModelSpec, secrets: tuple[str, ...]) -> ImageResult:
         check_inputs(spec, request.images, mask=request.mask)
         model = request.model.removeprefix("models/")
         reply = await self._http.send(
@@ -102,19 +132,19 @@ class GeminiProvider(Provider):
             data=orjson.dumps(request_body(request)),
             headers={"x-goog-api-key": self._key, "Content-Type": "application/json"},
             time_limit=request.timeout,
-            max_bytes=MAX_ANSWER_BYTES,
+            max_bytes=answer_limit(spec, IMAGES_PER_ANSWER, per_image_cap=self.settings.max_download_bytes,
+                                   envelope=ENVELOPE_BYTES),
             label=f"Gemini {model}",
         )
         if reply.status != 200:
-            raise error_from_answer(reply.status, reply.body, reply.headers, spec, model,
-                                    secrets=self.secrets())
-        return parse_answer(reply.body, model)
+            raise error_from_answer(reply.status, reply.body, reply.headers, spec, model, secrets=secrets)
+        return parse_answer(reply.body, model, secrets=secrets)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
     def secrets(self) -> tuple[str, ...]:
-        return (self._key,)
+        return (self._key, *userinfo_secrets(self.base_url))
 
 
 # ------------------------------------------------------------------------------ credentials and base URL
@@ -187,62 +217,69 @@ def _model_turn(turn: ChatTurn, index: int) -> Any:
 # ------------------------------------------------------------------------------------------ map the answer
 
 
-def parse_answer(raw: bytes, model: str) -> ImageResult:
-    """A 200 answer -> the final images and metadata, or `Refused` when it holds no image."""
+def parse_answer(raw: bytes, model: str, *, secrets: tuple[str, ...] = ()) -> ImageResult:
+    """A 200 answer -> the final image and metadata, or `Refused` when it holds no image. Quotes of the
+    server's words are redacted with `secrets` before they are cut."""
     label = f"Gemini {model}"
-    body = parse_json(raw, label=label, http_status=200)
-    try:
-        body = _unwrap(body)
-        request_id = body.get("responseId")
-        candidates = body.get("candidates") or []
-        if not candidates:
-            raise _blocked_prompt(body, model, request_id)
-        candidate = candidates[0]
-        content = candidate.get("content") or {}
-        finish = candidate.get("finishReason")
-        images: list[GeneratedImage] = []
-        texts: list[str] = []
-        drafts = 0
-        for part in content.get("parts") or []:
-            inline = part.get("inlineData") or part.get("inline_data")
-            if part.get("thought"):  # thinking: its text and draft images are not the answer
-                drafts += 1 if inline else 0
-                continue
-            mime = inline and (inline.get("mimeType") or inline.get("mime_type"))
-            if mime and str(mime).startswith("image/"):
-                data = decode_base64(inline.get("data") or "", label=label, request_id=request_id)
-                images.append(GeneratedImage(data=data, mime=mime))
-            elif isinstance(part.get("text"), str):
-                texts.append(part["text"])
-    except (TypeError, AttributeError, KeyError, IndexError) as exc:
-        raise TransientError(f"{label}: the answer does not have the generateContent shape "
-                             f"({type(exc).__name__}); the row will be retried",
-                             maybe_billed=True, http_status=200, code="malformed_body") from exc
-    text = "\n".join(texts) or None
+    body = _unwrap(parse_json(raw, label=label, http_status=200), label)
+    request_id = text(body.get("responseId"))
+    candidates = field(body, "candidates", list, label=label, request_id=request_id)
+    if not candidates:
+        raise _blocked_prompt(body, model, request_id, secrets)
+    candidate = candidates[0]
+    if not isinstance(candidate, dict):
+        raise malformed(label, "the first candidate is not an object", request_id)
+    content = field(candidate, "content", dict, label=label, request_id=request_id) or {}
+    finish = code(candidate.get("finishReason"))
+    images: list[tuple[str, str]] = []  # (base64, mime): decoded below, only the one kept
+    texts: list[str] = []
+    drafts = 0
+    for part in field(content, "parts", list, label=label, request_id=request_id) or []:
+        if not isinstance(part, dict):
+            raise malformed(label, "a part of the content is not an object", request_id)
+        inline = field(part, "inlineData", dict, label=label, request_id=request_id) or \
+            field(part, "inline_data", dict, label=label, request_id=request_id)
+        if part.get("thought"):  # thinking: its text and draft images are not the answer
+            drafts += 1 if inline else 0
+            continue
+        mime = text(inline.get("mimeType") or inline.get("mime_type")) if inline else None
+        if inline and mime and mime.startswith("image/"):
+            data = field(inline, "data", str, label=label, request_id=request_id) or ""
+            images.append((data, mime))
+        elif part_text := text(part.get("text")):
+            texts.append(part_text)
+    joined = "\n".join(texts) or None
     if not images:
-        raise _no_image(model, finish, text, candidate.get("finishMessage"), request_id)
-    extra: dict[str, Any] = {"model_version": body["modelVersion"]} if body.get("modelVersion") else {}
+        raise _no_image(model, finish, joined, text(candidate.get("finishMessage")), request_id, secrets)
+    extra: dict[str, Any] = {"model_version": version} if (version := text(body.get("modelVersion"))) else {}
     if drafts:
         extra["draft_images_ignored"] = drafts
-    return ImageResult(images=images, usage=body.get("usageMetadata"), text=text, finish_reason=finish,
-                       request_id=request_id, model_content=content, extra=extra)
+    if len(images) > 1:  # one image per call was asked for: the rest is neither decoded nor written
+        extra["surplus_images"] = len(images) - 1
+    data, mime = images[0]
+    kept = GeneratedImage(data=decode_base64(data, label=label, request_id=request_id), mime=mime)
+    usage = body.get("usageMetadata")
+    return ImageResult(images=[kept], usage=usage if isinstance(usage, dict) else None, text=joined,
+                       finish_reason=finish, request_id=request_id, model_content=content, extra=extra)
 
 
-def _blocked_prompt(body: dict[str, Any], model: str, request_id: str | None) -> ProviderError:
-    feedback = body.get("promptFeedback") or {}
-    reason = feedback.get("blockReason")
+def _blocked_prompt(body: dict[str, Any], model: str, request_id: str | None,
+                    secrets: tuple[str, ...]) -> ProviderError:
+    feedback = obj(body.get("promptFeedback"))
+    reason = code(feedback.get("blockReason"))
     if not reason:
         return TransientError(f"Gemini answered {model} with neither a candidate nor a block reason; the row "
                               "will be retried", maybe_billed=True, http_status=200, request_id=request_id)
-    detail = f": {_quote(feedback['blockReasonMessage'])}" if feedback.get("blockReasonMessage") else ""
+    said = text(feedback.get("blockReasonMessage"))
+    detail = f": {_quote(said, secrets)}" if said else ""
     return Refused(f"{model} blocked the prompt ({reason}){detail}; {_advice(reason)}",
                    reason=reason, http_status=200, request_id=request_id, code=reason)
 
 
-def _no_image(model: str, finish: str | None, text: str | None, message: str | None,
-              request_id: str | None) -> Refused:
-    reason = finish if finish and finish not in _NORMAL_FINISH else ("text_only" if text else "NO_IMAGE")
-    said = "; ".join(_quote(s) for s in (message, text) if s)
+def _no_image(model: str, finish: str | None, said_text: str | None, message: str | None,
+              request_id: str | None, secrets: tuple[str, ...]) -> Refused:
+    reason = finish if finish and finish not in _NORMAL_FINISH else ("text_only" if said_text else "NO_IMAGE")
+    said = "; ".join(_quote(s, secrets) for s in (message, said_text) if s)
     return Refused(f"{model} returned no image ({reason})" + (f", saying {said}" if said else "")
                    + f"; {_advice(reason)}",
                    reason=reason, http_status=200, request_id=request_id, code=finish)
@@ -259,17 +296,16 @@ def _advice(reason: str) -> str:
             "image of ...\"), then re-run with --retry-failed")
 
 
-def _quote(text: str) -> str:
-    text = " ".join(text.split())
-    return repr(text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 1] + "…")
+def _quote(said: str, secrets: tuple[str, ...] = ()) -> str:
+    return repr(redact_clip(said, QUOTE_CHARS, secrets, ellipsis="…"))
 
 
-def _unwrap(body: Any) -> dict[str, Any]:
+def _unwrap(body: Any, label: str) -> dict[str, Any]:
     # Some Google front ends wrap the object in a one-element list.
     if isinstance(body, list) and len(body) == 1:
         body = body[0]
     if not isinstance(body, dict):
-        raise TypeError(f"expected a JSON object, got {type(body).__name__}")
+        raise malformed(label, "not a JSON object")
     return body
 
 
@@ -278,16 +314,22 @@ def _unwrap(body: Any) -> dict[str, Any]:
 
 def error_from_answer(status: int, raw: bytes, headers: Mapping[str, str], spec: ModelSpec, model: str,
                       *, secrets: tuple[str, ...] = ()) -> ProviderError:
-    """A non-200 answer -> the taxonomy's error, with the server's words (keys scrubbed) and what to do."""
+    """A non-200 answer -> the taxonomy's error, with the server's words (keys scrubbed, then cut) and what to
+    do. A body of any shape maps by the status: odd fields read as absent."""
     try:
-        error = _unwrap(orjson.loads(raw)).get("error")
-    except (ValueError, TypeError):
-        error = None
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, list) and len(body) == 1:
+        body = body[0]
+    error = obj(body).get("error")
     if not isinstance(error, dict):  # a proxy's HTML page, an empty body: the status alone decides
-        error = {"message": " ".join(raw[:160].decode("utf-8", "replace").split()) or "(empty body)"}
-    rpc = str(error.get("status") or "")
-    details = [d for d in error.get("details") or [] if isinstance(d, dict)]
-    said = redact(str(error.get("message") or "(no message)").strip(), secrets)
+        error = {"message": raw[: 1 << 16].decode("utf-8", "replace").strip() or "(empty body)"}
+    rpc = code(error.get("status")) or ""
+    details = [d for d in seq(error.get("details")) if isinstance(d, dict)]
+    message = error.get("message")
+    said = redact_clip(message if isinstance(message, str) and message.strip() else
+                       orjson.dumps(message).decode() if message else "(no message)", MESSAGE_CHARS, secrets)
     where = f"Gemini {status}{' ' + rpc if rpc else ''} for {model}: {said}"
     kw: dict[str, Any] = {"http_status": status, "code": rpc or None}
 
@@ -296,8 +338,9 @@ def error_from_answer(status: int, raw: bytes, headers: Mapping[str, str], spec:
             return QuotaExhausted(f"{where}. This is a daily quota or spend cap: it will not clear within "
                                   "the run. Raise it in AI Studio, or resume the run after the reset "
                                   "(midnight Pacific); done rows are not requested again", **kw)
+        delay = _retry_delay(details)
         return RateLimited(f"{where}; lower --rpm/--ipm to match the project's limits",
-                           retry_after=_retry_delay(details) or parse_retry_after(headers),
+                           retry_after=delay if delay is not None else parse_retry_after(headers),
                            **kw)
     if status in _TRANSIENT_STATUS or status >= 500:
         return TransientError(f"{where}; the server is struggling, the row will be retried", **kw)
@@ -321,29 +364,38 @@ def _model_advice(spec: ModelSpec) -> str:
 
 def _bad_key(details: list[dict[str, Any]], message: str) -> bool:
     """A 400 that is really about the key (Google answers an unknown key with INVALID_ARGUMENT)."""
-    reasons = {str(d.get("reason")) for d in details if str(d.get("@type", "")).endswith("rpc.ErrorInfo")}
+    reasons = {code(d.get("reason")) for d in details if _is_type(d, "rpc.ErrorInfo")}
     return bool(reasons & {"API_KEY_INVALID", "API_KEY_EXPIRED"}) or "api key not valid" in message.lower()
 
 
 def _daily_or_spend_cap(details: list[dict[str, Any]], message: str) -> bool:
     for detail in details:
-        if not str(detail.get("@type", "")).endswith("google.rpc.QuotaFailure"):
+        if not _is_type(detail, "google.rpc.QuotaFailure"):
             continue
-        for violation in detail.get("violations") or []:
-            ids = f"{violation.get('quotaId', '')} {violation.get('quotaMetric', '')}".lower()
+        for violation in seq(detail.get("violations")):
+            violation = obj(violation)
+            ids = f"{code(violation.get('quotaId')) or ''} {code(violation.get('quotaMetric')) or ''}".lower()
             if "perday" in ids or "per_day" in ids or "spend" in ids:
                 return True
     return "spend cap" in message.lower() or "spending cap" in message.lower()
 
 
 def _retry_delay(details: list[dict[str, Any]]) -> float | None:
-    """`google.rpc.RetryInfo.retryDelay`: a proto Duration, "37s" / "1.5s" (or {seconds, nanos})."""
+    """`google.rpc.RetryInfo.retryDelay`: a proto Duration, "37s" / "1.5s" (or {seconds, nanos}); None when
+    it is not one, or not a sane delay (`sane_seconds`)."""
     for detail in details:
-        if not str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+        if not _is_type(detail, "google.rpc.RetryInfo"):
             continue
         delay = detail.get("retryDelay")
         if isinstance(delay, str) and (match := _DURATION.match(delay)):
-            return float(match.group(1))
+            return sane_seconds(float(match.group(1)))
         if isinstance(delay, dict):
-            return float(delay.get("seconds") or 0) + float(delay.get("nanos") or 0) / 1e9
+            seconds, nanos = number(delay.get("seconds") or 0), number(delay.get("nanos") or 0)
+            if seconds is not None and nanos is not None:
+                return sane_seconds(seconds + nanos / 1e9)
     return None
+
+
+def _is_type(detail: dict[str, Any], suffix: str) -> bool:
+    kind = detail.get("@type")
+    return isinstance(kind, str) and kind.endswith(suffix)

@@ -13,7 +13,9 @@
 Safety codes: `moderation_blocked`, `content_policy_violation`, type `image_generation_user_error`, Azure
 `contentFilter` / `content_filter` and `inner_error.code: ResponsibleAIPolicyViolation`; the reason names the
 categories when the answer gives them. Every error carries `http_status`, `request_id` and the answer's
-`code`. Messages quote the server's message (bounded, redacted), never the request.
+`code`. Messages quote the server's message (redacted, then bounded), never the request. Error bodies of
+any shape map by HTTP status: a field of an odd type (a number for `categories`, a string for `error`) reads
+as absent (`pixelmill.providers.boundary`), never as a crash.
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ from pixelmill.errors import (
     Rejected,
     TransientError,
     redact,
+    redact_clip,
 )
 from pixelmill.models.table import ModelSpec
+from pixelmill.providers.boundary import code as code_of
+from pixelmill.providers.boundary import obj, seq
 from pixelmill.providers.http import Reply, parse_retry_after
 
 __all__ = ["ErrorContext", "error_from_reply", "request_id_of"]
@@ -53,6 +58,9 @@ _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "b
 _MODEL_CODES = frozenset({"model_not_found", "deploymentnotfound", "deployment_not_found"})
 _SAFETY_VIOLATIONS = re.compile(r"safety_violations=\[([^\]]*)\]")
 _MAX_MESSAGE = 400
+_QUOTED_BYTES = 1 << 16  # of a body that is not JSON: what `redact_clip` sees (it drops the cut's edge)
+_MAX_CATEGORIES = 16
+_MAX_CATEGORY = 80
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +84,7 @@ def error_from_reply(reply: Reply, ctx: ErrorContext, *, error_body: Any = None)
     """The exception for a non-200 answer, or for a 200 whose JSON (`error_body`) carries an `error`."""
     status = reply.status
     request_id = request_id_of(reply)
-    fields = _error_fields(reply.body if error_body is None else error_body)
+    fields = _error_fields(reply.body if error_body is None else error_body, ctx.secrets)
     code = fields.code
     lowered = {(code or "").lower(), (fields.type or "").lower(), (fields.inner_code or "").lower()}
     server = redact(fields.message, ctx.secrets).rstrip(". ") if fields.message else "no message"
@@ -135,45 +143,45 @@ class _Fields:
     categories: tuple[str, ...] = ()
 
 
-def _error_fields(body: Any) -> _Fields:
+def _error_fields(body: Any, secrets: tuple[str, ...] = ()) -> _Fields:
+    """What an error body says, whatever its shape; texts redacted with `secrets` before they are cut."""
     if isinstance(body, bytes | bytearray):
         try:
             body = orjson.loads(body)
         except orjson.JSONDecodeError:
-            text = bytes(body[:_MAX_MESSAGE]).decode("utf-8", "replace")
-            return _Fields(message=" ".join(text.split()))
+            return _Fields(message=_bounded(bytes(body[:_QUOTED_BYTES]).decode("utf-8", "replace"), secrets))
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, str):
-        return _Fields(message=_bounded(error))
+        return _Fields(message=_bounded(error, secrets))
     if not isinstance(error, dict):
-        return _Fields(message=_bounded(orjson.dumps(body).decode()) if body is not None else "")
+        return _Fields(message=_bounded(orjson.dumps(body).decode(), secrets) if body is not None else "")
     fields = _Fields(
-        message=_bounded(error.get("message")),
-        code=_text(error.get("code")),
-        type=_text(error.get("type")),
-        param=_text(error.get("param")),
+        message=_bounded(error.get("message"), secrets),
+        code=code_of(error.get("code")),
+        type=code_of(error.get("type")),
+        param=code_of(error.get("param")),
     )
     categories: list[str] = []
-    details = error.get("moderation_details")
-    if isinstance(details, dict):
-        fields.stage = _text(details.get("moderation_stage"))
-        categories += [str(c) for c in details.get("categories") or () if c]
-    inner = error.get("inner_error") or error.get("innererror")
-    if isinstance(inner, dict):
-        fields.inner_code = _text(inner.get("code"))
-        results = inner.get("content_filter_results") or inner.get("content_filter_result")
-        if isinstance(results, dict):
-            categories += [
-                name
-                for name, verdict in results.items()
-                if isinstance(verdict, dict) and verdict.get("filtered")
-            ]
+    details = obj(error.get("moderation_details"))
+    fields.stage = code_of(details.get("moderation_stage"))
+    categories += _category_names(details.get("categories"))
+    inner = obj(error.get("inner_error") or error.get("innererror"))
+    fields.inner_code = code_of(inner.get("code"))
+    results = obj(inner.get("content_filter_results") or inner.get("content_filter_result"))
+    categories += [name for name, verdict in results.items() if obj(verdict).get("filtered")]
     if not categories and fields.message:
         found = _SAFETY_VIOLATIONS.search(fields.message)
         if found:
             categories += [c.strip() for c in found.group(1).split(",") if c.strip()]
-    fields.categories = tuple(dict.fromkeys(categories))
+    fields.categories = tuple(dict.fromkeys(c[:_MAX_CATEGORY] for c in categories))[:_MAX_CATEGORIES]
     return fields
+
+
+def _category_names(value: Any) -> list[str]:
+    """Moderation categories: a list of names, or an object of name -> flagged."""
+    if isinstance(value, dict):
+        return [str(name) for name, flagged in value.items() if flagged]
+    return [name for item in seq(value) if (name := code_of(item))]
 
 
 def _names_model(fields: _Fields, ctx: ErrorContext) -> bool:
@@ -197,12 +205,7 @@ def _model_advice(ctx: ErrorContext) -> str:
     )
 
 
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _bounded(value: Any) -> str:
+def _bounded(value: Any, secrets: tuple[str, ...] = ()) -> str:
     if value is None:
         return ""
-    text = " ".join(str(value).split())
-    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+    return redact_clip(value if isinstance(value, str) else orjson.dumps(value).decode(), _MAX_MESSAGE, secrets)

@@ -4,8 +4,12 @@ One module, three thin classes over the same wire adapter (reference image-apis.
 - generations: `POST {base}/images/generations`, JSON (orjson);
 - edits: `POST {base}/images/edits`, multipart: `image` for one input, `image[]` repeated for several, `mask`;
 - variations: `POST {base}/images/variations`, multipart (dall-e-2).
-Answers: `data[].b64_json` decoded with pybase64, or `data[].url` downloaded (bounded); `usage`,
-`revised_prompt`, `size`, `quality`, `output_format`, `background` and the request id are kept.
+Answers: `data[].b64_json` decoded with pybase64, or `data[].url` downloaded (bounded; public addresses or
+the base URL's own server only); `usage`, `revised_prompt`, `size`, `quality`, `output_format`, `background`
+and the request id are kept. Every field is read through `pixelmill.providers.boundary` (an odd shape is a
+`TransientError`, never a crash); the answer is bounded by n images of the model's largest size; images beyond
+the n asked for are not decoded or fetched, only counted (`extra["surplus_images"]`); everything the server
+said is redacted with `secrets()` (the key, and a password in the base URL) before it is returned.
 Errors: `pixelmill.providers.openai.errors`.
 
 Credentials and base URLs (a flag beats the provider's variable, which beats the DF_* seed variables):
@@ -33,8 +37,9 @@ from urllib.parse import quote, urljoin, urlsplit
 import aiohttp
 import orjson
 
-from pixelmill.errors import ConfigError, Refused, TransientError
+from pixelmill.errors import ConfigError, ProviderError, Refused
 from pixelmill.models.table import ModelSpec, builtin_table, permissive_spec
+from pixelmill.netpolicy import userinfo_secrets
 from pixelmill.params import ImageParams, WirePlan
 from pixelmill.providers.base import (
     GeneratedImage,
@@ -44,6 +49,14 @@ from pixelmill.providers.base import (
     Provider,
     ProviderSettings,
     Task,
+)
+from pixelmill.providers.boundary import (
+    answer_limit,
+    field,
+    malformed,
+    scrub_error,
+    scrub_result,
+    text,
 )
 from pixelmill.providers.http import HttpClient, decode_base64, parse_json
 from pixelmill.providers.openai.errors import ErrorContext, error_from_reply, request_id_of
@@ -74,6 +87,19 @@ def normalize_base_url(url: str) -> str:
     return url if parts.path else url + "/v1"
 
 
+def _asked(request: ImageRequest, spec: ModelSpec) -> int:
+    """How many images the call asked for (`n`), within what the model can give."""
+    try:
+        n = int(request.params.get("n") or 1)
+    except (TypeError, ValueError):
+        n = 1
+    return max(1, min(n, spec.n_max if spec.known else 100))
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float) and value != ""
+
+
 def _first(*values: str | None) -> str | None:
     for value in values:
         if value and value.strip():
@@ -96,6 +122,11 @@ class OpenAIProvider(Provider):
         self._key = _first(settings.api_key, *(env.get(var) for var in self.key_vars))
         self._headers = self._auth_headers(settings, env)
         self.base_url = self._base_url(settings, env)
+        if userinfo_secrets(self.base_url) and "Authorization" in self._headers:
+            # aiohttp sends the URL's user and password as an Authorization header, which the key's would clash
+            # with; refused here rather than as an exception in the middle of the run.
+            raise ConfigError(f"the base URL carries a user and password, and a key is set for {self.name}: "
+                              "use one of them (drop the credentials from the URL, or unset the key)")
         max_connections = int(settings.options.get("max_connections", 1024))
         self._http = HttpClient(self.name, connect_timeout=settings.connect_timeout,
                                 max_connections=max_connections)
@@ -129,7 +160,8 @@ class OpenAIProvider(Provider):
         return f"{self.base_url}/images/{_ENDPOINTS[task]}", None
 
     def secrets(self) -> tuple[str, ...]:
-        return tuple(v for v in (self._key, *self._headers.values()) if v and len(v) >= 8)
+        found = (self._key, *self._headers.values(), *userinfo_secrets(self.base_url))
+        return tuple(dict.fromkeys(v for v in found if v and len(v) >= 8))
 
     def spec_for(self, model: str) -> ModelSpec:
         spec = builtin_table().get(model)
@@ -147,6 +179,14 @@ class OpenAIProvider(Provider):
     # ------------------------------------------------------------ the call
 
     async def call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
+        secrets = self.secrets()
+        try:
+            result = await self._call(request, spec)
+        except ProviderError as exc:
+            raise scrub_error(exc, secrets) from exc.__cause__
+        return scrub_result(result, secrets)
+
+    async def _call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
         if request.task != "variation":
             check_prompt(spec, request.prompt)
         check_inputs(spec, request.task, request.images, request.mask)
@@ -161,7 +201,9 @@ class OpenAIProvider(Provider):
             headers = self._headers
         reply = await self._http.send(
             "POST", url, data=data, headers=headers, params=query, time_limit=request.timeout,
-            max_bytes=self._answer_limit(request), label=label,
+            max_bytes=answer_limit(spec, _asked(request, spec), per_image_cap=self.settings.max_download_bytes,
+                                   envelope=_ENVELOPE),
+            label=label,
         )
         ctx = ErrorContext(label=label, model=request.model, spec=spec, key_hint=self._key_hint(),
                            secrets=self.secrets(), deployment=self._deployment_urls())
@@ -176,37 +218,28 @@ class OpenAIProvider(Provider):
     async def _result(
         self, answer: Any, request: ImageRequest, spec: ModelSpec, request_id: str | None, label: str
     ) -> ImageResult:
-        items = answer.get("data") if isinstance(answer, dict) else None
-        if not isinstance(items, list):
-            raise TransientError(
-                f"{label}: the answer has no `data` list (not an images answer)",
-                http_status=200, request_id=request_id, maybe_billed=True, code="malformed_body",
-            )
+        if not isinstance(answer, dict):
+            raise malformed(label, "not a JSON object", request_id)
+        items = field(answer, "data", list, label=label, request_id=request_id)
+        if items is None:
+            raise malformed(label, "no `data` list: not an images answer", request_id)
         if not items:
             raise Refused(
                 f"{label}: the answer holds no image (no reason given); not retried",
                 reason="no_image", http_status=200, request_id=request_id,
             )
-        fmt = answer.get("output_format")
-        labelled = _FORMAT_MIME.get(str(fmt).lower()) if fmt else None
+        fmt = text(answer.get("output_format"))
+        labelled = _FORMAT_MIME.get(fmt.lower()) if fmt else None
         if labelled is None and spec.known and spec.response_formats:
             labelled = "image/png"  # DALL·E answers are PNG
+        # What was asked for is kept; a server that sends more is not paid more attention (nor memory).
+        asked = _asked(request, spec)
         images: list[GeneratedImage] = []
-        for item in items:
-            if not isinstance(item, dict):
-                raise TransientError(f"{label}: an item of `data` is not an object", http_status=200,
-                                     request_id=request_id, maybe_billed=True, code="malformed_body")
-            revised = item.get("revised_prompt")
-            if item.get("b64_json"):
-                data = decode_base64(item["b64_json"], label=label, request_id=request_id)
-                images.append(GeneratedImage(data, labelled, revised))
-            elif item.get("url"):
-                data, mime = await self._fetch(str(item["url"]), request, label, request_id)
-                images.append(GeneratedImage(data, mime, revised))
-            else:
-                raise TransientError(f"{label}: an image item has neither b64_json nor url", http_status=200,
-                                     request_id=request_id, maybe_billed=True, code="malformed_body")
-        extra = {key: answer[key] for key in _RESPONSE_EXTRA if answer.get(key) is not None}
+        for item in items[:asked]:
+            images.append(await self._image(item, labelled, request, label, request_id))
+        extra: dict[str, Any] = {key: answer[key] for key in _RESPONSE_EXTRA if _scalar(answer.get(key))}
+        if len(items) > asked:
+            extra["surplus_images"] = len(items) - asked
         if images[0].revised_prompt:
             extra["revised_prompt"] = images[0].revised_prompt
         if request_id:
@@ -219,26 +252,39 @@ class OpenAIProvider(Provider):
             extra=extra,
         )
 
+    async def _image(self, item: Any, labelled: str | None, request: ImageRequest, label: str,
+                     request_id: str | None) -> GeneratedImage:
+        """One item of `data`: base64 decoded, or its URL fetched."""
+        if not isinstance(item, dict):
+            raise malformed(label, "an item of `data` is not an object", request_id)
+        revised = text(item.get("revised_prompt"))
+        b64 = field(item, "b64_json", str, label=label, request_id=request_id)
+        url = field(item, "url", str, label=label, request_id=request_id)
+        if b64:
+            return GeneratedImage(decode_base64(b64, label=label, request_id=request_id), labelled, revised)
+        if url:
+            data, mime = await self._fetch(url, request, label, request_id)
+            return GeneratedImage(data, mime, revised)
+        raise malformed(label, "an image item has neither b64_json nor url", request_id)
+
     async def _fetch(
         self, url: str, request: ImageRequest, label: str, request_id: str | None
     ) -> tuple[bytes, str | None]:
-        """An image given as a URL: downloaded (bounded), or decoded when a compatible server inlines it as a
-        data URL; a relative URL is resolved against the base URL."""
+        """An image given as a URL: downloaded (bounded; public addresses, or the base URL's own server), or
+        decoded when a compatible server inlines it as a data URL; a relative URL is resolved against the base
+        URL."""
         if url.startswith("data:"):
             head, _, payload = url.partition(",")
             data = decode_base64(payload, label=label, request_id=request_id)
             return data, (head[5:].split(";", 1)[0] or None)
-        return await self._http.download_image(
-            urljoin(self.base_url + "/", url), time_limit=request.timeout,
-            max_bytes=self.settings.max_download_bytes,
-        )
-
-    def _answer_limit(self, request: ImageRequest) -> int:
         try:
-            n = max(1, int(request.params.get("n") or 1))
-        except (TypeError, ValueError):
-            n = 10
-        return self.settings.max_download_bytes * n * 4 // 3 + _ENVELOPE
+            absolute = urljoin(self.base_url + "/", url)
+        except ValueError:  # "http://[::1" and the like
+            raise malformed(label, "an image URL that is not a URL", request_id) from None
+        return await self._http.download_image(
+            absolute, time_limit=request.timeout,
+            max_bytes=self.settings.max_download_bytes, trusted_origin=self.base_url,
+        )
 
     def _deployment_urls(self) -> bool:
         return False
