@@ -231,19 +231,22 @@ def test_key_never_written(emulator_thread: Emulator, tmp_path: Path) -> None:
 def test_a_row_changed_between_runs_is_sent_again_not_mixed_up(emulator_thread: Emulator, tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", prompts(4))
     assert gen(emulator_thread, src, tmp_path / "run")[0] == 0
+    first = {r["prompt"]: r["images"] for r in read_output(tmp_path / "run")}
     rows = prompts(4)
     rows.insert(1, {"prompt": "a new row in the middle"})  # rows 1..4 all move down by one
     write_jsonl(src, rows)
-    # Interrupted before anything is sent: the output must not give the moved rows each other's images.
+    # Stopped at the first call (the new row): the moved rows keep their own results, found by their content,
+    # and are never given each other's images.
     emulator_thread.configure(fail_after=0, fail_with="auth")
     code, _ = gen(emulator_thread, src, tmp_path / "run")
     assert code == 3
     out = read_output(tmp_path / "run")
-    assert [r["pixelmill"]["status"] for r in out] == ["done", "pending", "pending", "pending", "pending"]
+    assert [r["pixelmill"]["status"] for r in out] == ["done", "pending", "done", "done", "done"]
+    assert all(r["images"] == first[r["prompt"]] for r in out if r["prompt"] in first)
     emulator_thread.configure(fail_after=None)
     emulator_thread.reset_log()
     code, _ = gen(emulator_thread, src, tmp_path / "run")
     assert code == 0
-    assert sorted(r.prompt for r in emulator_thread.records(status=200)) == sorted(r["prompt"] for r in rows[1:])
+    assert [r.prompt for r in emulator_thread.records(status=200)] == ["a new row in the middle"]
     out = read_output(tmp_path / "run")
     assert len({r["images"][0] for r in out}) == 5

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -94,7 +95,10 @@ def quiet_progress_bars() -> None:
     import transformers.utils.logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    # Through a typed name: transformers' function is untyped where transformers is installed, and Any (no
+    # stubs) where it is not; a `type: ignore` would be wrong in one of the two.
+    disable: Callable[[], None] = transformers_logging.disable_progress_bar
+    disable()
 
 
 @dataclass(slots=True)
