@@ -36,6 +36,7 @@ from pixelmill.engine.plan import RunPlan
 from pixelmill.engine.retry import RetryPolicy
 from pixelmill.engine.row import Row, RowExecutor
 from pixelmill.engine.stats import RunStats
+from pixelmill.netpolicy import strip_userinfo
 from pixelmill.reading.images import InputPolicy
 from pixelmill.reading.records import Record, read_records
 from pixelmill.writing.journal import Journal, RowIdentity, StepState
@@ -67,7 +68,8 @@ class Runner:
         self.stats = stats or RunStats()
         self.notice = notice
         self.halt = Halt(plan.secrets)
-        self._providers = {s.config.name: s.provider.name for s in plan.steps}  # who a step sends to now
+        # Who each step sends to now (provider, base URL): whether an emulator's results are this run's.
+        self._senders = {s.config.name: (s.provider.name, _base_url(s.provider)) for s in plan.steps}
         self._told_rehearsal = False
 
     @property
@@ -202,17 +204,23 @@ class Runner:
                 return
 
     def _rehearsed(self, step: str, state: StepState) -> bool:
-        """A result the emulator made, for a step that now sends elsewhere: it was never paid for, so it is never
-        done for a real run; the row is sent again and its images replaced."""
-        made_by_emulator = state.info.get("provider") == "emulator" or bool(
-            isinstance(state.info.get("response"), dict) and state.info["response"].get("emulated"))
-        if not made_by_emulator or self._providers[step] == "emulator":
+        """A result an emulator made, for a step that now sends elsewhere: it was never paid for, so it is never
+        done for a real run; the row is sent again and its images replaced. (`--provider emulator` results stay
+        done for `--provider emulator` runs, and a served emulator's for runs against the same URL.)"""
+        response = state.info.get("response")
+        served_by = response.get("emulated") if isinstance(response, dict) else None
+        now = self._senders[step]
+        if state.info.get("provider") == "emulator":
+            rehearsed = now[0] != "emulator"
+        elif served_by:
+            rehearsed = not (isinstance(served_by, str) and served_by == now[1])
+        else:
             return False
-        if not self._told_rehearsal:
+        if rehearsed and not self._told_rehearsal:
             self._told_rehearsal = True
-            self.notice(f"rows made by the emulator are sent again to {self._providers[step]} (a rehearsal's "
-                        "images are never delivered as a real run's)")
-        return True
+            self.notice(f"rows made by the emulator are sent again to {now[0]} (a rehearsal's images are never "
+                        "delivered as a real run's)")
+        return rehearsed
 
     def _finished(self, states: dict[str, StepState]) -> bool:
         for step in self.plan.steps:
@@ -244,6 +252,11 @@ async def _drain(tasks: list[asyncio.Task[None]], hurry: asyncio.Task[Any], seco
         _, pending = await asyncio.wait([*pending, hurry], timeout=left, return_when=asyncio.FIRST_COMPLETED)
         pending.discard(hurry)
     hurry.cancel()
+
+
+def _base_url(provider: object) -> str | None:
+    url = getattr(provider, "base_url", None)
+    return strip_userinfo(url) if isinstance(url, str) else None
 
 
 def _remove_images(rundir: Path) -> None:

@@ -66,6 +66,9 @@ __all__ = [
 ]
 
 USER_AGENT = f"pixelmill/{VERSION}"
+# Every answer of pixelmill's emulator carries this header (src/pixelmill/testing/exchange.py sends it): images it
+# made are a rehearsal's, never done for a run against a real provider.
+EMULATOR_HEADER = "x-pixelmill-emulator"
 _CHUNK = 1 << 20
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 3

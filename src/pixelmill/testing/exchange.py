@@ -29,6 +29,9 @@ from pixelmill.testing.faults import Decision, Markers
 from pixelmill.testing.log import RequestRecord, public_headers
 from pixelmill.testing.state import EmulatorState
 
+# The emulator's mark on every answer (read by providers/http.py as EMULATOR_HEADER).
+EMULATOR_HEADER = "x-pixelmill-emulator"
+
 QUICK_FAULTS = frozenset({"rate_limit", "rate_limit_no_header", "auth", "quota"})
 STATUS_OF_FAULT = {"server_error": 500, "bad_gateway": 502, "unavailable": 503, "gateway_timeout": 504}
 # Faults that damage a 200 answer in `send` rather than replace it.
@@ -192,7 +195,8 @@ def send(
     """The 200 answer, or the fault's damaged version of it."""
     ex = exchange(request)
     record = ex.record
-    all_headers = {"x-request-id": record.id, **ex.rate_headers, **(headers or {})}
+    # The emulator's mark (providers/http.py EMULATOR_HEADER): a real run never takes its images for its own.
+    all_headers = {"x-request-id": record.id, EMULATOR_HEADER: "1", **ex.rate_headers, **(headers or {})}
     fault = decision.fault
     if fault == "reset" or ex.cut:
         return web.Response(status=200)  # the transport is gone; this is never written

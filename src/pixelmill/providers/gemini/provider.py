@@ -49,7 +49,7 @@ from pixelmill.errors import (
     TransientError,
     redact_clip,
 )
-from pixelmill.netpolicy import userinfo_secrets
+from pixelmill.netpolicy import strip_userinfo, userinfo_secrets
 from pixelmill.providers.base import (
     ChatTurn,
     GeneratedImage,
@@ -73,7 +73,14 @@ from pixelmill.providers.boundary import (
     text,
 )
 from pixelmill.providers.gemini.params import REQUEST_LEVEL_KEYS, check_inputs, plan_gemini
-from pixelmill.providers.http import HttpClient, decode_base64, parse_json, parse_retry_after, sane_seconds
+from pixelmill.providers.http import (
+    EMULATOR_HEADER,
+    HttpClient,
+    decode_base64,
+    parse_json,
+    parse_retry_after,
+    sane_seconds,
+)
 
 if TYPE_CHECKING:
     from pixelmill.models.table import ModelSpec
@@ -138,7 +145,10 @@ class GeminiProvider(Provider):
         )
         if reply.status != 200:
             raise error_from_answer(reply.status, reply.body, reply.headers, spec, model, secrets=secrets)
-        return parse_answer(reply.body, model, secrets=secrets)
+        result = parse_answer(reply.body, model, secrets=secrets)
+        if reply.headers.get(EMULATOR_HEADER):  # a rehearsal's image: never a real run's (engine/runner.py)
+            result.extra["emulated"] = strip_userinfo(self.base_url)  # done again only for this same emulator
+        return result
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -39,7 +39,7 @@ import orjson
 
 from pixelmill.errors import ConfigError, ProviderError, Refused
 from pixelmill.models.table import ModelSpec, builtin_table, permissive_spec
-from pixelmill.netpolicy import userinfo_secrets
+from pixelmill.netpolicy import strip_userinfo, userinfo_secrets
 from pixelmill.params import ImageParams, WirePlan
 from pixelmill.providers.base import (
     GeneratedImage,
@@ -58,7 +58,7 @@ from pixelmill.providers.boundary import (
     scrub_result,
     text,
 )
-from pixelmill.providers.http import HttpClient, decode_base64, parse_json
+from pixelmill.providers.http import EMULATOR_HEADER, HttpClient, decode_base64, parse_json
 from pixelmill.providers.openai.errors import ErrorContext, error_from_reply, request_id_of
 from pixelmill.providers.openai.params import check_inputs, check_prompt, plan_openai
 
@@ -213,7 +213,10 @@ class OpenAIProvider(Provider):
         answer = parse_json(reply.body, label=label, http_status=200, request_id=request_id)
         if isinstance(answer, dict) and answer.get("error") and not answer.get("data"):
             raise error_from_reply(reply, ctx, error_body=answer)  # Azure: content filter inside a 200
-        return await self._result(answer, request, spec, request_id, label)
+        result = await self._result(answer, request, spec, request_id, label)
+        if reply.headers.get(EMULATOR_HEADER):  # a rehearsal's image: never a real run's (engine/runner.py)
+            result.extra["emulated"] = strip_userinfo(self.base_url)  # done again only for this same emulator
+        return result
 
     async def _result(
         self, answer: Any, request: ImageRequest, spec: ModelSpec, request_id: str | None, label: str
