@@ -215,17 +215,14 @@ def test_emulate_command_prints_the_port_it_bound() -> None:
 
 
 async def test_serves_a_wide_burst_concurrently(emulator: Emulator) -> None:
-    """400 requests, 128 at a time, 0.1 s each: the ideal is 4 rounds (0.4 s). The emulator must take them all
-    in at once and not serialise them; the bound is loose because the client shares this process."""
+    """400 requests, 128 at a time, 0.1 s each: the emulator must take them all in at once and not serialise them
+    (counted by its in-flight high-water mark; how fast it serves is bench/emulator.py's, not a test's: a wall-clock
+    bound here failed whenever the machine was busy)."""
     emulator.configure(latency=0.1)
-    loop = asyncio.get_running_loop()
     connector = aiohttp.TCPConnector(limit=128)
     async with aiohttp.ClientSession(headers=HEADERS, connector=connector) as session:
         await asyncio.gather(*(_post(session, emulator) for _ in range(128)))  # connections and images warm
         emulator.reset_log()
-        start = loop.time()
         results = await asyncio.gather(*(_post(session, emulator) for _ in range(400)))
-        span = loop.time() - start
     assert [s for s, _, _ in results] == [200] * 400
     assert emulator.max_in_flight >= 100
-    assert span < 0.4 * 4
