@@ -129,3 +129,25 @@ async def test_budget_reservations() -> None:
     await unlimited.reserve(1e9)
     unlimited.settle(1e9, 5.0)
     assert unlimited.spent == 5.0
+
+
+async def test_reservations_follow_the_bills_and_a_cold_model_sends_one_call() -> None:
+    """Until a model's first bill settles, one call of it is in flight; then each call reserves its table bound
+    scaled by the highest bill/bound ratio seen (with the margin), per plan, else per model."""
+    from pixelmill.engine.budget import MARGIN
+
+    budget = Budget(10.0)
+    plan = ("gpt-image-2", "high")
+    first = await budget.reserve(1.0, plan)
+    assert first == 1.0
+    second = asyncio.create_task(budget.reserve(1.0, plan))
+    await asyncio.sleep(0.01)
+    assert not second.done()  # the model has no bill yet: its first call goes alone
+    other = await budget.reserve(1.0, ("gemini-3-pro-image", "1K"))  # another model probes on its own
+    budget.settle(other, 0.5, ("gemini-3-pro-image", "1K"), bound=1.0)
+    budget.settle(first, 2.0, plan, bound=1.0)  # billed twice the table's bound
+    assert await asyncio.wait_for(second, 1) == pytest.approx(2.0 * (1 + MARGIN))
+    assert budget.reservation(1.0, ("gpt-image-2", "low")) == pytest.approx(2.0 * (1 + MARGIN))  # the model's
+    assert budget.reservation(1.0, ("gemini-3-pro-image", "1K")) == 1.0  # billed within its bound
+    assert budget.spent == pytest.approx(2.5)
+    assert Budget(None).reservation(1.0, plan) == 1.0

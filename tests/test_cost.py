@@ -108,9 +108,17 @@ def test_every_kind_of_token_is_priced() -> None:
     assert cost == pytest.approx((100 * 5.0 + 500 * 10.0 + 4160 * 40.0) / 1e6)
     cost = actual_cost(spec("gpt-image-1.5"), {}, openai_usage(out=1056, text_out=50), 1)
     assert cost == pytest.approx((1056 * 32.0 + 50 * 10.0) / 1e6)
-    # Without details every input token is text and every output token an image token.
+    # Without details the split is unknown: each token at the dearer rate of its side (input: image 8.0 over
+    # text 5.0; output: image 30.0), what the bill can be at most.
     cost = actual_cost(spec("gpt-image-2"), {}, {"input_tokens": 40, "output_tokens": 272}, 1)
-    assert cost == pytest.approx((40 * 5.0 + 272 * 30.0) / 1e6)
+    assert cost == pytest.approx((40 * 8.0 + 272 * 30.0) / 1e6)
+    # Gemini without a per-modality split: prompt at max(text_in, image_in), candidates at max(image, text out).
+    cost = actual_cost(spec("gemini-3-pro-image"), {}, {"promptTokenCount": 100, "candidatesTokenCount": 1200}, 1)
+    assert cost == pytest.approx((100 * 2.0 + 1200 * 120.0) / 1e6)
+    # Details that do not add up to the total: the rest at the dearer rate.
+    cost = actual_cost(spec("gpt-image-2"), {}, {"input_tokens": 40, "input_tokens_details": {"text_tokens": 30},
+                                                 "output_tokens": 272}, 1)
+    assert cost == pytest.approx((30 * 5.0 + 10 * 8.0 + 272 * 30.0) / 1e6)
     cost = actual_cost(spec("gemini-3-pro-image"), {}, gemini_usage(1120, text_in=300, image_in=560, text_out=20,
                                                                      thoughts=400), 1)
     assert cost == pytest.approx((300 * 2.0 + 560 * 2.0 + 1120 * 120.0 + (20 + 400) * 12.0) / 1e6)

@@ -21,6 +21,7 @@ from pixelmill.errors import (
     Refused,
     Rejected,
     TransientError,
+    UnknownOutcome,
 )
 from pixelmill.params import ImageParams
 from pixelmill.providers.base import ChatTurn, ImageRequest, ImageResult, InputImage, ProviderSettings, Task
@@ -271,15 +272,20 @@ async def test_server_errors_are_transient(gemini: GeminiProvider, fault: str, s
 
 
 @pytest.mark.parametrize(("fault", "billed"),
-                         [("reset", False), ("truncated", True), ("malformed", True), ("invalid_base64", True)])
+                         [("truncated", True), ("malformed", True), ("invalid_base64", True)])
 async def test_broken_answers_are_transient(gemini: GeminiProvider, fault: str, billed: bool) -> None:
     error = await failure(gemini, PRO, f"x [[fault:{fault}]]")
     assert type(error) is TransientError and error.maybe_billed is billed
 
 
-async def test_slow_answers_time_out_as_transient(emu: Emulator, gemini: GeminiProvider) -> None:
+async def test_a_reset_after_sending_is_an_unknown_outcome(gemini: GeminiProvider) -> None:
+    error = await failure(gemini, PRO, "x [[fault:reset]]")
+    assert type(error) is UnknownOutcome and error.maybe_billed and error.kind == "unknown_outcome"
+
+
+async def test_slow_answers_time_out_as_unknown_outcomes(emu: Emulator, gemini: GeminiProvider) -> None:
     error = await failure(gemini, PRO, "x [[latency:2]]", time_limit=0.3)
-    assert type(error) is TransientError and "0.3" in str(error)
+    assert type(error) is UnknownOutcome and error.maybe_billed and "0.3" in str(error)
 
 
 async def test_retired_model_is_unavailable_with_its_replacement(gemini: GeminiProvider) -> None:

@@ -15,7 +15,7 @@ ROWS = 60
 
 @pytest.mark.parametrize(
     "fault",
-    ["server_error", "bad_gateway", "unavailable", "gateway_timeout", "reset", "rate_limit", "rate_limit_no_header"],
+    ["server_error", "bad_gateway", "unavailable", "gateway_timeout", "rate_limit", "rate_limit_no_header"],
 )
 def test_retryable_faults_end_done(emulator_thread: Emulator, tmp_path: Path, fault: str) -> None:
     emulator_thread.configure(faults={fault: 0.3}, retry_after=0.05, seed=7)
@@ -33,9 +33,12 @@ def test_retryable_faults_end_done(emulator_thread: Emulator, tmp_path: Path, fa
         assert report.stats.rate_limited == faults
 
 
-@pytest.mark.parametrize("fault", ["truncated", "malformed", "invalid_base64"])
-def test_broken_answers_are_retried_at_most_once(emulator_thread: Emulator, tmp_path: Path, fault: str) -> None:
-    """A broken answer may have been billed: one retry by default, then the row fails as transient."""
+@pytest.mark.parametrize(("fault", "kind"), [("truncated", "transient"), ("malformed", "transient"),
+                                           ("invalid_base64", "transient"), ("reset", "unknown_outcome")])
+def test_broken_answers_are_retried_at_most_once(emulator_thread: Emulator, tmp_path: Path, fault: str,
+                                                 kind: str) -> None:
+    """A broken answer, or a request sent whose answer never came (a reset), may have been billed: one retry by
+    default, then the row fails as transient (broken) or unknown_outcome (lost); each is charged on its row."""
     emulator_thread.configure(faults={fault: 0.5}, seed=3)
     src = write_jsonl(tmp_path / "in.jsonl", prompts(ROWS))
     report = run_api(emulator_thread, src, tmp_path / "run", concurrency=8)
@@ -45,18 +48,23 @@ def test_broken_answers_are_retried_at_most_once(emulator_thread: Emulator, tmp_
     assert len(failed) + len(done) == ROWS
     assert failed, "at a 50% fault rate some rows fail twice"
     for row in failed:
-        assert row["pixelmill"]["error"]["kind"] == "transient"
+        assert row["pixelmill"]["error"]["kind"] == kind
         assert row["pixelmill"]["attempts"] == 2
+        assert row["pixelmill"]["unanswered"]["calls"] == 2
     assert emulator_thread.count(endpoint="generations") <= 2 * ROWS
     assert report.exit_code == 1
 
 
 def test_timeouts_are_retried(emulator_thread: Emulator, tmp_path: Path) -> None:
+    """A request that times out may have been billed: retried up to --max-billed-retries, counted as such."""
     emulator_thread.configure(faults={"timeout": 0.2}, timeout_hold=5.0, seed=1)
     src = write_jsonl(tmp_path / "in.jsonl", prompts(20))
-    report = run_api(emulator_thread, src, tmp_path / "run", concurrency=10, timeout=0.5)
+    report = run_api(emulator_thread, src, tmp_path / "run", concurrency=10, timeout=0.5, max_billed_retries=5)
     assert report.exit_code == 0
     assert report.stats.retries == emulator_thread.count(fault="timeout") > 0
+    out = read_output(tmp_path / "run")
+    assert sum(r["pixelmill"].get("unanswered", {}).get("calls", 0) for r in out) == report.stats.retries
+    assert report.stats.unanswered == report.stats.retries
 
 
 def test_refusals_and_rejections_are_recorded_not_retried(emulator_thread: Emulator, tmp_path: Path) -> None:

@@ -119,8 +119,10 @@ class Limits(BaseModel):
     ipm: float | None = Field(default=None, gt=0)
     max_retries: int = Field(default=defaults.MAX_RETRIES, ge=0)
     max_billed_retries: int = Field(default=defaults.MAX_BILLED_RETRIES, ge=0)  # after broken or lost answers
-    timeout: float = Field(default=defaults.TIMEOUT, gt=0)  # one request
-    deadline: float = Field(default=defaults.DEADLINE, gt=0)  # one row, all retries and 429 waits included
+    # One request; None: the model's own (`timeout` in the model table), else defaults.TIMEOUT (engine/plan.py).
+    timeout: float | None = Field(default=None, gt=0)
+    # One call of a row, all retries and 429 waits included; None: long enough for a retry after a full timeout.
+    deadline: float | None = Field(default=None, gt=0)
     max_cost: float | None = Field(default=None, ge=0)
     drain_timeout: float = Field(default=60.0, ge=0)  # how long Ctrl-C waits for calls in flight
     retry_base: float = Field(default=0.5, gt=0)  # first backoff step, seconds (doubles per retry)

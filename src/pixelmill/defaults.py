@@ -27,8 +27,9 @@ DEFAULT_OUTPUT_FIELD = {"generate": "images", "edit": "output_image", "auto": "i
 CONCURRENCY = 16  # requests in flight
 MAX_RETRIES = 5  # retries of transient errors per call; 429s are bounded by the deadline instead
 MAX_BILLED_RETRIES = 1  # retries of calls that may have been billed (answer lost or broken)
-TIMEOUT = 300.0  # seconds for one request
-DEADLINE = 600.0  # seconds for one row, retries and 429 waits included
+TIMEOUT = 300.0  # seconds for one request, for a model whose table entry gives no `timeout` of its own
+DEADLINE = 600.0  # seconds for one call with its retries and 429 waits, at least ...
+DEADLINE_RETRY_ROOM = 60.0  # ... and at least 2 x the timeout + this: room for a retry after a full timeout
 
 # Where a run writes when no --output is given: OUTPUT_ROOT/<input stem>.
 OUTPUT_ROOT = Path("pixelmill-out")

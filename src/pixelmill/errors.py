@@ -7,6 +7,7 @@ PixelmillError
 └── ProviderError          what a provider call can end in
     ├── RateLimited        429: retried after `retry_after`, bounded by the row's deadline
     ├── TransientError     5xx, timeouts, resets, truncated or malformed bodies: retried with backoff
+    │   └── UnknownOutcome     sent, then no answer (timeout, reset, closed): may have been billed
     ├── Refused            safety / moderation / no image: recorded, not retried
     ├── Rejected           400-class: the request itself is wrong for this row: recorded, not retried
     └── FatalError         abort the run at once: no more paid calls (exit 3)
@@ -88,6 +89,19 @@ class TransientError(ProviderError):
     def __init__(self, message: str, *, maybe_billed: bool = False, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.maybe_billed = maybe_billed
+
+
+class UnknownOutcome(TransientError):
+    """The request was sent and its answer never came (a timeout while waiting, a reset, the server closing the
+    connection): the provider may have done the work and billed it. Always `maybe_billed`: retried at most
+    `--max-billed-retries` times and charged against the budget at the call's reservation. A connection that
+    could not be opened is a plain `TransientError` (nothing was sent, nothing billed)."""
+
+    kind = "unknown_outcome"
+
+    def __init__(self, message: str, **kw: object) -> None:
+        kw.pop("maybe_billed", None)
+        super().__init__(message, maybe_billed=True, **kw)
 
 
 class Refused(ProviderError):

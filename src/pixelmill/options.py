@@ -84,8 +84,11 @@ class JobOptions:
     max_billed_retries: int = option(
         defaults.MAX_BILLED_RETRIES,
         "Retries of a call that may have been billed without a usable answer (0: never).")
-    timeout: float = option(defaults.TIMEOUT, "Seconds for one request.")
-    deadline: float = option(defaults.DEADLINE, "Seconds for one row, retries included.")
+    timeout: float | None = option(
+        None, f"Seconds for one request (default: the model's, from the model table, else {defaults.TIMEOUT:g}).")
+    deadline: float | None = option(
+        None, f"Seconds for one call with its retries and 429 waits (default: {defaults.DEADLINE:g}, or twice the "
+        "timeout plus a minute when longer).")
     max_cost: float | None = option(None, "Budget in USD for this run directory, across resumes.")
     retry_failed: bool = option(False, "Also re-request rows that failed.")
     restart: bool = option(False, "Discard the run in the output folder and start over.")

@@ -3,13 +3,18 @@
 - `LeakyGateway`: an OpenAI/Gemini-shaped endpoint that echoes the caller's API key into its error messages and
   broken bodies (some real gateways and proxies do), to prove that pixelmill never writes or shows a key it is
   handed back;
-- `ImageHost`: serves input images by URL, well and badly: stalls, drips, lies about its size, redirects.
+- `ImageHost`: serves input images by URL, well and badly: stalls, drips, lies about its size, redirects;
+- `BillingGateway`: an OpenAI/Gemini-shaped endpoint that keeps its own bill, bills more than the model table
+  predicts when told, reports Gemini usage without a per-modality split, and loses answers after billing
+  (resets, hangs), to prove that the budget holds against what a provider actually bills.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import math
+import threading
 from typing import Any
 
 import orjson
@@ -154,6 +159,103 @@ class ImageHost(LocalServer):
 
     async def redirect(self, request: web.Request) -> web.Response:
         raise web.HTTPFound("/good.png")
+
+
+class BillingGateway(LocalServer):
+    """Bills every request it receives in full (`billed`, USD, at the model table's prices), before it answers:
+    the work is paid whether or not the answer reaches the client. `factor` scales the output tokens over what
+    the table says a call yields (a provider billing more than predicted). Gemini usage comes without a
+    per-modality split (`candidatesTokenCount` holding the image, two thinking drafts and some text).
+
+    Prompt markers: `[lose]` bills, then closes the connection without an answer (a reset); `[hang]` bills and
+    never answers; `[refuse]` answers 400 (an error answer: not billed). `in_flight` / `max_in_flight` count the
+    requests being answered; `first_answer_in_flight` is how many were in flight when the first answer left."""
+
+    def __init__(self, *, factor: float = 1.0, latency: float = 0.2) -> None:
+        super().__init__()
+        self.factor = factor
+        self.latency = latency
+        self.billed = 0.0
+        self.bills = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.first_answer_in_flight: int | None = None
+        self.requests: list[str] = []
+        self._lock = threading.Lock()
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/images/generations", self.openai)
+        app.router.add_post("/v1beta/models/{target}", self.gemini)
+
+    def _bill(self, usd: float) -> None:
+        with self._lock:
+            self.billed += usd
+            self.bills += 1
+
+    async def _serve(self, request: web.Request, prompt: str, usd: float, answer: dict[str, Any]) -> web.Response:
+        self.requests.append(prompt)
+        if "[refuse]" in prompt:
+            return _json(400, {"error": {"message": "Invalid prompt", "type": "invalid_request_error",
+                                         "param": "prompt", "code": "invalid_value"}})
+        self._bill(usd)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if "[hang]" in prompt:
+                await asyncio.sleep(3600)
+            await asyncio.sleep(self.latency)
+            if "[lose]" in prompt:
+                assert request.transport is not None
+                request.transport.abort()
+                return web.Response(status=200)  # never written: the connection is gone
+            if self.first_answer_in_flight is None:
+                self.first_answer_in_flight = self.in_flight
+            return _json(200, answer)
+        finally:
+            self.in_flight -= 1
+
+    async def openai(self, request: web.Request) -> web.Response:
+        from pixelmill.models.cost import output_tokens
+        from pixelmill.models.table import builtin_table
+
+        body = await request.json()
+        prompt = str(body.get("prompt", ""))
+        spec = builtin_table().get(str(body.get("model")))
+        assert spec is not None
+        tokens = output_tokens(spec, str(body.get("quality", "high")), str(body.get("size", "1024x1024")))
+        out = math.ceil((tokens or 0) * self.factor)
+        text_in = math.ceil(len(prompt) / 4)
+        price = spec.price
+        usd = (text_in * (price.text_in or 0.0) + out * (price.image_out or 0.0)) / 1e6
+        usage = {"input_tokens": text_in, "output_tokens": out, "total_tokens": text_in + out,
+                 "input_tokens_details": {"text_tokens": text_in, "image_tokens": 0}}
+        image = pybase64.b64encode(png_bytes()).decode()
+        return await self._serve(request, prompt, usd, {"created": 1, "data": [{"b64_json": image}],
+                                                        "usage": usage})
+
+    async def gemini(self, request: web.Request) -> web.Response:
+        from pixelmill.models.cost import gemini_image_tokens
+        from pixelmill.models.table import builtin_table
+
+        body = await request.json()
+        model = request.match_info["target"].split(":", 1)[0]
+        spec = builtin_table().get(model)
+        assert spec is not None
+        prompt = " ".join(str(p.get("text", "")) for c in body.get("contents", []) for p in c.get("parts", []))
+        image_tokens = gemini_image_tokens(spec, body.get("generationConfig") or {}) or 0
+        candidates = math.ceil((3 * image_tokens + 300) * self.factor)  # the image, two drafts, some text
+        prompt_tokens = math.ceil(len(prompt) / 4)
+        price = spec.price
+        # Without a split the provider's bill is at most every token at the dearer rate: what it charges here.
+        usd = (prompt_tokens * max(price.text_in or 0.0, price.image_in or 0.0)
+               + candidates * max(price.image_out or 0.0, price.text_out or 0.0)) / 1e6
+        image = pybase64.b64encode(png_bytes()).decode()
+        answer = {"candidates": [{"content": {"role": "model", "parts": [
+            {"inlineData": {"mimeType": "image/png", "data": image}}]}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": candidates,
+                              "totalTokenCount": prompt_tokens + candidates},
+            "modelVersion": model}
+        return await self._serve(request, prompt, usd, answer)
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:

@@ -2,10 +2,11 @@
 policy says the row must end as and how many requests it may make.
 
 The oracle walks the sequence the way DESIGN 2.7 and `engine/retry.py`'s documentation state the policy, not by
-calling the engine's code: a 429 is retried (bounded by the deadline only); a 5xx, timeout or reset up to
-`max_retries` times; an answer that arrived broken (truncated, malformed, invalid base64) may have been billed and
-is retried at most `max_billed_retries` times (and counts as a transient retry too); a refusal is recorded at once;
-auth and quota errors stop the run, leaving the row pending.
+calling the engine's code: a 429 is retried (bounded by the deadline only); a 5xx up to `max_retries` times; a
+call that may have been billed is retried at most `max_billed_retries` times (and counts as a transient retry
+too): an answer that arrived broken (truncated, malformed, invalid base64; kind `transient`) or a request sent
+whose answer never came (a client timeout while the server holds it, a reset; kind `unknown_outcome`); a refusal
+is recorded at once; auth and quota errors stop the run, leaving the row pending.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 RATE = ("rate_limit", "rate_limit_no_header")
-TRANSIENT = ("server_error", "bad_gateway", "unavailable", "gateway_timeout", "timeout", "reset")
+TRANSIENT = ("server_error", "bad_gateway", "unavailable", "gateway_timeout")
 BILLED = ("truncated", "malformed", "invalid_base64")
+UNANSWERED = ("timeout", "reset")  # the client gives up first (its timeout is shorter than the fault's hold)
+MAYBE_BILLED = BILLED + UNANSWERED  # each one charged at its reservation: `pixelmill.unanswered.calls`
 REFUSED = ("moderation", "prompt_blocked", "image_safety", "no_image", "text_only")
 FATAL = {"auth": "auth", "quota": "quota"}
 
@@ -36,11 +39,11 @@ def verdict(faults: list[str | None], *, max_retries: int = 5, max_billed_retrie
             return Verdict("done", None, sent)
         if fault in RATE:
             continue
-        if fault in BILLED:
+        if fault in MAYBE_BILLED:
             billed += 1
             if billed > max_billed_retries:
-                return Verdict("failed", "transient", sent)
-        if fault in TRANSIENT or fault in BILLED:
+                return Verdict("failed", "unknown_outcome" if fault in UNANSWERED else "transient", sent)
+        if fault in TRANSIENT or fault in MAYBE_BILLED:
             transient += 1
             if transient > max_retries:
                 return Verdict("failed", "transient", sent)

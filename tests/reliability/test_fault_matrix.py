@@ -16,7 +16,7 @@ import pytest
 from pixelmill.reading.images import sniff
 from pixelmill.testing import Emulator
 from tests.reliability.invariants import EXTENSION_OF, assert_every_row_once
-from tests.reliability.policy import RATE, requests_by_prompt, verdict
+from tests.reliability.policy import MAYBE_BILLED, RATE, requests_by_prompt, verdict
 from tests.reliability.runs import run_family
 from tests.runs import read_output, write_jsonl
 
@@ -105,6 +105,10 @@ def test_every_row_ends_right_and_requests_follow_the_policy(
         assert expected.requests == len(sent), f"{where}: the policy makes {expected.requests} requests"
         assert meta["status"] == expected.status, where
         assert meta["attempts"] == len(sent), where
+        # Each call that may have been billed without a usable answer is counted on its row, and charged.
+        unanswered = meta.get("unanswered", {"calls": 0, "cost_usd_max": 0.0})
+        assert unanswered["calls"] == sum(f in MAYBE_BILLED for f in faults), where
+        assert (unanswered["cost_usd_max"] > 0) == (unanswered["calls"] > 0), where
         total_attempts += meta["attempts"]
         if expected.status == "done":
             [path] = row["images"]

@@ -1,16 +1,17 @@
 """Letting one call in: its budget reservation and its concurrency slot, owned together by one `Ticket`.
 
 ```python
-async with admission.ticket(images=n, reserve=high) as ticket:   # reserves, then waits for a slot and the pace
-    ...send, store, journal...
-    ticket.settle(cost)                                          # what the call did cost
+async with admission.ticket(images=n, reserve=high, key=(model, plan)) as ticket:  # reserves, then a slot
+    ...send, store, journal...                                   # ticket.reserved: what was reserved
+    ticket.settle(cost, billed=True)                             # an answer's bill (the budget learns from it)
 # leaving the block gives the slot back and settles whatever was not settled at 0: on success, on an
 # exception, on cancellation and on stop alike, so neither a slot nor a reservation can leak
 ```
 
 The order is the budget's rule: the reservation is made (waiting while calls in flight hold the rest of the
-budget) before the slot is taken, so a call waiting for budget holds no slot. The pacing and 429 pause are
-the limiter's (engine/limiter.py), the budget policy the budget's (engine/budget.py).
+budget, or while a model's first call is not yet billed) before the slot is taken, so a call waiting for budget
+holds no slot. `reserve` is the table's bound; the budget scales it by what the model's bills have shown. The
+pacing and 429 pause are the limiter's (engine/limiter.py), the budget policy the budget's (engine/budget.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from types import TracebackType
 
-from pixelmill.engine.budget import Budget
+from pixelmill.engine.budget import Budget, CostKey
 from pixelmill.engine.limiter import Limiter
 
 
@@ -30,28 +31,36 @@ class Admission:
         self.budget = budget
         self.stopping = stopping
 
-    def ticket(self, *, images: int, reserve: float) -> Ticket:
-        """A ticket for one call of `images` images that may cost up to `reserve`; enter it to be let in."""
-        return Ticket(self, images, reserve)
+    def ticket(self, *, images: int, reserve: float, key: CostKey | None = None) -> Ticket:
+        """A ticket for one call of `images` images that the table says may cost up to `reserve` (its bills are
+        learned under `key`: model and plan); enter it to be let in."""
+        return Ticket(self, images, reserve, key)
 
 
 class Ticket:
     """One call's slot and reservation, from entering the `async with` to leaving it."""
 
-    __slots__ = ("_admission", "_held", "_images", "_reserved", "_settled")
+    __slots__ = ("_admission", "_bound", "_held", "_images", "_key", "_reserved", "_settled")
 
-    def __init__(self, admission: Admission, images: int, reserve: float) -> None:
+    def __init__(self, admission: Admission, images: int, reserve: float, key: CostKey | None = None) -> None:
         self._admission = admission
         self._images = images
-        self._reserved = reserve
+        self._bound = reserve
+        self._key = key
+        self._reserved = 0.0
         self._settled = True  # nothing reserved until entered
         self._held = False
+
+    @property
+    def reserved(self) -> float:
+        """What this call holds of the budget: what it is charged when its outcome is unknown."""
+        return self._reserved
 
     async def __aenter__(self) -> Ticket:
         """Reserve the budget (raises `BudgetReached` when the call cannot fit even alone), then wait for a slot
         and the pace. The waits end early when the run stops: the holder checks `stopping` before sending."""
         gate = self._admission
-        await gate.budget.reserve(self._reserved)
+        self._reserved = await gate.budget.reserve(self._bound, self._key)
         self._settled = False
         try:
             await gate.limiter.admit(self._images, gate.stopping)
@@ -61,13 +70,14 @@ class Ticket:
         self._held = True
         return self
 
-    def settle(self, actual: float) -> None:
+    def settle(self, actual: float, *, billed: bool = False) -> None:
         """Settle the reservation with what the call cost (0 when it was not billed), once: a second settle
-        is a bug that would lose a charge, so it raises."""
+        is a bug that would lose a charge, so it raises. `billed`: `actual` is an answer's bill, which the
+        budget learns from."""
         if self._settled:
             raise RuntimeError("this ticket's reservation is already settled")
         self._settled = True
-        self._admission.budget.settle(self._reserved, actual)
+        self._admission.budget.settle(self._reserved, actual, self._key, self._bound if billed else None)
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
                         traceback: TracebackType | None) -> None:

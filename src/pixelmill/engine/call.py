@@ -2,7 +2,7 @@
 policy's verdict on each failure, and the attempt count.
 
 ```python
-async with sender.send(target, request, params) as outcome:
+async with sender.send(target, request, params, book) as outcome:   # book: engine/intents.py
     if isinstance(outcome, Failure):      # given up: outcome.error, outcome.attempts; the slot is already free
         ...
     else:                                 # an answer with images: the slot is held until the block ends
@@ -11,11 +11,17 @@ async with sender.send(target, request, params) as outcome:
 ```
 
 The slot is held until the caller has stored and journaled the images, so a kill loses at most --concurrency
-paid calls. Each attempt takes a new ticket (engine/admission.py): a failed attempt settles its reservation at
-0 at once and keeps its slot through the backoff pause, as the limiter always had it. When to retry and how
-long to wait is engine/retry.py's alone; what is let in, engine/admission.py's. Stopping, the budget running
-out and cancellation are exceptions (`Stopped`, `BudgetReached`, `CancelledError`); a provider's error that is
-not retried is an outcome (`Failure`), carrying the attempts made like an answer does.
+paid calls. Every attempt is journaled before it is sent (`CallBook.sent`: an intent, charged at its
+reservation by a later run if this one dies before the outcome is recorded) and resolved by its outcome: an
+answer or a failure is recorded by the caller's save (which deletes the intent in the same transaction), an
+error answer drops it (not billed), and a call whose outcome is unknown (sent, answer lost or broken:
+`maybe_billed`) is charged at its reservation and recorded on the row (`CallBook.unanswered`).
+Each attempt takes a new ticket (engine/admission.py): a failed attempt settles its reservation at once (at 0,
+or at the reservation when it may have been billed) and keeps its slot through the backoff pause, as the
+limiter always had it. When to retry and how long to wait is engine/retry.py's alone; what is let in,
+engine/admission.py's. Stopping, the budget running out and cancellation are exceptions (`Stopped`,
+`BudgetReached`, `CancelledError`); a provider's error that is not retried is an outcome (`Failure`), carrying
+the attempts made like an answer does.
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+import orjson
 
 from pixelmill.engine.admission import Admission, Ticket
 from pixelmill.engine.plan import StepPlan, images_per_call
 from pixelmill.engine.retry import RetryPolicy, RetryState, next_delay
 from pixelmill.engine.stats import RunStats
-from pixelmill.errors import PixelmillError, ProviderError, RateLimited, Refused
+from pixelmill.errors import PixelmillError, ProviderError, RateLimited, Refused, TransientError
 from pixelmill.models.cost import expected_cost
 from pixelmill.providers.base import ImageRequest, ImageResult
 
@@ -51,8 +59,8 @@ class Answer:
     ticket: Ticket
 
     def settle(self, cost: float) -> None:
-        """Settle the call's budget reservation with what it cost."""
-        self.ticket.settle(cost)
+        """Settle the call's budget reservation with what it cost (its bill: the budget learns from it)."""
+        self.ticket.settle(cost, billed=True)
 
 
 @dataclass(slots=True)
@@ -61,6 +69,29 @@ class Failure:
 
     error: ProviderError
     attempts: int
+
+
+class CallBook(Protocol):
+    """Where a row's calls are journaled (engine/intents.py): each attempt before it is sent, and its outcome."""
+
+    def sent(self, reserved: float) -> None:
+        """The call is about to be sent, holding `reserved` of the budget."""
+
+    def answered(self) -> None:
+        """The call was answered with an error: not billed; its intent goes."""
+
+    def unanswered(self, charged: float) -> None:
+        """The call may have been billed without a usable answer: charged at `charged`, recorded on the row."""
+
+
+def maybe_billed(error: ProviderError) -> bool:
+    """Whether a failed call may have been billed: sent and its answer lost, or arrived broken."""
+    return isinstance(error, TransientError) and error.maybe_billed
+
+
+def plan_key(params: dict[str, Any]) -> str:
+    """A call's plan as a stable string: bills are learned per model and plan (engine/budget.py)."""
+    return orjson.dumps(params, option=orjson.OPT_SORT_KEYS, default=str).decode()
 
 
 class Sender:
@@ -75,21 +106,24 @@ class Sender:
         self.stopping = admission.stopping
 
     @asynccontextmanager
-    async def send(self, target: StepPlan, request: ImageRequest,
-                   params: dict[str, Any]) -> AsyncIterator[Answer | Failure]:
+    async def send(self, target: StepPlan, request: ImageRequest, params: dict[str, Any],
+                   book: CallBook | None = None) -> AsyncIterator[Answer | Failure]:
         """Send `request` until it is answered with images or the policy gives up (see the module docstring)."""
         images = images_per_call(params)
         expected = expected_cost(target.spec, params, images, len(request.prompt), len(request.images))
         reserve = expected.high if expected else 0.0
+        key = (target.spec.name, plan_key(params))
         retry = RetryState.start()
         attempts = 0
         while True:
             if self.stopping.is_set() and attempts:
                 raise Stopped()
             error: ProviderError | None = None
-            async with self.admission.ticket(images=images, reserve=reserve) as ticket:
+            async with self.admission.ticket(images=images, reserve=reserve, key=key) as ticket:
                 if self.stopping.is_set():  # stopped while waiting for a slot or a pause: send nothing more
                     raise Stopped()
+                if book is not None:
+                    book.sent(ticket.reserved)
                 attempts += 1
                 self.stats.requests += 1
                 self.stats.in_flight += 1
@@ -98,12 +132,22 @@ class Sender:
                     result = await target.provider.call(request, target.spec)
                 except ProviderError as exc:
                     error = exc
-                    ticket.settle(0.0)  # an error is charged nothing
+                    if maybe_billed(exc):  # no usable answer, and perhaps billed: charged at its reservation
+                        self._charge_unanswered(ticket)
+                        if book is not None:
+                            book.unanswered(ticket.reserved)
+                    else:
+                        ticket.settle(0.0)  # an error answer is charged nothing
+                        if book is not None:
+                            book.answered()
                     delay = self._verdict(retry, exc)
                     if delay is not None:
                         self.stats.retries += 1
                         await self._pause(delay)  # the slot is held through the pause
                         continue
+                except asyncio.CancelledError:  # sent and abandoned (stopped at once): its intent stays journaled
+                    self._charge_unanswered(ticket)
+                    raise
                 finally:
                     self.stats.in_flight -= 1  # an answer counts no more: it is being stored
                 if result is not None:
@@ -116,6 +160,12 @@ class Sender:
             assert error is not None
             yield Failure(error, attempts)
             return
+
+    def _charge_unanswered(self, ticket: Ticket) -> None:
+        ticket.settle(ticket.reserved)
+        self.stats.spent += ticket.reserved
+        self.stats.unanswered += 1
+        self.stats.unanswered_cost += ticket.reserved
 
     def _verdict(self, retry: RetryState, error: ProviderError) -> float | None:
         """The policy's delay before another attempt, or None to give up; a 429 pauses every sender."""

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pixelmill.config import ModelRef, RunConfig, StepConfig
+from pixelmill import defaults
+from pixelmill.config import Limits, ModelRef, RunConfig, StepConfig
 from pixelmill.errors import ConfigError
 from pixelmill.models.cost import expected_cost
 from pixelmill.models.table import ModelSpec, ModelTable, builtin_table
@@ -34,6 +35,7 @@ class StepPlan:
     wire_model: str  # the name sent: what the user wrote (a preset resolved), e.g. an Azure deployment
     plans: dict[tuple[str, bool], WirePlan] = field(default_factory=dict)
     fallbacks: list[StepPlan] = field(default_factory=list)  # tried in order when this model fails a row
+    timeout: float = defaults.TIMEOUT  # seconds for one request (`request_timeout`)
 
     def plan(self, task: str, single: bool = False) -> WirePlan:
         """The wire plan for `task`; `single` asks for one image (intermediate turns of a conversation)."""
@@ -53,6 +55,20 @@ class StepPlan:
         return task, self.plan(task, single=turn < turns - 1)
 
 
+def request_timeout(limits: Limits, spec: ModelSpec) -> float:
+    """Seconds for one request: --timeout, else the model's own (`timeout` in the model table: the slowest
+    models need minutes), else `defaults.TIMEOUT`."""
+    return limits.timeout or spec.timeout or defaults.TIMEOUT
+
+
+def call_deadline(limits: Limits, timeouts: list[float]) -> float:
+    """Seconds for one call with its retries: --deadline, else long enough for a retry after a full timeout of
+    the slowest model (twice its timeout plus room for the backoff), and at least `defaults.DEADLINE`."""
+    if limits.deadline is not None:
+        return limits.deadline
+    return max([defaults.DEADLINE, *(2 * t + defaults.DEADLINE_RETRY_ROOM for t in timeouts)])
+
+
 def images_per_call(params: Mapping[str, Any]) -> int:
     """How many images one call with these wire parameters asks for."""
     return int(params.get("n", params.get("num_images_per_prompt", 1)) or 1)
@@ -67,6 +83,7 @@ class RunPlan:
     # --concurrency, or more where a local model batches rows inside the provider and needs more rows in flight
     # to fill its batches (it has no rate limit to respect).
     concurrency: int
+    deadline: float = defaults.DEADLINE  # seconds for one call with its retries (`call_deadline`)
 
     async def aclose(self) -> None:
         """Close every provider (their connection pools); errors while closing are not the run's concern."""
@@ -100,7 +117,9 @@ def plan_run(
         raise ConfigError(f"step names must be unique; got {names}")
     _check_output_fields(config)
     wanted = max([int(getattr(s.provider, "preferred_concurrency", 0)) for s in steps] or [0])
-    return RunPlan(steps, planner.secrets, max(config.limits.concurrency, wanted))
+    timeouts = [t.timeout for s in steps for t in (s, *s.fallbacks)]
+    return RunPlan(steps, planner.secrets, max(config.limits.concurrency, wanted),
+                   call_deadline(config.limits, timeouts))
 
 
 def _check_output_fields(config: RunConfig) -> None:
@@ -151,7 +170,7 @@ class _Planner:
         lookup = ref.base_model or model
         provider = provider.for_model(self.table.get(lookup) or provider.spec_for(lookup))
         spec = self.spec(provider, model, ref.base_model)
-        target = StepPlan(step, provider, spec, model)
+        target = StepPlan(step, provider, spec, model, timeout=request_timeout(self.config.limits, spec))
         tasks = ["generate", "edit"] if step.task == "auto" else [step.task]
         for task in tasks:
             if task not in spec.tasks:

@@ -2,9 +2,11 @@
 
 - 429: wait the provider's Retry-After (else exponential backoff); bounded by the row's deadline only, since a
   rate limit clears with time and giving up would only leave rows to re-run by hand.
-- Transient (5xx, timeouts, resets): exponential backoff with full jitter, up to `max_retries`.
-- Transient answers that arrived but were broken (truncated, malformed, invalid base64): the call may have been
-  billed, so at most `max_billed_retries` (default 1).
+- Transient (5xx, a connection that could not be opened): exponential backoff with full jitter, up to
+  `max_retries`.
+- Calls that may have been billed (`maybe_billed`): answers that arrived broken (truncated, malformed, invalid
+  base64) and requests sent whose answer never came (timeouts while waiting, resets: `UnknownOutcome`), so at
+  most `max_billed_retries` (default 1).
 - Everything else (refusals, 400s, auth, quota, missing model): no retry.
 """
 

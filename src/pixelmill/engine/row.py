@@ -17,6 +17,7 @@ from typing import Any
 from pixelmill.engine.call import Failure, Sender, Stopped
 from pixelmill.engine.context import RunContext
 from pixelmill.engine.inputs import StepInputs, gather_inputs
+from pixelmill.engine.intents import RowBook, carried
 from pixelmill.engine.outcome import done_call, merge_result, restore_content
 from pixelmill.engine.plan import StepPlan
 from pixelmill.errors import (
@@ -101,7 +102,8 @@ class RowExecutor:
             if number != first:
                 attempt = {"model": state.info.get("model"), "error": state.info.get("error")}
                 state = StepState(attempts=state.attempts, cost=state.cost, info={
-                    "fallbacks": [*state.info.get("fallbacks", []), attempt]})
+                    "fallbacks": [*state.info.get("fallbacks", []), attempt],
+                    **carried(state.info)})  # what the earlier model's calls may have cost stays charged
             if step.fallbacks:
                 state.info["target"] = number
             state.info["provider"] = target.provider.name
@@ -180,9 +182,10 @@ class RowExecutor:
                     mask=inputs.mask if t == 0 else None,
                     history=list(history),
                     row=index,
-                    timeout=ctx.limits.timeout,
+                    timeout=step.timeout,
                 )
-                async with self.sender.send(step, request, params) as answer:
+                book = RowBook(ctx.journal, step.config.name, row.slot, state)
+                async with self.sender.send(step, request, params, book) as answer:
                     if isinstance(answer, Failure):
                         return answer
                     result = answer.result

@@ -36,6 +36,7 @@ from pixelmill.engine.plan import RunPlan
 from pixelmill.engine.retry import RetryPolicy
 from pixelmill.engine.row import Row, RowExecutor
 from pixelmill.engine.stats import RunStats
+from pixelmill.errors import redact
 from pixelmill.netpolicy import strip_userinfo
 from pixelmill.reading.images import InputPolicy
 from pixelmill.reading.records import Record, read_records
@@ -91,6 +92,11 @@ class Runner:
             session = aiohttp.ClientSession()
             await asyncio.to_thread(store.sweep_temporaries)
             journal.begin_read()
+            # Calls a killed run sent and never recorded may have been billed: charged at their reservation.
+            lost = journal.adopt_intents()
+            if lost:
+                self.notice(f"{lost} calls of an earlier run were sent and never recorded (it was stopped at once): "
+                            "they may have been billed and are charged at their reservation")
             self.stats.spent_before = journal.spent()
             budget = Budget(limits.max_cost, spent=self.stats.spent_before)
             if budget.limit is not None and budget.spent >= budget.limit:
@@ -104,10 +110,12 @@ class Runner:
                                        allow_private_urls=config.allow_private_urls),
                 )
                 limiter = Limiter(self.plan.concurrency, limits.rpm, limits.ipm)
-                policy = RetryPolicy(limits.max_retries, limits.max_billed_retries, limits.deadline,
+                policy = RetryPolicy(limits.max_retries, limits.max_billed_retries, self.plan.deadline,
                                      limits.retry_base, limits.retry_cap)
                 sender = Sender(Admission(limiter, budget, self.halt.stopping), policy, self.stats)
                 await self._run_rows(ctx, RowExecutor(ctx, self.plan.steps, sender))
+                if self.halt.kind == "budget":  # said once the calls in flight have settled: as the journal says
+                    self.halt.reason = redact(budget.reached_message(), self.plan.secrets)
         finally:
             await self.plan.aclose()
             if session is not None:

@@ -19,7 +19,9 @@ class RunStats:
     retries: int = 0
     rate_limited: int = 0
     in_flight: int = 0
-    spent: float = 0.0  # this run
+    spent: float = 0.0  # this run (calls whose outcome is unknown included, at their reservation)
+    unanswered: int = 0  # calls that may have been billed without a usable answer (sent, answer lost or broken)
+    unanswered_cost: float = 0.0  # what they were charged: the most they can have cost
     spent_before: float = 0.0  # earlier runs of the same RUNDIR
     failures: dict[str, int] = field(default_factory=dict)  # error kind -> rows
 

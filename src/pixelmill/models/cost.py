@@ -164,28 +164,27 @@ def _openai_expected(spec: ModelSpec, params: dict[str, Any], images: int, promp
 
 def _openai_usage_cost(spec: ModelSpec, usage: dict[str, Any]) -> float:
     """`input_tokens_details` splits input into text and image tokens; `output_tokens_details` splits output
-    into image and text tokens (text output is billed at `text_out` where the model has one)."""
+    into image and text tokens (text output is billed at `text_out` where the model has one). Tokens the
+    details do not place (no details, or details that add up to less than the total) are priced at the dearer
+    of the two rates: the bill cannot be more than that."""
     price = spec.price
     text_rate = price.text_in or 0.0
     image_in_rate = price.image_in if price.image_in is not None else text_rate
     image_out_rate = price.image_out or 0.0
-    inputs = _int(usage.get("input_tokens"))
-    details = usage.get("input_tokens_details") or {}
-    if isinstance(details, dict) and details:
-        text_in = _int(details.get("text_tokens"))
-        image_in = _int(details.get("image_tokens"))
-    else:
-        text_in, image_in = inputs, 0
-    outputs = _int(usage.get("output_tokens"))
-    out_details = usage.get("output_tokens_details") or {}
-    if isinstance(out_details, dict) and out_details:
-        text_out = _int(out_details.get("text_tokens"))
-        image_out = _int(out_details.get("image_tokens", outputs - text_out))
-    else:
-        text_out, image_out = 0, outputs
     text_out_rate = price.text_out if price.text_out is not None else image_out_rate
-    return (text_in * text_rate + image_in * image_in_rate + image_out * image_out_rate
-            + text_out * text_out_rate) / M
+    details = usage.get("input_tokens_details")
+    details = details if isinstance(details, dict) else {}
+    text_in, image_in = _int(details.get("text_tokens")), _int(details.get("image_tokens"))
+    unplaced_in = max(0, _int(usage.get("input_tokens")) - text_in - image_in)
+    out_details = usage.get("output_tokens_details")
+    out_details = out_details if isinstance(out_details, dict) else {}
+    outputs = _int(usage.get("output_tokens"))
+    text_out = _int(out_details.get("text_tokens"))
+    image_out = _int(out_details.get("image_tokens")) if "image_tokens" in out_details else 0
+    unplaced_out = max(0, outputs - text_out - image_out)
+    return (text_in * text_rate + image_in * image_in_rate + unplaced_in * max(text_rate, image_in_rate)
+            + image_out * image_out_rate + text_out * text_out_rate
+            + unplaced_out * max(image_out_rate, text_out_rate)) / M
 
 
 # ---------------------------------------------------------------- Gemini token prices
@@ -229,20 +228,22 @@ def _gemini_expected(spec: ModelSpec, params: dict[str, Any], images: int, promp
 
 def _gemini_usage_cost(spec: ModelSpec, usage: dict[str, Any]) -> float:
     """`usageMetadata`: prompt tokens split by modality (TEXT, IMAGE), candidates likewise (IMAGE at
-    `image_out`, TEXT at `text_out`), and thinking tokens (`thoughtsTokenCount`) at `text_out`."""
+    `image_out`, TEXT at `text_out`), and thinking tokens (`thoughtsTokenCount`) at `text_out`. Tokens of a
+    count that its `*TokensDetails` do not split (no details, or details that add up to less) are priced at
+    the dearer of the modalities' rates: the bill cannot be more than that."""
     price = spec.price
     text_rate = price.text_in or 0.0
     image_in_rate = price.image_in if price.image_in is not None else text_rate
+    image_out_rate = price.image_out or 0.0
     out_text_rate = price.text_out if price.text_out is not None else text_rate
     prompt_text, prompt_image = _by_modality(usage.get("promptTokensDetails"))
-    if prompt_text + prompt_image == 0:
-        prompt_text = _int(usage.get("promptTokenCount"))
+    unplaced_in = max(0, _int(usage.get("promptTokenCount")) - prompt_text - prompt_image)
     out_text, out_image = _by_modality(usage.get("candidatesTokensDetails"))
-    if out_text + out_image == 0:
-        out_image = _int(usage.get("candidatesTokenCount"))
+    unplaced_out = max(0, _int(usage.get("candidatesTokenCount")) - out_text - out_image)
     thoughts = _int(usage.get("thoughtsTokenCount"))
-    return (prompt_text * text_rate + prompt_image * image_in_rate + out_image * (price.image_out or 0.0)
-            + (out_text + thoughts) * out_text_rate) / M
+    return (prompt_text * text_rate + prompt_image * image_in_rate + unplaced_in * max(text_rate, image_in_rate)
+            + out_image * image_out_rate + (out_text + thoughts) * out_text_rate
+            + unplaced_out * max(image_out_rate, out_text_rate)) / M
 
 
 def _by_modality(details: Any) -> tuple[int, int]:

@@ -71,6 +71,7 @@ class ModelSpec(BaseModel):
     ratio_pixels: dict[str, tuple[int, int]] = Field(default_factory=dict)
     thinking: bool = False
     strict_thought_signatures: bool = False
+    timeout: float | None = Field(default=None, gt=0)  # seconds for one request when --timeout is not given
     shutdown: dt.date | None = None
     replacement: str | None = None
     aliases: tuple[str, ...] = ()

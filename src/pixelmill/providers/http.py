@@ -14,7 +14,8 @@ Public API (kept small and stable; the OpenAI and Gemini providers both import i
     parse_retry_after(headers)                                     -> float | None  (seconds, finite)
     sane_seconds(value)                                            -> float | None  (a server's delay, or None)
     sniff_image_mime(data)                                         -> str | None    ("image/png", ...)
-    transport_error(exc, label=..., time_limit=..., maybe_billed=...) -> TransientError
+    transport_error(exc, label=..., time_limit=..., maybe_billed=..., unanswered=...) -> TransientError
+    never_sent(exc)                                                -> bool   (connection never opened)
 
 Bounds hold on what is held, not on what crossed the wire: a compressed answer is counted as it inflates, and
 reading stops at the bound (a 1 MB gzip bomb of 1 GB costs at most the bound), then `TransientError`.
@@ -25,8 +26,13 @@ server (`trusted_origin`, the base URL: the emulator and local gateways serve th
 
 `send` never raises for an HTTP status: the provider maps statuses and error bodies itself (that is where the
 wire family's knowledge lives). It raises only `TransientError` (timeouts, resets, refused connections,
-truncated bodies, bodies over `max_bytes`). A failure after a 200 status arrived is `maybe_billed=True`: the
-server did the work, so the retry policy allows fewer of those.
+truncated bodies, bodies over `max_bytes`). How a failure is classified decides whether it may have been billed:
+- the connection could not be opened (refused, DNS, TLS, connect timeout): nothing was sent, not billed;
+- the request was sent and no answer began (a timeout while waiting, a reset, the server closing the
+  connection): `UnknownOutcome` (a `TransientError`, `maybe_billed=True`): the provider may have done the work;
+- a 200 status arrived and its body broke: `maybe_billed=True` (the server did the work);
+- an error status (4xx/5xx) is an answer: the provider maps it, and it is not billed.
+The retry policy allows fewer retries of calls that may have been billed, and the engine charges them.
 
 Credentials go in the per-request `headers` / `params`, never in the session: the same session downloads
 images from third-party URLs, which must not see them. Messages never contain a URL (Gemini's may carry a key
@@ -50,7 +56,7 @@ import orjson
 import pybase64
 from multidict import CIMultiDictProxy
 
-from pixelmill.errors import PixelmillError, TransientError, redact
+from pixelmill.errors import PixelmillError, TransientError, UnknownOutcome, redact
 from pixelmill.netpolicy import UnsafeAddress, pinned, public_address, same_origin
 from pixelmill.version import VERSION
 
@@ -58,6 +64,7 @@ __all__ = [
     "HttpClient",
     "Reply",
     "decode_base64",
+    "never_sent",
     "parse_json",
     "parse_retry_after",
     "sane_seconds",
@@ -144,8 +151,10 @@ class HttpClient:
         except PixelmillError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            billed = status == 200
-            raise transport_error(exc, label=label, time_limit=time_limit, maybe_billed=billed) from exc
+            if status or never_sent(exc):  # an answer (broken after its status), or nothing sent at all
+                raise transport_error(exc, label=label, time_limit=time_limit, maybe_billed=status == 200) from exc
+            raise transport_error(exc, label=label, time_limit=time_limit, maybe_billed=True,
+                                  unanswered=True) from exc
 
     async def download_image(
         self, url: str, *, time_limit: float, max_bytes: int, trusted_origin: str | None = None
@@ -258,12 +267,21 @@ def _download_errors(label: str, time_limit: float) -> Iterator[None]:
         raise transport_error(exc, label=label, time_limit=time_limit, maybe_billed=True) from exc
 
 
+def never_sent(exc: BaseException) -> bool:
+    """Whether a transport failure happened before the request could reach the server: the connection could
+    not be opened (refused, unreachable, DNS, TLS, connect timeout) or the URL is invalid. Nothing was billed."""
+    return isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError | aiohttp.InvalidURL)
+
+
 def transport_error(
-    exc: BaseException, *, label: str, time_limit: float, maybe_billed: bool
+    exc: BaseException, *, label: str, time_limit: float, maybe_billed: bool, unanswered: bool = False
 ) -> TransientError:
     """The `TransientError` for a transport failure. Built from the exception's type, never from its text
-    alone: aiohttp puts request URLs (and thus query-string keys) into some messages."""
-    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
+    alone: aiohttp puts request URLs (and thus query-string keys) into some messages. `unanswered`: the request
+    was sent and no answer began (a timeout while waiting, a reset, the server closing): `UnknownOutcome`."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        what = f"could not connect within {time_limit:g} s; check the base URL and the network"
+    elif isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
         what = f"no complete answer within {time_limit:g} s (raise --timeout if the model is slow)"
     elif isinstance(exc, aiohttp.ClientPayloadError):
         what = "the answer was cut off before its end (truncated body)"
@@ -276,6 +294,8 @@ def transport_error(
         what = f"connection failed ({_os_reason(exc)})"
     else:
         what = f"connection failed ({type(exc).__name__})"
+    if unanswered:
+        return UnknownOutcome(f"{label}: {what}, after the request was sent: the provider may have billed it")
     return TransientError(f"{label}: {what}", maybe_billed=maybe_billed)
 
 

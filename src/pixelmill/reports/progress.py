@@ -5,8 +5,9 @@
   in flight, 429s and retries.
 - Elsewhere (a log file, CI): one plain line every few seconds.
 - `quiet`: nothing while running; a short summary at the end.
-- At the end: the summary `pixelmill status` prints (per step done / failed / pending, spend, failures grouped,
-  how to continue, where the output is), plus this run's own numbers.
+- At the end: the summary `pixelmill status` prints (per step done / failed / pending, spend, calls that may
+  have been billed without an answer, failures grouped, how to continue, where the output is), plus this run's
+  own numbers (its unanswered calls among them); `quiet` keeps the unanswered line.
 
 The engine streams its source and never counts it, so the total comes from a background thread that counts
 the source's rows cheaply (`status.count_rows`: lines of a JSONL, Parquet metadata); until it has, the display
@@ -209,7 +210,7 @@ class Progress:
         """What the run did, as `pixelmill status` says it, with this run's own numbers; shortened to the
         essentials with `quiet` (the reason of a stop is always said)."""
         from pixelmill.errors import PixelmillError
-        from pixelmill.reports.status import describe, read_status
+        from pixelmill.reports.status import describe, read_status, unanswered_line
 
         s = report.stats
         c = report.counts
@@ -217,13 +218,15 @@ class Progress:
             f"this run: {s.images} images from {s.requests} requests ({s.rate_limited} rate-limited, {s.retries} "
             f"retried) in {_duration(s.elapsed())}, {s.images_per_minute():.1f} images/min, ${s.spent:.4f}"
         )
+        if s.unanswered:
+            this_run += f"; {unanswered_line(s.unanswered, s.unanswered_cost).removeprefix('unanswered: ')}"
         try:
             lines = describe(read_status(config.output, rows=c.rows))
         except PixelmillError:  # no journal: nothing was run
             lines = [f"{c.rows} rows: {c.done} done, {c.failed} failed, {c.pending} pending",
                      f"output: {report.output}"]
         if self.quiet:
-            keep = ("run ", "last run: stopped", "to continue", "output:")
+            keep = ("run ", "unanswered:", "last run: stopped", "to continue", "output:")
             lines = [line for line in lines if line.startswith(keep)]
         else:
             lines.insert(1, this_run)

@@ -1,5 +1,6 @@
 """`pixelmill status RUNDIR`, and the summary at the end of every run: per step done / failed / pending,
-spend against the budget, failure reasons grouped with counts and an example row, how the last run ended,
+spend against the budget, the calls that may have been billed without an answer (counted in the spend at their
+reservation), failure reasons grouped with counts and an example row, how the last run ended,
 and the command that resumes it. Everything is read from the journal (and the source, for its row count), so
 it works on finished, failed, interrupted and running runs alike, and never changes the run.
 """
@@ -56,6 +57,8 @@ class RunStatus:
     failures: list[FailureGroup]
     spent: float
     budget: float | None
+    unanswered_calls: int = 0  # calls that may have been billed without an answer (sent, answer lost or broken)
+    unanswered_cost: float = 0.0  # the most they cost (in `spent`)
     done: int = 0  # rows done in every step
     failed: int = 0  # rows failed in some step
     pending: int = 0  # the rest: never sent, or stopped before the end
@@ -182,6 +185,7 @@ def _read(journal: Journal, rundir: Path, rows: int | None) -> RunStatus:
         steps.append(step)
 
     done, failed = _row_outcomes(db, step_names)
+    unanswered_calls, unanswered_cost = journal.unanswered()
     last_write = db.execute("SELECT MAX(updated) FROM results").fetchone()[0]
     status = RunStatus(
         rundir=rundir,
@@ -191,6 +195,8 @@ def _read(journal: Journal, rundir: Path, rows: int | None) -> RunStatus:
         failures=_failures(db, step_names),
         spent=journal.spent(),
         budget=config.limits.max_cost if config else None,
+        unanswered_calls=unanswered_calls,
+        unanswered_cost=unanswered_cost,
         done=done,
         failed=failed,
         pending=max(0, total - done - failed),
@@ -327,6 +333,8 @@ def describe(status: RunStatus, *, now: float | None = None) -> list[str]:
     lines += _step_table(status.steps)
     budget = f" of a ${status.budget:.2f} budget" if status.budget is not None else ""
     lines.append(f"spent: ${status.spent:.4f}{budget}")
+    if status.unanswered_calls:
+        lines.append(unanswered_line(status.unanswered_calls, status.unanswered_cost) + " (counted in the spend)")
     if status.failures:
         lines.append(f"failures ({sum(g.count for g in status.failures)} row-steps):")
         for group in status.failures:
@@ -338,6 +346,12 @@ def describe(status: RunStatus, *, now: float | None = None) -> list[str]:
     if status.output is not None:
         lines.append(f"output: {status.output}")
     return lines
+
+
+def unanswered_line(calls: int, cost: float) -> str:
+    """The line about calls sent whose answer was lost or broken: the provider may have billed them."""
+    return (f"unanswered: {calls} call{'s' if calls != 1 else ''} may have been billed without an answer, at most "
+            f"${cost:.4f}")
 
 
 def _step_table(steps: list[StepStatus]) -> list[str]:

@@ -6,8 +6,12 @@ Tables:
   content), never by its position: `row` is the entry's number (the results' key), `key` the stem of its image
   files (unique, assigned once), `digest` its content when last seen, `position` where it stood in the source at
   the last read that reached it (NULL: not in the source any more), `claimed` the number of that read.
-- `results`: one row per (step, entry): status, outputs (image paths), attempts, calls done, cost, and the
-  row's `pixelmill` metadata as JSON.
+- `results`: one row per (step, entry): status, outputs (image paths), attempts, calls done, cost, the most
+  that its calls of unknown outcome may have cost (`unanswered`, also in the metadata as
+  `unanswered: {calls, cost_usd_max}`), and the row's `pixelmill` metadata as JSON.
+- `intents`: one row per (step, entry) whose call is in flight: the amount it reserved of the budget. Written
+  before the call is sent, deleted in the transaction that records its outcome (`save`), so that a call whose
+  answer a kill lost is still charged: the next run charges what is left at its reservation (`adopt_intents`).
 
 Each run reads the source afresh (`begin_read`) and claims an entry for every row it reads (`claim`; the output
 writer claims the rest when a run stopped early, then `end_read` forgets the positions of rows no longer in the
@@ -17,7 +21,8 @@ entry); an inserted row gets a new entry; a deleted row's entry stays (its spend
 in the output; a row whose id stayed but whose content changed has its results set aside and is sent again.
 Journals of the first layout (rows keyed by position) are adopted row by row when content and position agree.
 
-Commits happen per finished call, after the images are on disk: a kill loses at most the calls in flight.
+Commits happen per finished call, after the images are on disk: a kill loses at most the calls in flight, and
+their intents keep their cost in the spend. `spent` = results' cost + unanswered + spend set aside + intents.
 WAL with synchronous=NORMAL survives a killed process (the OS keeps the log); it is the power-loss case that
 it trades away, for speed.
 """
@@ -53,9 +58,12 @@ CREATE TABLE IF NOT EXISTS results (
     cost REAL NOT NULL DEFAULT 0,
     info TEXT NOT NULL DEFAULT '{}',
     updated REAL NOT NULL,
+    unanswered REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (step, row)
 );
 CREATE INDEX IF NOT EXISTS results_status ON results (step, status);
+CREATE TABLE IF NOT EXISTS intents (step TEXT NOT NULL, row INTEGER NOT NULL, reserved REAL NOT NULL,
+                                    sent REAL NOT NULL, PRIMARY KEY (step, row));
 """
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS records_identity ON records (identity);
@@ -65,8 +73,11 @@ CREATE INDEX IF NOT EXISTS records_position ON records (position);
 _COLUMNS = {
     "meta": ("key", "value"),
     "records": ("row", "key", "digest", "identity", "position", "claimed"),
-    "results": ("step", "row", "status", "attempts", "calls_done", "outputs", "cost", "info", "updated"),
+    "results": ("step", "row", "status", "attempts", "calls_done", "outputs", "cost", "info", "updated",
+                "unanswered"),
+    "intents": ("step", "row", "reserved", "sent"),
 }
+UNANSWERED = "unanswered"  # a row's `pixelmill` field: {calls, cost_usd_max}
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +137,7 @@ class Journal:
             self.db.execute("PRAGMA busy_timeout=10000")
             self.db.executescript(_SCHEMA)
             self._adopt_first_layout()
+            self._add_unanswered_column()
             self.db.executescript(_INDEXES)
             for table, columns in _COLUMNS.items():  # a file of another program passes CREATE IF NOT EXISTS
                 self.db.execute(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0")
@@ -151,6 +163,12 @@ class Journal:
         self.db.execute("ALTER TABLE records ADD COLUMN claimed INTEGER")
         self.db.execute("UPDATE records SET position = row")
         self.db.execute("COMMIT")
+
+    def _add_unanswered_column(self) -> None:
+        """Journals written before calls of unknown outcome were charged have no `unanswered` column."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
+        if columns and "unanswered" not in columns:
+            self.db.execute("ALTER TABLE results ADD COLUMN unanswered REAL NOT NULL DEFAULT 0")
 
     @classmethod
     def open(cls, rundir: Path) -> Journal:
@@ -206,6 +224,7 @@ class Journal:
     def clear(self) -> None:
         self.db.execute("BEGIN")
         self.db.execute("DELETE FROM results")
+        self.db.execute("DELETE FROM intents")
         self.db.execute("DELETE FROM records")
         self.db.execute("DELETE FROM meta")
         self.db.execute("COMMIT")
@@ -311,7 +330,8 @@ class Journal:
 
     def _set_aside(self, slot: int, digest: str) -> None:
         """The entry's results no longer belong to its row (same id, other content): keep what they cost."""
-        cost = self.db.execute("SELECT COALESCE(SUM(cost), 0) FROM results WHERE row = ?", (slot,)).fetchone()[0]
+        cost = self.db.execute("SELECT COALESCE(SUM(cost + unanswered), 0) FROM results WHERE row = ?",
+                               (slot,)).fetchone()[0]
         if cost:
             before = float(self.get_meta("spent_set_aside") or 0.0)
             self.set_meta("spent_set_aside", repr(before + float(cost)))
@@ -333,9 +353,25 @@ class Journal:
         return out
 
     def save(self, step: str, row: int, state: StepState) -> None:
+        """Record a row's step, and resolve the intent of its call in flight in the same transaction: the
+        saved state holds that call's outcome (its answer, its failure, its charge when unknown)."""
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            self._write(step, row, state)
+            db.execute("DELETE FROM intents WHERE step = ? AND row = ?", (step, row))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _write(self, step: str, row: int, state: StepState) -> None:
+        unanswered = state.info.get(UNANSWERED)
+        charged = float(unanswered.get("cost_usd_max", 0.0)) if isinstance(unanswered, dict) else 0.0
         self.db.execute(
-            "INSERT OR REPLACE INTO results (step, row, status, attempts, calls_done, outputs, cost, info, updated)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO results (step, row, status, attempts, calls_done, outputs, cost, info, updated,"
+            " unanswered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 step,
                 row,
@@ -346,14 +382,58 @@ class Journal:
                 state.cost,
                 orjson.dumps(state.info, default=str).decode(),
                 time.time(),
+                charged,
             ),
         )
 
+    # ------------------------------------------------------------ calls in flight
+    def intend(self, step: str, row: int, reserved: float) -> None:
+        """A call of (step, row) is about to be sent, holding `reserved` of the budget (one write)."""
+        self.db.execute("INSERT OR REPLACE INTO intents (step, row, reserved, sent) VALUES (?, ?, ?, ?)",
+                        (step, row, reserved, time.time()))
+
+    def drop_intent(self, step: str, row: int) -> None:
+        """The call was answered with an error: nothing was billed."""
+        self.db.execute("DELETE FROM intents WHERE step = ? AND row = ?", (step, row))
+
+    def adopt_intents(self) -> int:
+        """Charge the calls an earlier run sent and never recorded (it was killed) at their reservation, on their
+        rows (`unanswered`), in one transaction. Returns how many there were."""
+        db = self.db
+        left = db.execute("SELECT step, row, reserved FROM intents").fetchall()
+        if not left:
+            return 0
+        db.execute("BEGIN")
+        try:
+            for step, row, reserved in left:
+                state = self.states(step, [row]).get(row) or StepState()
+                add_unanswered(state.info, 1, float(reserved))
+                self._write(step, row, state)
+            db.execute("DELETE FROM intents")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return len(left)
+
+    def unanswered(self) -> tuple[int, float]:
+        """(calls, most they cost) of the calls that may have been billed without an answer, intents included."""
+        calls, cost = 0, 0.0
+        for (info,) in self.db.execute("SELECT info FROM results WHERE unanswered > 0"):
+            entry = orjson.loads(info).get(UNANSWERED) or {}
+            calls += int(entry.get("calls", 0))
+            cost += float(entry.get("cost_usd_max", 0.0))
+        n, reserved = self.db.execute("SELECT COUNT(*), COALESCE(SUM(reserved), 0) FROM intents").fetchone()
+        return calls + int(n), cost + float(reserved)
+
     def spent(self) -> float:
         """Everything this RUNDIR has spent, across resumes (what `--max-cost` is measured against), the results
-        of rows since changed or deleted included."""
-        results = float(self.db.execute("SELECT COALESCE(SUM(cost), 0) FROM results").fetchone()[0])
-        return results + float(self.get_meta("spent_set_aside") or 0.0)
+        of rows since changed or deleted included, and calls that may have been billed without an answer at
+        their reservation (those recorded on rows, and intents not yet resolved)."""
+        results = float(self.db.execute("SELECT COALESCE(SUM(cost + unanswered), 0) FROM results").fetchone()[0])
+        intents = float(self.db.execute("SELECT COALESCE(SUM(reserved), 0) FROM intents").fetchone()[0])
+        return results + intents + float(self.get_meta("spent_set_aside") or 0.0)
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -369,6 +449,14 @@ class Journal:
             sql = query.format(",".join("?" * len(chunk)))
             out.extend(self.db.execute(sql, (*prefix, *chunk)).fetchall())
         return out
+
+
+def add_unanswered(info: dict[str, Any], calls: int, cost: float) -> None:
+    """Count `calls` that may have been billed without an answer, at most `cost`, on a row's metadata."""
+    entry = info.get(UNANSWERED)
+    entry = entry if isinstance(entry, dict) else {}
+    info[UNANSWERED] = {"calls": int(entry.get("calls", 0)) + calls,
+                        "cost_usd_max": round(float(entry.get("cost_usd_max", 0.0)) + cost, 6)}
 
 
 def _source_of(snapshot: dict[str, Any]) -> str | None:
