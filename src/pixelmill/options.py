@@ -45,7 +45,8 @@ class JobOptions:
     limit: int | None = option(None, "Only the first N rows.")
     provider: str = option(defaults.DEFAULT_PROVIDER,
                            "openai, azure, gemini, openai-compatible, diffusers, emulator.")
-    model: str | None = option(None, "Model name, alias or preset (fast, base, best); Azure: the deployment.")
+    model: str | None = option(None, "Model name, alias or preset (fast, base, best); Azure: the deployment.",
+                               "--model", "-m")
     base_url: str | None = option(None, "API base URL (gateways, compatible servers).")
     api_key: str | None = option(None, "API key (default: the provider's environment variable).")
     base_model: str | None = option(None, "Azure: the model behind the deployment, for rules and prices.")
