@@ -11,8 +11,13 @@ Shape of a run:
 - every call is let in by one ticket (engine/admission.py: budget reservation, concurrency slot, pacing, 429
   pause), retried by the policy (engine/call.py, engine/retry.py), and when it succeeds its images are written
   and then the journal says so, before its slot is given back;
-- an abort (auth, quota, missing model, budget, Ctrl-C) stops new calls at once, lets calls in flight finish
-  (bounded), and leaves the rest pending for a re-run.
+- an abort (auth, quota, missing model, budget, Ctrl-C, a full disk) stops new calls at once, lets calls in
+  flight finish (bounded), and leaves the rest pending for a re-run;
+- the disk: the image store sets a reserve of space aside before anything is sent (a disk already full stops
+  the run there) and frees it when the disk fills up, so that what was paid is recorded (engine/row.py); the
+  run's last line says how many paid answers could not be written (their rows are sent again by a re-run);
+- an exception that escapes a row's own handling (engine/row.py fails the row for the exceptions it sees) stops
+  the run with the exception named, like an abort, instead of ending it without an output.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pixelmill.engine.plan import RunPlan
 from pixelmill.engine.retry import RetryPolicy
 from pixelmill.engine.row import Row, RowExecutor
 from pixelmill.engine.stats import RunStats
+from pixelmill.errors import DiskFull, InternalError
 from pixelmill.reading.images import InputPolicy
 from pixelmill.reading.records import Record, read_records
 from pixelmill.writing.journal import Journal, RowIdentity, StepState
@@ -78,6 +84,7 @@ class Runner:
         rundir = config.output
         journal = Journal.open(rundir)
         session: aiohttp.ClientSession | None = None
+        store: ImageStore | None = None
         try:
             journal.bind(config.fingerprint(), config.snapshot(), restart=config.restart)
             if config.restart:
@@ -86,6 +93,7 @@ class Runner:
             # For input images given as URLs: opening a session makes no connection, so one is opened per run.
             session = aiohttp.ClientSession()
             await asyncio.to_thread(store.sweep_temporaries)
+            await asyncio.to_thread(store.reserve_space)  # DiskFull: the disk is full before anything is sent
             journal.begin_read()
             self.stats.spent_before = journal.spent()
             budget = Budget(limits.max_cost, spent=self.stats.spent_before)
@@ -104,12 +112,29 @@ class Runner:
                                      limits.retry_base, limits.retry_cap)
                 sender = Sender(Admission(limiter, budget, self.halt.stopping), policy, self.stats)
                 await self._run_rows(ctx, RowExecutor(ctx, self.plan.steps, sender))
+        except DiskFull as exc:
+            self.halt.stop(str(exc), exc.kind)
         finally:
+            if store is not None:
+                store.release_reserve()  # the output is written next, into the space it held
             await self.plan.aclose()
             if session is not None:
                 await session.close()
             journal.close()
+        self._tell_losses()
         return RunOutcome(self.halt.reason, self.halt.kind, self.stats)
+
+    def _tell_losses(self) -> None:
+        """A full disk: the stop's one line also says what it cost (paid answers a re-run pays for again)."""
+        s = self.stats
+        if self.halt.kind != "disk_full" or self.halt.reason is None or not (s.unstored or s.unrecorded):
+            return
+        lost = []
+        if s.unstored:
+            lost.append(f"{s.unstored} paid answer(s) whose images could not be written")
+        if s.unrecorded:
+            lost.append(f"{s.unrecorded} result(s) the journal could not record")
+        self.halt.reason += f" ({' and '.join(lost)}: their rows stay pending and a re-run pays for them again)"
 
     def stop(self, reason: str, kind: str = "interrupted") -> None:
         """Stop sending (Ctrl-C): calls in flight finish and are recorded; the rest stays pending."""
@@ -125,7 +150,7 @@ class Runner:
         workers = self.plan.concurrency * 2 + 2
         queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=max(CHUNK, workers * 2))
         producer = asyncio.create_task(self._produce(ctx, queue, workers))
-        tasks = [asyncio.create_task(self._work(stop, rows, queue)) for _ in range(workers)]
+        tasks = [asyncio.create_task(self._work(ctx, rows, queue)) for _ in range(workers)]
         stopping = asyncio.create_task(stop.wait())
         everything: asyncio.Future[Any] = asyncio.gather(*tasks)
         try:
@@ -158,6 +183,9 @@ class Runner:
                     return
             if chunk:
                 await self._enqueue(ctx, chunk, queue)
+        except DiskFull as exc:  # the journal cannot record new rows: stop like any abort
+            ctx.halt.stop(str(exc), exc.kind)
+            ctx.store.release_reserve()
         finally:
             if not stop.is_set():
                 for _ in range(workers):
@@ -208,12 +236,20 @@ class Runner:
         return True
 
     @staticmethod
-    async def _work(stop: asyncio.Event, rows: RowExecutor, queue: asyncio.Queue[Row | None]) -> None:
+    async def _work(ctx: RunContext, rows: RowExecutor, queue: asyncio.Queue[Row | None]) -> None:
+        stop = ctx.halt.stopping
         while not stop.is_set():
             item = await queue.get()
             if item is None:
                 return
-            await rows.run(item)
+            try:
+                await rows.run(item)
+            except Exception as exc:
+                # Escaped the row's own handling (which fails the row for what it sees): stop like an abort, with
+                # the exception named and the output written, rather than end the run with neither.
+                ctx.halt.stop(f"row {item.record.index}: {InternalError.of(exc)}; rows not done stay pending",
+                              "internal")
+                return
 
 
 async def _drain(tasks: list[asyncio.Task[None]], hurry: asyncio.Task[Any], seconds: float) -> None:
