@@ -8,6 +8,8 @@ run killed blindly.
   exit 3 and one line that says to free space; every answer paid is in the journal (as done, or on its pending
   row); the output is written; the loss is bounded by the calls in flight; after freeing space, the same command
   finishes, paying again exactly for the answers it said it could not write.
+- Done rows whose files were deleted or cut short are made again by a re-run (or with --report-broken only
+  named in the output); --verify-images also catches a file of the right size with broken bytes.
 """
 
 from __future__ import annotations
@@ -227,3 +229,86 @@ def test_disk_full_stops_records_what_was_paid_and_resumes(emulator_thread: Emul
     assert _answered(emulator_thread) == ROWS + unstored
     for _, status, _, outputs, info in _journal(out):
         assert status == "done" and check_files(out, outputs, info["sizes"]) == []
+
+
+# ---------------------------------------------------------------- 3. done rows whose files are gone or broken
+
+
+def test_done_rows_with_missing_or_broken_files_are_made_again(emulator_thread: Emulator, tmp_path: Path) -> None:
+    """Before the fix a re-run (and --retry-failed) sent nothing, and the output named a missing and a truncated
+    file as done."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"file row {i}"} for i in range(6)])
+    out = tmp_path / "run"
+    assert run_process(emulator_thread, "generate", src, out).code == 0
+    files = {i: out / output_rows(out)[i]["images"][0] for i in range(6)}
+    files[1].unlink()
+    data = files[3].read_bytes()
+    files[3].write_bytes(data[: len(data) // 2])  # cut short, as a copy that stopped
+    broken = bytearray(files[4].read_bytes())  # same size, broken bytes: only a decode sees it
+    broken[len(broken) // 2: len(broken) // 2 + 64] = b"\xff" * 64
+    files[4].write_bytes(bytes(broken))
+    before = _answered(emulator_thread)
+
+    # A re-run (here with --retry-failed) makes rows 1 and 3 again: a paid repeat the output shows.
+    remade = run_process(emulator_thread, "generate", src, out, "--retry-failed")
+    assert remade.code == 0, remade.stderr
+    assert _answered(emulator_thread) == before + 2
+    rows = output_rows(out)
+    assert status_of(rows) == ["done"] * 6
+    for i in (1, 3):
+        assert "remade" in rows[i]["pixelmill"]
+        assert (out / rows[i]["images"][0]).stat().st_size > 0
+    assert rows[1]["pixelmill"]["attempts"] == 2  # both calls counted on the row
+    assert "sizes" not in rows[0]["pixelmill"]  # journal bookkeeping stays out of the output
+    assert "sent again" in remade.stderr
+
+    # Row 4 has the right size: only --verify-images decodes it, and makes it again.
+    assert run_process(emulator_thread, "generate", src, out).code == 0
+    assert _answered(emulator_thread) == before + 2
+    assert run_process(emulator_thread, "generate", src, out, "--verify-images").code == 0
+    assert _answered(emulator_thread) == before + 3
+    assert "remade" in output_rows(out)[4]["pixelmill"]
+    assert run_process(emulator_thread, "generate", src, out, "--verify-images").code == 0
+    assert _answered(emulator_thread) == before + 3  # all whole now: nothing more
+
+    # --report-broken: nothing sent, the row stays done, and the output names the broken file.
+    files[0].unlink()
+    reported = run_process(emulator_thread, "generate", src, out, "--report-broken")
+    assert reported.code == 0, reported.stderr
+    assert _answered(emulator_thread) == before + 3
+    rows = output_rows(out)
+    assert status_of(rows) == ["done"] * 6
+    assert [bool(r["pixelmill"].get("broken_files")) for r in rows] == [True] + [False] * 5
+    assert "missing" in rows[0]["pixelmill"]["broken_files"][0]
+    assert run_process(emulator_thread, "generate", src, out).code == 0  # and without the flag, made again
+    assert _answered(emulator_thread) == before + 4
+    assert "broken_files" not in output_rows(out)[0]["pixelmill"] and files[0].is_file()
+
+
+def test_a_step_made_again_makes_the_steps_that_read_it_again(emulator_thread: Emulator, tmp_path: Path) -> None:
+    """Two steps, the second editing the first's image: when the first's file is gone, both are made again (the
+    second's image came from the file that is gone); the other rows send nothing."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"pipe row {i}"} for i in range(3)])
+    pipeline = tmp_path / "pipe.yaml"
+    model = {"provider": "openai", "model": "gpt-image-2", "base_url": emulator_thread.openai_base_url}
+    pipeline.write_text(orjson.dumps({  # JSON is YAML
+        "source": str(src), "output": str(tmp_path / "run"),
+        "steps": [{"name": "first", "model": model, "output_field": "first"},
+                  {"name": "second", "task": "edit", "images": "{first}", "prompt": "make it blue", "model": model,
+                   "output_field": "second"}],
+    }).decode())
+    from tests.runs import cli
+
+    assert cli("run", pipeline, "--quiet").code == 0
+    out = tmp_path / "run"
+    rows = output_rows(out)
+    (out / rows[1]["first"][0]).unlink()
+    before = len(emulator_thread.records(status=200))
+    result = cli("run", pipeline, "--quiet")
+    assert result.code == 0, result.output
+    assert len(emulator_thread.records(status=200)) == before + 2
+    assert len(emulator_thread.records(endpoint="edits", status=200)) == 4
+    rows = output_rows(out)
+    assert all(r["pixelmill"][s]["status"] == "done" for r in rows for s in ("first", "second"))
+    assert "remade" in rows[1]["pixelmill"]["second"] and "remade" not in rows[0]["pixelmill"]["second"]
+    assert (out / rows[1]["first"][0]).is_file()

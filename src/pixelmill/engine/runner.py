@@ -16,6 +16,8 @@ Shape of a run:
 - the disk: the image store sets a reserve of space aside before anything is sent (a disk already full stops
   the run there) and frees it when the disk fills up, so that what was paid is recorded (engine/row.py); the
   run's last line says how many paid answers could not be written (their rows are sent again by a re-run);
+- rows done in an earlier run are counted done only while their files are whole (engine/recheck.py): a missing
+  or truncated file makes its step again, or with --report-broken is only reported;
 - an exception that escapes a row's own handling (engine/row.py fails the row for the exceptions it sees) stops
   the run with the exception named, like an abort, instead of ending it without an output.
 """
@@ -38,6 +40,7 @@ from pixelmill.engine.call import Sender
 from pixelmill.engine.context import Halt, RunContext
 from pixelmill.engine.limiter import Limiter
 from pixelmill.engine.plan import RunPlan
+from pixelmill.engine.recheck import FileCheck
 from pixelmill.engine.retry import RetryPolicy
 from pixelmill.engine.row import Row, RowExecutor
 from pixelmill.engine.stats import RunStats
@@ -73,6 +76,8 @@ class Runner:
         self.stats = stats or RunStats()
         self.notice = notice
         self.halt = Halt(plan.secrets)
+        self.files = FileCheck(config.output, list(config.steps), decode=config.verify_images,
+                               report_only=config.report_broken)
 
     @property
     def abort_reason(self) -> str | None:
@@ -121,8 +126,19 @@ class Runner:
             if session is not None:
                 await session.close()
             journal.close()
+        self._tell_files()
         self._tell_losses()
         return RunOutcome(self.halt.reason, self.halt.kind, self.stats)
+
+    def _tell_files(self) -> None:
+        files = self.files
+        if files.remade:
+            self.notice(f"{files.remade} row-step(s) done earlier had missing or broken image files: they were sent "
+                        "again (paid again); --report-broken only reports them")
+        if files.reported:
+            self.notice(f"{files.reported} done row-step(s) have missing or broken image files (listed in "
+                        "pixelmill.broken_files): restore them, or run again without --report-broken to make them "
+                        "again")
 
     def _tell_losses(self) -> None:
         """A full disk: the stop's one line also says what it cost (paid answers a re-run pays for again)."""
@@ -208,10 +224,17 @@ class Runner:
                         "again")
         slots = sorted({e.slot for e in entries.values()})
         states = {s.config.name: journal.states(s.config.name, slots) for s in steps}
+        broken = await asyncio.to_thread(self.files.scan, states)  # one stat per file of the done rows
         for record in chunk:
             self.stats.rows_read += 1
             entry = entries[record.index]
             mine = {name: by_slot[entry.slot] for name, by_slot in states.items() if entry.slot in by_slot}
+            if broken and record.error is None:
+                lines = self.files.apply(journal, entry.slot, mine, broken)
+                if lines and self.files.remade + self.files.reported <= 5:  # the first few by name, then a total
+                    what = "only reported (--report-broken)" if self.files.report_only else "sent again"
+                    self.notice(f"row {record.index} ({entry.key}) was done but its files are not whole, {what}: "
+                                + "; ".join(lines))
             if record.error is not None:
                 if not mine:
                     error = {"kind": "input", "message": record.error}
