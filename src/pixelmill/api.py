@@ -5,6 +5,10 @@ import pixelmill
 report = pixelmill.generate("prompts.jsonl", output="out/prompts", model="gpt-image-2", size="1024x1536")
 print(report.output, report.counts.done, report.counts.failed)
 ```
+
+The output is written after every run, an aborted one included (its rows not done are pending). On a full disk
+the run stops (exit 3) and the output is still written into the space the run kept in reserve; when even that
+fails, the report says so and the journal keeps every result for the next run to write it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pixelmill.config import RunConfig
 from pixelmill.engine.plan import plan_run
 from pixelmill.engine.runner import Runner, RunOutcome
 from pixelmill.engine.stats import RunStats
+from pixelmill.errors import DiskFull
 from pixelmill.options import build_config, job_options
 from pixelmill.reports.status import remember_outcome
 from pixelmill.writing.journal import Journal
@@ -64,15 +69,21 @@ async def arun(
         runner_hook(runner)
     with RunLock(config.output):  # one process per RUNDIR: a second one would pay for every row again
         outcome: RunOutcome = await runner.run()
+        aborted, kind = outcome.aborted, outcome.abort_kind
         journal = Journal.open(config.output)
         try:
             s = outcome.stats
-            remember_outcome(journal, aborted=outcome.aborted, kind=outcome.abort_kind, spent=s.spent,
-                             requests=s.requests, images=s.images)
-            path, counts = await asyncio.to_thread(write_output, config, journal)
+            with contextlib.suppress(DiskFull):  # a full disk: the run's own last line still says how it ended
+                remember_outcome(journal, aborted=aborted, kind=kind, spent=s.spent, requests=s.requests,
+                                 images=s.images)
+            try:
+                path, counts = await asyncio.to_thread(write_output, config, journal)
+            except DiskFull as exc:  # the journal holds every result: the output can be written once there is room
+                path, counts = config.output / f"output.{config.format}", OutputCounts()
+                aborted, kind = (f"{aborted}; " if aborted else "") + f"the output was not written: {exc}", exc.kind
         finally:
             journal.close()
-    return RunReport(path, counts, outcome.stats, outcome.aborted, outcome.abort_kind)
+    return RunReport(path, counts, outcome.stats, aborted, kind)
 
 
 def run_config(

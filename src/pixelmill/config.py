@@ -145,6 +145,10 @@ class RunConfig(BaseModel):
     embed_images: bool = False
     retry_failed: bool = False
     restart: bool = False
+    # Done rows whose image files are missing or cut short are made again; with `report_broken` only reported.
+    # `verify_images` also decodes every done image (slower). Neither is part of the fingerprint.
+    verify_images: bool = False
+    report_broken: bool = False
     allow_private_urls: bool = False
     # Folders beyond the input file's own whose files rows may name as input images (`--allow-path DIR`).
     allowed_paths: tuple[Path, ...] = ()

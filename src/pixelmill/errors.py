@@ -14,6 +14,10 @@ PixelmillError
         ├── AuthError          401/403: the key is missing, wrong or lacks access
         ├── QuotaExhausted     the account is out of credit or quota
         └── ModelUnavailable   the model does not exist (or no longer exists) for this key
+BudgetReached              --max-cost would be passed: the run stops (exit 3)
+DiskFull                   an image or the journal cannot be written (no space, quota, read-only, I/O error):
+                           the run stops sending (exit 3); rows not done stay pending
+InternalError              an unexpected exception while handling one row (a bug, an odd value): that row fails
 ```
 
 Every message says what to do next. Messages never contain API keys: providers build them from response
@@ -24,6 +28,7 @@ redacts before it cuts, so that no tail of a key survives the cut; `redact_json`
 
 from __future__ import annotations
 
+import errno
 import re
 from typing import Any, ClassVar
 
@@ -138,6 +143,38 @@ class BudgetReached(PixelmillError):
     """`--max-cost` would be passed by the next request. Stops the run (exit 3); raise the budget to resume."""
 
     kind = "budget"
+
+
+class DiskFull(PixelmillError):
+    """Writing to the run directory failed for want of space or of a writable disk (ENOSPC, EDQUOT, EROFS, EIO):
+    every further answer would be paid and lost, so the run stops sending. The message says what to do."""
+
+    kind = "disk_full"
+
+
+# What makes a write fail for the disk's sake, not the row's: a full disk, a quota, a read-only or failing device.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
+def disk_full(exc: OSError, what: str) -> DiskFull:
+    """The `DiskFull` for an `OSError` of `DISK_ERRNOS` raised while writing `what` (a path or a name)."""
+    if exc.errno in (errno.EROFS, errno.EIO):
+        return DiskFull(f"cannot write {what} ({exc.strerror}): make the disk writable and run the same command "
+                        "again")
+    return DiskFull(f"disk full ({exc.strerror}) writing {what}: free space and run the same command again")
+
+
+class InternalError(PixelmillError):
+    """An exception pixelmill did not expect while handling one row (a bug, or a value of an odd type): the row
+    fails with the exception named, and the run goes on."""
+
+    kind = "internal"
+
+    @classmethod
+    def of(cls, exc: BaseException) -> InternalError:
+        text = str(exc)
+        return cls(f"internal error: {type(exc).__name__}{': ' + text if text else ''} (please report it; "
+                   "--retry-failed sends the row again)")
 
 
 _SECRET_PATTERNS = [

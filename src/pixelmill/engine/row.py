@@ -5,7 +5,14 @@ conversation and each call of a split `n`; its image files and its journal entri
 (engine/plan.py) and the `Sender` that makes one call with its retries (engine/call.py). A call's answer is
 stored and journaled inside the sender's `async with`, which holds the call's concurrency slot until then, so
 a kill loses at most `--concurrency` paid calls. A row that fails is recorded with a reason (one bad row never
-fails the run); a fatal error or the budget running out stops the run and leaves the row pending.
+fails the run), an unexpected exception included (kind `internal`, the exception named); a fatal error or the
+budget running out stops the run and leaves the row pending.
+
+A full disk (writing/store.py, writing/journal.py: `DiskFull`) stops the run the same way: the store's reserve
+of space is freed so that the journal can record the row as it stands, pending, with what its calls cost; a paid
+answer whose images could not be written is counted (`RunStats.unstored`) and its row is sent again by a re-run.
+Each file's byte size is kept in the row's info (`sizes`), for a re-run to check that done rows still have their
+files (engine/runner.py).
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ from pixelmill.engine.outcome import done_call, merge_result, restore_content
 from pixelmill.engine.plan import StepPlan
 from pixelmill.errors import (
     BudgetReached,
+    DiskFull,
     FatalError,
     InputError,
+    InternalError,
     PixelmillError,
     ProviderError,
     Refused,
@@ -68,7 +77,7 @@ class RowExecutor:
             if failed_step is not None:
                 state = StepState("failed", info={"error": {
                     "kind": "upstream", "message": f"not run: step {failed_step!r} failed for this row"}})
-                ctx.journal.save(name, row.slot, state)
+                self._save(name, row.slot, state)
                 continue
             if state.status == "done":
                 data[step.config.out_field] = state.outputs
@@ -126,15 +135,19 @@ class RowExecutor:
             )
         except InputError as exc:
             return self._fail(target, slot, state, exc)
+        except Exception as exc:  # an odd value or a bug: this row fails, the run goes on
+            return self._fail(target, slot, state, InternalError.of(exc))
         try:
             failure = await self._send_turns(target, row, inputs, state)
         except Stopped:
-            ctx.journal.save(target.config.name, slot, state)  # stays pending, with what it has
+            self._save(target.config.name, slot, state)  # stays pending, with what it has
             return state
         except (BudgetReached, FatalError) as exc:
             return self._stop(target, slot, state, exc)
         except PixelmillError as exc:  # after an answer (its images cannot be stored): its attempts are counted
             return self._fail(target, slot, state, exc)
+        except Exception as exc:  # an odd value or a bug: this row fails with what it paid recorded, the run goes on
+            return self._fail(target, slot, state, InternalError.of(exc))
         if failure is None:
             return state
         if isinstance(failure.error, FatalError):
@@ -189,13 +202,21 @@ class RowExecutor:
                     if isinstance(answer, Failure):
                         return answer
                     result = answer.result
+                    state.attempts += answer.attempts  # first: whatever happens next, the requests are recorded
                     # Settled before the images are written, so that a failed write cannot leave budget reserved.
                     cost = actual_cost(step.spec, params, result.usage, len(result.images))
                     answer.settle(cost or 0.0)
                     ctx.stats.spent += cost or 0.0
-                    state.attempts += answer.attempts
                     state.cost += cost or 0.0
-                    paths = await self._store(step, row.key, index, state, plan, result)
+                    try:
+                        paths = await self._store(step, row.key, index, state, plan, result)
+                    except DiskFull as exc:
+                        # Paid, and its images cannot be written: the row stays pending with the cost recorded,
+                        # and a re-run sends the call again (a paid repeat, counted for the run's last line).
+                        ctx.stats.unstored += 1
+                        info["unstored"] = int(info.get("unstored", 0)) + 1
+                        self._disk_full(exc)
+                        raise Stopped() from None
                     # A chat's model turn goes back byte for byte (thought signatures cover the image bytes):
                     # its images are kept by path only when the files hold exactly those bytes (no conversion).
                     merge_result(info, result, params, cost, paths, call_no, multi,
@@ -209,7 +230,7 @@ class RowExecutor:
                     if last and number == len(plan.calls) - 1:  # the step's last call: one save marks it done
                         _log_turn(turn_log, t, turn.prompt, turn_outputs, turn_texts, multi)
                         _finish(state, turn_log, multi)
-                    ctx.journal.save(step.config.name, row.slot, state)
+                    self._save(step.config.name, row.slot, state)
             _log_turn(turn_log, t, turn.prompt, turn_outputs, turn_texts, multi)
             if not last:
                 previous_images = await self._reload(turn_outputs)
@@ -217,7 +238,7 @@ class RowExecutor:
                     history.append(ChatTurn(turn.prompt, images, restore_content(model_content, ctx.store)))
         if state.status != "done":  # every call was made in an earlier run, which stopped before this point
             _finish(state, turn_log, multi)
-            ctx.journal.save(step.config.name, row.slot, state)
+            self._save(step.config.name, row.slot, state)
         return None
 
     async def _store(self, step: StepPlan, key: str, row: int, state: StepState, plan: WirePlan,
@@ -226,17 +247,21 @@ class RowExecutor:
         first = len(state.outputs)
         compression = step.config.params.compression
         paths: list[str] = []
+        sizes: dict[str, int] = {}
         for i, image in enumerate(result.images):
             stem = image_stem(step.config.name_template or DEFAULT_NAME, step=step.config.name, key=key,
                               i=first + i, row=row, field=step.config.out_field)
             if len(image.data) < INLINE_WRITE and plan.convert_to is None:
-                path, _ = store.write(stem, image.data)  # cheaper than a thread hand-off for small files
+                path, _, size = store.write(stem, image.data)  # cheaper than a thread hand-off for small files
             else:
-                path, _ = await asyncio.to_thread(
+                path, _, size = await asyncio.to_thread(
                     store.write, stem, image.data, convert_to=plan.convert_to, compression=compression,
                 )
             paths.append(path)
+            sizes[path] = size
         state.outputs.extend(paths)
+        # What each file held when written: a re-run tells a file deleted or cut short since by one stat.
+        state.info.setdefault("sizes", {}).update(sizes)
         self.ctx.stats.images += len(paths)
         return paths
 
@@ -253,8 +278,28 @@ class RowExecutor:
         """The budget is spent, or the provider refuses every call (auth, quota, missing model): the run stops,
         and this row stays pending, with what it has."""
         self.ctx.halt.stop(str(exc), exc.kind)
-        self.ctx.journal.save(step.config.name, slot, state)
+        self._save(step.config.name, slot, state)
         return state
+
+    def _disk_full(self, exc: DiskFull) -> None:
+        """The disk is full: the run stops sending (calls in flight finish if their images fit), and the store's
+        reserve is freed so that the journal can record what is on disk."""
+        self.ctx.halt.stop(str(exc), exc.kind)
+        self.ctx.store.release_reserve()
+
+    def _save(self, step: str, slot: int, state: StepState) -> None:
+        """Journal one step of a row. On a full disk: stop the run, free the reserve and try once more; a result
+        that still cannot be recorded is counted (`RunStats.unrecorded`: a re-run sends those calls again)."""
+        journal = self.ctx.journal
+        try:
+            journal.save(step, slot, state)
+            return
+        except DiskFull as exc:
+            self._disk_full(exc)
+        try:
+            journal.save(step, slot, state)
+        except DiskFull:
+            self.ctx.stats.unrecorded += 1
 
     def _fail(self, step: StepPlan, slot: int, state: StepState, exc: PixelmillError,
               attempts: int = 0) -> StepState:
@@ -278,7 +323,7 @@ class RowExecutor:
         state.info["error"] = error
         state.info["attempts"] = state.attempts
         state.info["cost_usd"] = round(state.cost, 6)
-        self.ctx.journal.save(step.config.name, slot, state)
+        self._save(step.config.name, slot, state)
         self.ctx.stats.count_failure(exc.kind)
         return state
 

@@ -11,8 +11,15 @@ Shape of a run:
 - every call is let in by one ticket (engine/admission.py: budget reservation, concurrency slot, pacing, 429
   pause), retried by the policy (engine/call.py, engine/retry.py), and when it succeeds its images are written
   and then the journal says so, before its slot is given back;
-- an abort (auth, quota, missing model, budget, Ctrl-C) stops new calls at once, lets calls in flight finish
-  (bounded), and leaves the rest pending for a re-run.
+- an abort (auth, quota, missing model, budget, Ctrl-C, a full disk) stops new calls at once, lets calls in
+  flight finish (bounded), and leaves the rest pending for a re-run;
+- the disk: the image store sets a reserve of space aside before anything is sent (a disk already full stops
+  the run there) and frees it when the disk fills up, so that what was paid is recorded (engine/row.py); the
+  run's last line says how many paid answers could not be written (their rows are sent again by a re-run);
+- rows done in an earlier run are counted done only while their files are whole (engine/recheck.py): a missing
+  or truncated file makes its step again, or with --report-broken is only reported;
+- an exception that escapes a row's own handling (engine/row.py fails the row for the exceptions it sees) stops
+  the run with the exception named, like an abort, instead of ending it without an output.
 """
 
 from __future__ import annotations
@@ -33,10 +40,11 @@ from pixelmill.engine.call import Sender
 from pixelmill.engine.context import Halt, RunContext
 from pixelmill.engine.limiter import Limiter
 from pixelmill.engine.plan import RunPlan
+from pixelmill.engine.recheck import FileCheck
 from pixelmill.engine.retry import RetryPolicy
 from pixelmill.engine.row import Row, RowExecutor
 from pixelmill.engine.stats import RunStats
-from pixelmill.errors import redact
+from pixelmill.errors import DiskFull, InternalError, redact
 from pixelmill.netpolicy import strip_userinfo
 from pixelmill.reading.images import InputPolicy
 from pixelmill.reading.records import Record, read_records
@@ -72,6 +80,8 @@ class Runner:
         # Who each step sends to now (provider, base URL): whether an emulator's results are this run's.
         self._senders = {s.config.name: (s.provider.name, _base_url(s.provider)) for s in plan.steps}
         self._told_rehearsal = False
+        self.files = FileCheck(config.output, list(config.steps), decode=config.verify_images,
+                               report_only=config.report_broken)
 
     @property
     def abort_reason(self) -> str | None:
@@ -83,6 +93,7 @@ class Runner:
         rundir = config.output
         journal = Journal.open(rundir)
         session: aiohttp.ClientSession | None = None
+        store: ImageStore | None = None
         try:
             journal.bind(config.fingerprint(), config.snapshot(), restart=config.restart)
             if config.restart:
@@ -91,6 +102,7 @@ class Runner:
             # For input images given as URLs: opening a session makes no connection, so one is opened per run.
             session = aiohttp.ClientSession()
             await asyncio.to_thread(store.sweep_temporaries)
+            await asyncio.to_thread(store.reserve_space)  # DiskFull: the disk is full before anything is sent
             journal.begin_read()
             # Calls a killed run sent and never recorded may have been billed: charged at their reservation.
             lost = journal.adopt_intents()
@@ -116,12 +128,40 @@ class Runner:
                 await self._run_rows(ctx, RowExecutor(ctx, self.plan.steps, sender))
                 if self.halt.kind == "budget":  # said once the calls in flight have settled: as the journal says
                     self.halt.reason = redact(budget.reached_message(), self.plan.secrets)
+        except DiskFull as exc:
+            self.halt.stop(str(exc), exc.kind)
         finally:
+            if store is not None:
+                store.release_reserve()  # the output is written next, into the space it held
             await self.plan.aclose()
             if session is not None:
                 await session.close()
             journal.close()
+        self._tell_files()
+        self._tell_losses()
         return RunOutcome(self.halt.reason, self.halt.kind, self.stats)
+
+    def _tell_files(self) -> None:
+        files = self.files
+        if files.remade:
+            self.notice(f"{files.remade} row-step(s) done earlier had missing or broken image files: they were sent "
+                        "again (paid again); --report-broken only reports them")
+        if files.reported:
+            self.notice(f"{files.reported} done row-step(s) have missing or broken image files (listed in "
+                        "pixelmill.broken_files): restore them, or run again without --report-broken to make them "
+                        "again")
+
+    def _tell_losses(self) -> None:
+        """A full disk: the stop's one line also says what it cost (paid answers a re-run pays for again)."""
+        s = self.stats
+        if self.halt.kind != "disk_full" or self.halt.reason is None or not (s.unstored or s.unrecorded):
+            return
+        lost = []
+        if s.unstored:
+            lost.append(f"{s.unstored} paid answer(s) whose images could not be written")
+        if s.unrecorded:
+            lost.append(f"{s.unrecorded} result(s) the journal could not record")
+        self.halt.reason += f" ({' and '.join(lost)}: their rows stay pending and a re-run pays for them again)"
 
     def stop(self, reason: str, kind: str = "interrupted") -> None:
         """Stop sending (Ctrl-C): calls in flight finish and are recorded; the rest stays pending."""
@@ -137,7 +177,7 @@ class Runner:
         workers = self.plan.concurrency * 2 + 2
         queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=max(CHUNK, workers * 2))
         producer = asyncio.create_task(self._produce(ctx, queue, workers))
-        tasks = [asyncio.create_task(self._work(stop, rows, queue)) for _ in range(workers)]
+        tasks = [asyncio.create_task(self._work(ctx, rows, queue)) for _ in range(workers)]
         stopping = asyncio.create_task(stop.wait())
         everything: asyncio.Future[Any] = asyncio.gather(*tasks)
         try:
@@ -170,6 +210,9 @@ class Runner:
                     return
             if chunk:
                 await self._enqueue(ctx, chunk, queue)
+        except DiskFull as exc:  # the journal cannot record new rows: stop like any abort
+            ctx.halt.stop(str(exc), exc.kind)
+            ctx.store.release_reserve()
         finally:
             if not stop.is_set():
                 for _ in range(workers):
@@ -192,11 +235,18 @@ class Runner:
                         "again")
         slots = sorted({e.slot for e in entries.values()})
         states = {s.config.name: journal.states(s.config.name, slots) for s in steps}
+        broken = await asyncio.to_thread(self.files.scan, states)  # one stat per file of the done rows
         for record in chunk:
             self.stats.rows_read += 1
             entry = entries[record.index]
             mine = {name: by_slot[entry.slot] for name, by_slot in states.items() if entry.slot in by_slot
                     and not self._rehearsed(name, by_slot[entry.slot])}
+            if broken and record.error is None:
+                lines = self.files.apply(journal, entry.slot, mine, broken)
+                if lines and self.files.remade + self.files.reported <= 5:  # the first few by name, then a total
+                    what = "only reported (--report-broken)" if self.files.report_only else "sent again"
+                    self.notice(f"row {record.index} ({entry.key}) was done but its files are not whole, {what}: "
+                                + "; ".join(lines))
             if record.error is not None:
                 if not mine:
                     error = {"kind": "input", "message": record.error}
@@ -240,12 +290,20 @@ class Runner:
         return True
 
     @staticmethod
-    async def _work(stop: asyncio.Event, rows: RowExecutor, queue: asyncio.Queue[Row | None]) -> None:
+    async def _work(ctx: RunContext, rows: RowExecutor, queue: asyncio.Queue[Row | None]) -> None:
+        stop = ctx.halt.stopping
         while not stop.is_set():
             item = await queue.get()
             if item is None:
                 return
-            await rows.run(item)
+            try:
+                await rows.run(item)
+            except Exception as exc:
+                # Escaped the row's own handling (which fails the row for what it sees): stop like an abort, with
+                # the exception named and the output written, rather than end the run with neither.
+                ctx.halt.stop(f"row {item.record.index}: {InternalError.of(exc)}; rows not done stay pending",
+                              "internal")
+                return
 
 
 async def _drain(tasks: list[asyncio.Task[None]], hurry: asyncio.Task[Any], seconds: float) -> None:

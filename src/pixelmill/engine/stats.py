@@ -24,6 +24,10 @@ class RunStats:
     unanswered_cost: float = 0.0  # what they were charged: the most they can have cost
     spent_before: float = 0.0  # earlier runs of the same RUNDIR
     failures: dict[str, int] = field(default_factory=dict)  # error kind -> rows
+    # A full disk: paid answers whose images could not be written, and results the journal could not record even
+    # after the reserve was freed. Their rows stay pending: a re-run pays for those calls again.
+    unstored: int = 0
+    unrecorded: int = 0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

@@ -23,6 +23,9 @@ Journals of the first layout (rows keyed by position) are adopted row by row whe
 
 Commits happen per finished call, after the images are on disk: a kill loses at most the calls in flight, and
 their intents keep their cost in the spend. `spent` = results' cost + unanswered + spend set aside + intents.
+A write that fails for the disk's sake (full, quota, read-only, I/O error) raises `DiskFull`, the transaction
+rolled back, so that the run can stop sending and record what it has once space is freed (writing/store.py keeps
+a reserve for that).
 WAL with synchronous=NORMAL survives a killed process (the OS keeps the log); it is the power-loss case that
 it trades away, for speed.
 """
@@ -31,14 +34,15 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from pixelmill.errors import ConfigError
+from pixelmill.errors import ConfigError, DiskFull
 from pixelmill.reading import jsonio
 from pixelmill.reading.records import Record, default_key, sanitize_key
 
@@ -65,6 +69,9 @@ CREATE INDEX IF NOT EXISTS results_status ON results (step, status);
 CREATE TABLE IF NOT EXISTS intents (step TEXT NOT NULL, row INTEGER NOT NULL, reserved REAL NOT NULL,
                                     sent REAL NOT NULL, PRIMARY KEY (step, row));
 """
+# SQLite's primary result codes that mean the disk, not the journal, is at fault.
+_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL = 8, 10, 13
+
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS records_identity ON records (identity);
 CREATE INDEX IF NOT EXISTS records_position ON records (position);
@@ -183,7 +190,28 @@ class Journal:
         return None if row is None else str(row[0])
 
     def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        with self._disk():
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    @contextmanager
+    def _disk(self) -> Iterator[None]:
+        """Turn SQLite's "database or disk is full" (and read-only or I/O errors) into `DiskFull`; an open
+        transaction is rolled back first (SQLite may have done it already)."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code not in (_SQLITE_FULL, _SQLITE_IOERR, _SQLITE_READONLY):
+                raise
+            if self.db.in_transaction:
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the transaction is gone either way
+            what = "disk full (no space left on device)" if code == _SQLITE_FULL else f"cannot write ({exc})"
+            advice = "free space" if code == _SQLITE_FULL else "make the disk writable"
+            raise DiskFull(f"{what} writing the journal {self.path}: {advice} and run the same command again") \
+                from None
 
     def bind(self, fingerprint: dict[str, Any], snapshot: dict[str, Any], *, restart: bool) -> None:
         """Tie this RUNDIR to one configuration: refuse another one unless `restart` (which clears the run)."""
@@ -237,6 +265,10 @@ class Journal:
 
     def end_read(self) -> None:
         """The read reached the end of the source: entries it did not claim are no longer in it."""
+        with self._disk():
+            self._end_read()
+
+    def _end_read(self) -> None:
         self.db.execute("UPDATE records SET position = NULL WHERE position IS NOT NULL AND identity IS NOT NULL "
                         "AND (claimed IS NULL OR claimed < ?)", (self._current_read(),))
 
@@ -252,34 +284,38 @@ class Journal:
         in the second value. Claiming the same position again in one read gives the same entry."""
         entries: dict[int, Entry] = {}
         changed: list[int] = []
-        self.db.execute("BEGIN")
-        try:
-            for row in rows:
-                entry, was_changed = self._claim_one(row, create=True)
-                assert entry is not None
-                entries[row.position] = entry
-                if was_changed:
-                    changed.append(row.position)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        with self._disk():
+            self.db.execute("BEGIN")
+            try:
+                for row in rows:
+                    entry, was_changed = self._claim_one(row, create=True)
+                    assert entry is not None
+                    entries[row.position] = entry
+                    if was_changed:
+                        changed.append(row.position)
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
         return entries, changed
 
     def match(self, rows: list[RowIdentity]) -> dict[int, int]:
         """position -> entry for the rows that have an entry with their content (the output's look-up): claims
         what the run did not read (it stopped early), never creates an entry nor sets results aside."""
         found: dict[int, int] = {}
-        self.db.execute("BEGIN")
-        try:
-            for row in rows:
-                entry, _ = self._claim_one(row, create=False)
-                if entry is not None:
-                    found[row.position] = entry.slot
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        with self._disk():
+            self.db.execute("BEGIN")
+            try:
+                for row in rows:
+                    entry, _ = self._claim_one(row, create=False)
+                    if entry is not None:
+                        found[row.position] = entry.slot
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
         return found
 
     def _claim_one(self, row: RowIdentity, *, create: bool) -> tuple[Entry | None, bool]:
@@ -356,15 +392,16 @@ class Journal:
         """Record a row's step, and resolve the intent of its call in flight in the same transaction: the
         saved state holds that call's outcome (its answer, its failure, its charge when unknown)."""
         db = self.db
-        db.execute("BEGIN")
-        try:
-            self._write(step, row, state)
-            db.execute("DELETE FROM intents WHERE step = ? AND row = ?", (step, row))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        with self._disk():
+            db.execute("BEGIN")
+            try:
+                self._write(step, row, state)
+                db.execute("DELETE FROM intents WHERE step = ? AND row = ?", (step, row))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
     def _write(self, step: str, row: int, state: StepState) -> None:
         unanswered = state.info.get(UNANSWERED)
@@ -389,12 +426,14 @@ class Journal:
     # ------------------------------------------------------------ calls in flight
     def intend(self, step: str, row: int, reserved: float) -> None:
         """A call of (step, row) is about to be sent, holding `reserved` of the budget (one write)."""
-        self.db.execute("INSERT OR REPLACE INTO intents (step, row, reserved, sent) VALUES (?, ?, ?, ?)",
-                        (step, row, reserved, time.time()))
+        with self._disk():
+            self.db.execute("INSERT OR REPLACE INTO intents (step, row, reserved, sent) VALUES (?, ?, ?, ?)",
+                            (step, row, reserved, time.time()))
 
     def drop_intent(self, step: str, row: int) -> None:
         """The call was answered with an error: nothing was billed."""
-        self.db.execute("DELETE FROM intents WHERE step = ? AND row = ?", (step, row))
+        with self._disk():
+            self.db.execute("DELETE FROM intents WHERE step = ? AND row = ?", (step, row))
 
     def adopt_intents(self) -> int:
         """Charge the calls an earlier run sent and never recorded (it was killed) at their reservation, on their

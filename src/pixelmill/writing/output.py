@@ -2,7 +2,8 @@
 
 The source is read again a chunk at a time, each row's results looked up in the journal by the row's identity
 (memory flat in the dataset's size), and every input row is written: unchanged, plus its output field(s) and the
-`pixelmill` object. The file is written under a temporary name and renamed, so a crash never leaves a half output.
+`pixelmill` object. The file is written under a temporary name and renamed, so a crash never leaves a half output;
+on a full disk the temporary is removed, the previous output stays as it was, and `DiskFull` says so.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from pixelmill.config import RunConfig
+from pixelmill.errors import DISK_ERRNOS, disk_full
 from pixelmill.reading import jsonio
 from pixelmill.reading.images import data_url
 from pixelmill.reading.records import Record, read_records
 from pixelmill.writing.journal import Journal, RowIdentity, StepState
 
-_PRIVATE = ("calls", "_usages", "target")  # journal bookkeeping, not for the user
+_PRIVATE = ("calls", "_usages", "target", "sizes")  # journal bookkeeping, not for the user
 CHUNK = 256  # rows looked up in the journal at a time
 
 
@@ -107,6 +109,17 @@ def _embed(rundir: Path, path: str) -> str:
 
 
 def write_output(config: RunConfig, journal: Journal) -> tuple[Path, OutputCounts]:
+    """Write the output dataset of `config` from the journal; `DiskFull` when the disk cannot take it (the
+    previous output, if any, is left as it was)."""
+    try:
+        return _write_output(config, journal)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        raise disk_full(exc, f"the output in {config.output}") from None
+
+
+def _write_output(config: RunConfig, journal: Journal) -> tuple[Path, OutputCounts]:
     counts = OutputCounts()
     rundir = config.output
     rundir.mkdir(parents=True, exist_ok=True)
@@ -137,8 +150,12 @@ def write_output(config: RunConfig, journal: Journal) -> tuple[Path, OutputCount
         return target, hf_passes[-1]
     target = rundir / "output.jsonl"
     tmp = target.with_name(f".{target.name}.tmp")
-    with open(tmp, "wb") as f:
-        for row in output_rows(config, journal, counts):
-            f.write(jsonio.dumps(row, newline=True))
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as f:
+            for row in output_rows(config, journal, counts):
+                f.write(jsonio.dumps(row, newline=True))
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half output holds space, and is never the output
+        raise
     return target, counts

@@ -1,19 +1,32 @@
-"""Writing output images: atomic, named after the record, with the extension of the real format.
+"""Writing output images: atomic, named after the record, with the extension of the real format; and checking
+them again on a later run.
 
 A file is written to a temporary name in its final folder and renamed into place, so a crash never leaves a
-half image under a final name. The journal marks a row done only after its files are in place.
+half image under a final name. The journal marks a row done only after its files are in place, with each file's
+byte size, so that a re-run can tell a file deleted or cut short since (`check_files`: one stat per file, a decode
+only when asked) and make it again.
+
+A full disk (or a quota, a read-only or failing device) raises `DiskFull` and leaves no temporary file behind.
+The store keeps a reserve of disk space for the run (`reserve_space`, a file in `.pixelmill`): when the disk
+fills up, `release_reserve` frees it so that the journal can still record what was paid and the output can still
+be written; after that, an image is written only when it leaves the reserve's worth of space free.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
-from pixelmill.errors import TransientError
+from pixelmill.errors import DISK_ERRNOS, TransientError, disk_full
 from pixelmill.reading.images import EXTENSIONS, MIME_OF_FORMAT, convert, sniff
 
 TMP_MARK = ".pixelmill-tmp"
+RESERVE_NAME = "space-reserve"
+# Room for the journal to record the calls of a stopped run and for a small output file, once the disk is full.
+RESERVE_BYTES = 1 << 20
 
 
 DEFAULT_NAME = "{step}/{key}_{i}"
@@ -77,6 +90,8 @@ class ImageStore:
         self.rundir = rundir
         self.root = rundir / "images"
         self._made: set[Path] = set()
+        self._reserve = rundir / ".pixelmill" / RESERVE_NAME
+        self.full = False  # the disk filled up during this run: images must leave the reserve's room free
 
     def write(
         self,
@@ -85,8 +100,9 @@ class ImageStore:
         *,
         convert_to: str | None = None,
         compression: int | None = None,
-    ) -> tuple[str, str]:
-        """Write one image at `images/<stem>.<ext>`. Returns (path relative to RUNDIR, MIME type).
+    ) -> tuple[str, str, int]:
+        """Write one image at `images/<stem>.<ext>`. Returns (path relative to RUNDIR, MIME type, bytes written).
+        Raises `DiskFull` when the disk cannot take it (no temporary file is left behind).
 
         Blocking (disk I/O): the engine calls it from a worker thread."""
         mime = sniff(data)
@@ -96,15 +112,62 @@ class ImageStore:
             data = convert(data, convert_to, quality=compression)
             mime = MIME_OF_FORMAT[convert_to]
         final = self.root / f"{stem}.{EXTENSIONS[mime]}"
+        name = final.relative_to(self.rundir).as_posix()
         folder = final.parent
-        if folder not in self._made:
-            folder.mkdir(parents=True, exist_ok=True)
-            self._made.add(folder)
         tmp = folder / f".{final.name}.{secrets.token_hex(4)}{TMP_MARK}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, final)
-        return final.relative_to(self.rundir).as_posix(), mime
+        try:
+            if self.full and not self._room_for(len(data)):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if folder not in self._made:
+                folder.mkdir(parents=True, exist_ok=True)
+                self._made.add(folder)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, final)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # a half-written temporary holds space the journal needs
+                raise
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            self.full = True
+            raise disk_full(exc, name) from None
+        return name, mime, len(data)
+
+    # ------------------------------------------------------------ the reserve of space for a full disk
+    def reserve_space(self) -> None:
+        """Set RESERVE_BYTES of disk aside (allocated, not a sparse file) for the end of a run that fills the disk.
+        Raises `DiskFull` when even that does not fit: then nothing should be sent."""
+        try:
+            self._reserve.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                try:
+                    os.posix_fallocate(fd, 0, RESERVE_BYTES)
+                except OSError as exc:
+                    if exc.errno in DISK_ERRNOS:
+                        raise
+                    os.pwrite(fd, bytes(RESERVE_BYTES), 0)  # a file system without fallocate
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            self._reserve.unlink(missing_ok=True)
+            raise disk_full(exc, str(self.rundir)) from None
+
+    def release_reserve(self) -> None:
+        """Free the reserve (the disk filled up, or the run ends): from now on images leave its room free."""
+        self.full = True
+        self._reserve.unlink(missing_ok=True)
+
+    def _room_for(self, size: int) -> bool:
+        try:
+            st = os.statvfs(self.rundir)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize >= size + RESERVE_BYTES
 
     def sweep_temporaries(self) -> int:
         """Remove temporary files left by a killed run. They never carry a final name, so this is tidiness,
@@ -122,3 +185,37 @@ class ImageStore:
                         Path(entry.path).unlink(missing_ok=True)
                         removed += 1
         return removed
+
+
+def check_files(rundir: Path, outputs: list[str], sizes: dict[str, int], *, decode: bool = False) -> list[str]:
+    """The files of a done row that are missing or broken, each as `path (why)`: gone, not a regular file, or of
+    another size than the journal recorded when it was written (`sizes`; rows written before sizes were recorded
+    are checked for existence only); with `decode`, also each image that does not decode. One stat per file: cheap
+    enough to run on every resume."""
+    broken: list[str] = []
+    for path in dict.fromkeys([*outputs, *sizes]):
+        try:
+            st = os.stat(rundir / path)
+        except OSError:
+            broken.append(f"{path} (missing)")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            broken.append(f"{path} (not a file)")
+            continue
+        want = sizes.get(path)
+        if want is not None and st.st_size != want:
+            broken.append(f"{path} ({st.st_size} bytes, {want} written)")
+        elif decode and (why := _undecodable(rundir / path)) is not None:
+            broken.append(f"{path} (does not decode: {why})")
+    return broken
+
+
+def _undecodable(path: Path) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as exc:  # Pillow raises many types for a broken file: each one means "broken"
+        return f"{type(exc).__name__}: {exc}"[:200]
+    return None
