@@ -144,6 +144,10 @@ class RowExecutor:
             return state
         except (BudgetReached, FatalError) as exc:
             return self._stop(target, slot, state, exc)
+        except DiskFull as exc:  # the journal could not note a call before sending it: nothing was sent
+            self._disk_full(exc)
+            self._save(target.config.name, slot, state)  # stays pending, with what it has
+            return state
         except PixelmillError as exc:  # after an answer (its images cannot be stored): its attempts are counted
             return self._fail(target, slot, state, exc)
         except Exception as exc:  # an odd value or a bug: this row fails with what it paid recorded, the run goes on
