@@ -62,9 +62,9 @@ class _SharedEmulator:
 _SHARED = _SharedEmulator()
 
 
-class _EmulatedWire:
-    """Mixed into a real wire provider: its base URL is the shared emulator's, known once the first call starts
-    it."""
+class _EmulatedWire(Provider):
+    """Mixed in before a real wire provider (OpenAI's or Gemini's): its base URL is the shared emulator's, known
+    once the first call starts it. `super()` here is that wire provider."""
 
     name: ClassVar[str] = "emulator"
     base_url: str
@@ -74,18 +74,19 @@ class _EmulatedWire:
     def _point_at(self, emulator: Emulator) -> None:
         raise NotImplementedError
 
-    async def _ensure_started(self) -> None:
-        if self._emulator is not None:
-            return
-        if self._starting is None:
-            self._starting = asyncio.Lock()
-        async with self._starting:
-            if self._emulator is None:
-                emulator = await asyncio.to_thread(_SHARED.acquire)
-                self._point_at(emulator)
-                self._emulator = emulator
+    async def call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
+        if self._emulator is None:
+            if self._starting is None:
+                self._starting = asyncio.Lock()
+            async with self._starting:
+                if self._emulator is None:
+                    emulator = await asyncio.to_thread(_SHARED.acquire)
+                    self._point_at(emulator)
+                    self._emulator = emulator
+        return await super().call(request, spec)  # type: ignore[safe-super]  # the wire provider's
 
-    def _release(self) -> None:
+    async def aclose(self) -> None:
+        await super().aclose()
         if self._emulator is not None:
             self._emulator = None
             _SHARED.release()
@@ -95,26 +96,10 @@ class _EmulatedOpenAI(_EmulatedWire, OpenAIProvider):
     def _point_at(self, emulator: Emulator) -> None:
         self.base_url = normalize_base_url(emulator.openai_base_url)
 
-    async def call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
-        await self._ensure_started()
-        return await super().call(request, spec)
-
-    async def aclose(self) -> None:
-        await super().aclose()
-        self._release()
-
 
 class _EmulatedGemini(_EmulatedWire, GeminiProvider):
     def _point_at(self, emulator: Emulator) -> None:
         self.base_url = api_base(emulator.gemini_base_url)
-
-    async def call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
-        await self._ensure_started()
-        return await super().call(request, spec)
-
-    async def aclose(self) -> None:
-        await super().aclose()
-        self._release()
 
 
 class EmulatorProvider(Provider):
