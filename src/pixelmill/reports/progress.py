@@ -227,6 +227,8 @@ class Progress:
             lines = [line for line in lines if line.startswith(keep)]
         else:
             lines.insert(1, this_run)
+            if s.rate_found:  # learned from the provider (engine/ratefinder.py); --rpm/--ipm still cap it
+                lines.insert(2, f"rate found: {s.rate_found}")
         self._say(*lines)
 
 

@@ -22,6 +22,7 @@ Choices that are ours, not the API's:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -296,8 +297,9 @@ def error_from_answer(status: int, raw: bytes, headers: Mapping[str, str], spec:
             return QuotaExhausted(f"{where}. This is a daily quota or spend cap: it will not clear within "
                                   "the run. Raise it in AI Studio, or resume the run after the reset "
                                   "(midnight Pacific); done rows are not requested again", **kw)
+        delay = _retry_delay(details)
         return RateLimited(f"{where}; lower --rpm/--ipm to match the project's limits",
-                           retry_after=_retry_delay(details) or parse_retry_after(headers),
+                           retry_after=delay if delay is not None else parse_retry_after(headers),
                            **kw)
     if status in _TRANSIENT_STATUS or status >= 500:
         return TransientError(f"{where}; the server is struggling, the row will be retried", **kw)
@@ -337,13 +339,21 @@ def _daily_or_spend_cap(details: list[dict[str, Any]], message: str) -> bool:
 
 
 def _retry_delay(details: list[dict[str, Any]]) -> float | None:
-    """`google.rpc.RetryInfo.retryDelay`: a proto Duration, "37s" / "1.5s" (or {seconds, nanos})."""
+    """`google.rpc.RetryInfo.retryDelay`: a proto Duration, "37s" / "1.5s" (or {seconds, nanos}). Anything
+    else (a negative or garbled delay, a list, an overflow) counts as no hint: the retry policy's own backoff
+    decides, never a crash or a zero wait."""
     for detail in details:
         if not str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
             continue
         delay = detail.get("retryDelay")
+        seconds: float | None = None
         if isinstance(delay, str) and (match := _DURATION.match(delay)):
-            return float(match.group(1))
-        if isinstance(delay, dict):
-            return float(delay.get("seconds") or 0) + float(delay.get("nanos") or 0) / 1e9
+            seconds = float(match.group(1))
+        elif isinstance(delay, dict):
+            try:
+                seconds = float(delay.get("seconds") or 0) + float(delay.get("nanos") or 0) / 1e9
+            except (TypeError, ValueError, OverflowError):
+                seconds = None
+        if seconds is not None and math.isfinite(seconds) and seconds >= 0:
+            return seconds
     return None

@@ -5,7 +5,9 @@ One module, three thin classes over the same wire adapter (reference image-apis.
 - edits: `POST {base}/images/edits`, multipart: `image` for one input, `image[]` repeated for several, `mask`;
 - variations: `POST {base}/images/variations`, multipart (dall-e-2).
 Answers: `data[].b64_json` decoded with pybase64, or `data[].url` downloaded (bounded); `usage`,
-`revised_prompt`, `size`, `quality`, `output_format`, `background` and the request id are kept.
+`revised_prompt`, `size`, `quality`, `output_format`, `background` and the request id are kept; the
+`x-ratelimit-*` headers of every answer go back as `ImageResult.rate_limits` (and on a 429, as
+`RateLimited.limits`) for the engine to pace by.
 Errors: `pixelmill.providers.openai.errors`.
 
 Credentials and base URLs (a flag beats the provider's variable, which beats the DF_* seed variables):
@@ -45,7 +47,7 @@ from pixelmill.providers.base import (
     ProviderSettings,
     Task,
 )
-from pixelmill.providers.http import HttpClient, decode_base64, parse_json
+from pixelmill.providers.http import HttpClient, decode_base64, parse_json, parse_rate_limits
 from pixelmill.providers.openai.errors import ErrorContext, error_from_reply, request_id_of
 from pixelmill.providers.openai.params import check_inputs, check_prompt, plan_openai
 
@@ -171,7 +173,9 @@ class OpenAIProvider(Provider):
         answer = parse_json(reply.body, label=label, http_status=200, request_id=request_id)
         if isinstance(answer, dict) and answer.get("error") and not answer.get("data"):
             raise error_from_reply(reply, ctx, error_body=answer)  # Azure: content filter inside a 200
-        return await self._result(answer, request, spec, request_id, label)
+        result = await self._result(answer, request, spec, request_id, label)
+        result.rate_limits = parse_rate_limits(reply.headers)
+        return result
 
     async def _result(
         self, answer: Any, request: ImageRequest, spec: ModelSpec, request_id: str | None, label: str
