@@ -7,7 +7,8 @@ images), 1% under the limit given, so that timing jitter between client and prov
 Without --rpm/--ipm the pace is learned (engine/ratefinder.py: from the provider's rate-limit headers, else
 from 429s); a configured limit stays a hard ceiling over whatever is learned.
 
-A 429 pauses all sending until its Retry-After has passed (1 s without one; an absurd one counts as none,
+A 429 pauses all sending until its Retry-After has passed (without one: 1 s while calls are unpaced, no pause
+once they are paced, since the slowed pace is then the shared answer; an absurd Retry-After counts as none,
 engine/retry.py's `credible_retry_after`), at most `MAX_SHARED_PAUSE`. Only a 429 for a call sent after the
 last pause began can start the pause again: 429s of calls that were already in flight are old news, so many
 rows cannot stretch one pause without bound. Senders released by a pause go through the pace, not all at once.
@@ -78,6 +79,7 @@ class Limiter:
                 if wait > 0:
                     await _sleep_unless(stopping, wait)
                 if self.paused_until <= time.monotonic():
+                    self.finder.admitted(time.monotonic())
                     break  # else a 429 came while this call waited for its turn: wait out the pause too
         except BaseException:
             self.slots.release()
@@ -103,6 +105,8 @@ class Limiter:
         if not self.finder.on_rate_limited(limits, sent_at, now, hint):
             return
         self._follow()
+        if hint is None and self.requests.interval:
+            return  # no hint, but a pace: the slowed pace is the shared answer; each row backs off on its own
         pause = min(hint if hint is not None else DEFAULT_PAUSE, MAX_SHARED_PAUSE)
         self.paused_until = max(self.paused_until, now + pause)
 
