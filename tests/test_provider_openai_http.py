@@ -12,11 +12,13 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from pixelmill.errors import TransientError
+from pixelmill.errors import RateLimits, TransientError
 from pixelmill.providers.http import (
     HttpClient,
     decode_base64,
+    parse_duration,
     parse_json,
+    parse_rate_limits,
     parse_retry_after,
     sniff_image_mime,
 )
@@ -141,6 +143,30 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after({"retry-after": date}, now=now) == 42.0
     past = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now - 42))
     assert parse_retry_after({"retry-after": past}, now=now) == 0.0
+
+
+def test_parse_retry_after_refuses_what_is_not_a_number() -> None:
+    """Not finite is no hint; a date too far to compute is no hint either (and no crash)."""
+    assert parse_retry_after({"retry-after": "1e999"}) is None
+    assert parse_retry_after({"retry-after": "NaN"}) is None
+    assert parse_retry_after({"retry-after-ms": "inf", "retry-after": "3"}) == 3.0
+    assert parse_retry_after({"retry-after": "Fri, 01 Jan 9999 00:00:00 GMT"}, now=0.0) == pytest.approx(
+        253370764800.0)
+    assert parse_retry_after({"retry-after": "Mon, 99 Foo 99999 99:99:99 GMT"}) is None
+
+
+def test_parse_rate_limits_reads_openai_headers() -> None:
+    headers = {"x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "499",
+               "x-ratelimit-reset-requests": "120ms", "x-ratelimit-limit-images": "50",
+               "x-ratelimit-remaining-images": "0", "x-ratelimit-reset-images": "1m2.5s",
+               "x-ratelimit-limit-tokens": "oops"}
+    assert parse_rate_limits(headers) == RateLimits(
+        requests_limit=500, requests_remaining=499, requests_reset=0.12,
+        images_limit=50, images_remaining=0, images_reset=62.5)
+    assert parse_rate_limits({"x-request-id": "r"}) is None
+    assert parse_rate_limits({"x-ratelimit-limit-requests": "0"}) is None  # a zero limit sets no pace
+    assert parse_duration("6m0s") == 360.0 and parse_duration("1h") == 3600.0 and parse_duration("2") == 2.0
+    assert parse_duration("soon") is None and parse_duration("1s garbage") is None
 
 
 def test_decode_base64_is_strict() -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import re
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 
@@ -75,13 +76,35 @@ class ProviderError(PixelmillError):
         self.code = code
 
 
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """What a provider's answer said about its rate limits (OpenAI's `x-ratelimit-*` headers): limits per
+    minute, what remains of them, and seconds until they reset. Any field may be missing. Carried by answers
+    (`ImageResult.rate_limits`) and by 429s (`RateLimited.limits`); the engine's limiter learns from them."""
+
+    requests_limit: float | None = None
+    requests_remaining: float | None = None
+    requests_reset: float | None = None
+    images_limit: float | None = None
+    images_remaining: float | None = None
+    images_reset: float | None = None
+    tokens_limit: float | None = None
+    tokens_remaining: float | None = None
+    tokens_reset: float | None = None
+
+
 class RateLimited(ProviderError):
+    """A 429. `retry_after` is the provider's hint as given (seconds; it may be absent, zero or absurd: the
+    retry policy bounds it); `limits` what its headers said."""
+
     kind = "rate_limited"
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, limits: RateLimits | None = None,
+                 **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.retry_after = retry_after
+        self.limits = limits
 
 
 class TransientError(ProviderError):

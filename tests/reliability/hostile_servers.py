@@ -7,6 +7,9 @@
 - `BillingGateway`: an OpenAI/Gemini-shaped endpoint that keeps its own bill, bills more than the model table
   predicts when told, reports Gemini usage without a per-modality split, and loses answers after billing
   (resets, hangs), to prove that the budget holds against what a provider actually bills.
+- `Throttler`: an OpenAI/Gemini-shaped endpoint that answers 429 with a chosen Retry-After (zero, negative, in
+  the past, absurd or garbage; Gemini: a chosen `RetryInfo.retryDelay`) to the first `refusals` requests of
+  each prompt (None: to every request), then an image.
 """
 
 from __future__ import annotations
@@ -105,6 +108,50 @@ class LeakyGateway(LocalServer):
                                          "status": "PERMISSION_DENIED"}})
         if "[echo:malformed]" in prompt:
             return web.Response(status=200, text=f"<html>proxy error for {key}</html>", content_type="text/html")
+        image = pybase64.b64encode(png_bytes()).decode()
+        return _json(200, {"candidates": [{"content": {"role": "model", "parts": [
+            {"inlineData": {"mimeType": "image/png", "data": image}}]}, "finishReason": "STOP", "index": 0}],
+            "modelVersion": "gemini-3.1-flash-image"})
+
+
+class Throttler(LocalServer):
+    def __init__(self, *, headers: dict[str, str] | None = None, retry_delay: Any = None,
+                 refusals: int | None = None) -> None:
+        super().__init__()
+        self.headers = headers or {}
+        self.retry_delay = retry_delay
+        self.refusals = refusals
+        self.seen: dict[str, int] = {}
+        self.statuses: list[int] = []
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/images/generations", self.openai)
+        app.router.add_post("/v1beta/models/{target}", self.gemini)
+
+    def _refuse(self, prompt: str) -> bool:
+        self.seen[prompt] = self.seen.get(prompt, 0) + 1
+        refuse = self.refusals is None or self.seen[prompt] <= self.refusals
+        self.statuses.append(429 if refuse else 200)
+        return refuse
+
+    async def openai(self, request: web.Request) -> web.Response:
+        if self._refuse(str((await request.json()).get("prompt", ""))):
+            return _json(429, {"error": {"message": "Rate limit reached for images per min", "type": "requests",
+                                         "param": None, "code": "rate_limit_exceeded"}}, self.headers)
+        image = pybase64.b64encode(png_bytes()).decode()
+        return _json(200, {"created": 1, "data": [{"b64_json": image}]})
+
+    async def gemini(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        prompt = " ".join(str(p.get("text", "")) for c in body.get("contents", []) for p in c.get("parts", []))
+        if self._refuse(prompt):
+            details: list[dict[str, Any]] = [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+                {"quotaMetric": "generativelanguage.googleapis.com/generate_content_requests",
+                 "quotaId": "GenerateRequestsPerMinutePerProjectPerModel"}]}]
+            if self.retry_delay is not None:
+                details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": self.retry_delay})
+            return _json(429, {"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).",
+                                         "status": "RESOURCE_EXHAUSTED", "details": details}}, self.headers)
         image = pybase64.b64encode(png_bytes()).decode()
         return _json(200, {"candidates": [{"content": {"role": "model", "parts": [
             {"inlineData": {"mimeType": "image/png", "data": image}}]}, "finishReason": "STOP", "index": 0}],
@@ -258,5 +305,5 @@ class BillingGateway(LocalServer):
         return await self._serve(request, prompt, usd, answer)
 
 
-def _json(status: int, body: dict[str, Any]) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -128,8 +129,10 @@ class Sender:
                 self.stats.requests += 1
                 self.stats.in_flight += 1
                 result: ImageResult | None = None
+                sent = time.monotonic()
                 try:
                     result = await target.provider.call(request, target.spec)
+                    self._learn(result, sent)
                 except ProviderError as exc:
                     error = exc
                     if maybe_billed(exc):  # no usable answer, and perhaps billed: charged at its reservation
@@ -140,7 +143,7 @@ class Sender:
                         ticket.settle(0.0)  # an error answer is charged nothing
                         if book is not None:
                             book.answered()
-                    delay = self._verdict(retry, exc)
+                    delay = self._verdict(retry, exc, sent)
                     if delay is not None:
                         self.stats.retries += 1
                         await self._pause(delay)  # the slot is held through the pause
@@ -167,12 +170,20 @@ class Sender:
         self.stats.unanswered += 1
         self.stats.unanswered_cost += ticket.reserved
 
-    def _verdict(self, retry: RetryState, error: ProviderError) -> float | None:
+    def _verdict(self, retry: RetryState, error: ProviderError, sent: float) -> float | None:
         """The policy's delay before another attempt, or None to give up; a 429 pauses every sender."""
         if isinstance(error, RateLimited):
-            self.admission.limiter.on_rate_limited(error.retry_after)
+            limiter = self.admission.limiter
+            limiter.on_rate_limited(error.retry_after, sent_at=sent, limits=error.limits)
             self.stats.rate_limited += 1
+            self.stats.rate_found = limiter.found()
         return next_delay(self.policy, retry, error, self.rng)
+
+    def _learn(self, result: ImageResult, sent: float) -> None:
+        """An answer: the limiter learns the provider's pace from it (engine/ratefinder.py)."""
+        limiter = self.admission.limiter
+        limiter.on_answer(result.rate_limits, sent)
+        self.stats.rate_found = limiter.found()
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, unless the run is stopping: then the row stops where it is (pending)."""

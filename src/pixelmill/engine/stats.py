@@ -18,6 +18,7 @@ class RunStats:
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0
+    rate_found: str | None = None  # the provider's rate as learned without --rpm/--ipm (engine/ratefinder.py)
     in_flight: int = 0
     spent: float = 0.0  # this run (calls whose outcome is unknown included, at their reservation)
     unanswered: int = 0  # calls that may have been billed without a usable answer (sent, answer lost or broken)

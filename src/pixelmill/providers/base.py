@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
+    from pixelmill.errors import RateLimits
     from pixelmill.models.table import ModelSpec
     from pixelmill.params import ImageParams, WirePlan
 
@@ -76,6 +77,7 @@ class ImageResult:
     request_id: str | None = None
     model_content: Any = None  # the raw model turn, for chat providers' history
     extra: dict[str, Any] = field(default_factory=dict)  # response metadata worth keeping (size, quality, ...)
+    rate_limits: RateLimits | None = None  # what the answer's headers said about the limits (engine/limiter.py)
 
 
 class Provider(abc.ABC):

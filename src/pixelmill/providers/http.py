@@ -12,7 +12,7 @@ Public API (kept small and stable; the OpenAI and Gemini providers both import i
     parse_json(body, label=..., http_status=..., request_id=...)  -> Any    (not JSON: TransientError)
     decode_base64(text, label=..., request_id=...)                 -> bytes  (bad base64: TransientError)
     parse_retry_after(headers)                                     -> float | None  (seconds, finite)
-    sane_seconds(value)                                            -> float | None  (a server's delay, or None)
+    parse_rate_limits(headers)                                     -> RateLimits | None (x-ratelimit-*)
     sniff_image_mime(data)                                         -> str | None    ("image/png", ...)
     transport_error(exc, label=..., time_limit=..., maybe_billed=..., unanswered=...) -> TransientError
     never_sent(exc)                                                -> bool   (connection never opened)
@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import math
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -56,7 +57,7 @@ import orjson
 import pybase64
 from multidict import CIMultiDictProxy
 
-from pixelmill.errors import PixelmillError, TransientError, UnknownOutcome, redact
+from pixelmill.errors import PixelmillError, RateLimits, TransientError, UnknownOutcome, redact
 from pixelmill.netpolicy import UnsafeAddress, pinned, public_address, same_origin
 from pixelmill.version import VERSION
 
@@ -65,9 +66,10 @@ __all__ = [
     "Reply",
     "decode_base64",
     "never_sent",
+    "parse_duration",
     "parse_json",
+    "parse_rate_limits",
     "parse_retry_after",
-    "sane_seconds",
     "sniff_image_mime",
     "transport_error",
 ]
@@ -79,8 +81,6 @@ EMULATOR_HEADER = "x-pixelmill-emulator"
 _CHUNK = 1 << 20
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 3
-# The longest wait a server may ask for (a day): more, or not a finite number, reads as no advice at all.
-MAX_DELAY = 86400.0
 
 
 @dataclass(slots=True)
@@ -331,43 +331,72 @@ def decode_base64(text: str | bytes, *, label: str, request_id: str | None = Non
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
-    """Seconds to wait from `retry-after-ms`, else `retry-after` (seconds or an HTTP date). None when absent
-    or unreadable (garbage, not finite, more than a day); never negative."""
+    """Seconds to wait from `retry-after-ms`, else `retry-after` (seconds or an HTTP date). None when absent,
+    unreadable or not finite; never negative (a date in the past is 0). How long is too long is the retry
+    policy's to decide (engine/retry.py), not the parser's."""
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:
-        try:
-            delay = sane_seconds(float(raw_ms) / 1000.0)
-        except ValueError:
-            delay = None
-        if delay is not None:
-            return delay
+        seconds = _finite(raw_ms)
+        if seconds is not None:
+            return max(0.0, seconds / 1000.0)
     raw = headers.get("retry-after")
     if not raw:
         return None
     raw = raw.strip()
-    try:
-        return sane_seconds(float(raw))
-    except ValueError:
-        pass
+    seconds = _finite(raw)
+    if seconds is not None:
+        return max(0.0, seconds)
     try:
         when = email.utils.parsedate_to_datetime(raw)
-        return sane_seconds(max(0.0, when.timestamp() - (time.time() if now is None else now)))
+        left = when.timestamp() - (time.time() if now is None else now)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    return max(0.0, left)
 
 
-def sane_seconds(value: Any) -> float | None:
-    """A delay a server asked for, as seconds: a finite number of at most `MAX_DELAY` (negative reads as 0),
-    else None (no advice)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
+def _finite(text: str) -> float | None:
     try:
-        seconds = float(value)
-    except OverflowError:  # an int of hundreds of digits
+        value = float(text)
+    except ValueError:
         return None
-    if not math.isfinite(seconds) or seconds > MAX_DELAY:
+    return value if math.isfinite(value) else None
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?)(ms|h|m|s)")
+
+
+def parse_duration(text: str) -> float | None:
+    """OpenAI's reset durations: "1s", "6m0s", "120ms", "1h2m3.5s", or plain seconds. None when unreadable."""
+    text = text.strip()
+    plain = _finite(text)
+    if plain is not None:
+        return max(0.0, plain)
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
         return None
-    return max(0.0, seconds)
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    total = sum(float(number) * scale[unit] for number, unit in parts)
+    return total if math.isfinite(total) else None
+
+
+def parse_rate_limits(headers: Mapping[str, str]) -> RateLimits | None:
+    """OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,images,tokens}` headers (limits are per
+    minute), or None when the answer has none. Unreadable or non-positive limits are left out, so that a
+    gateway's nonsense cannot set a pace."""
+    if not any(key.lower().startswith("x-ratelimit-") for key in headers):
+        return None
+    values: dict[str, float | None] = {}
+    for what in ("requests", "images", "tokens"):
+        limit = _finite(headers.get(f"x-ratelimit-limit-{what}", "").strip() or "nan")
+        remaining = _finite(headers.get(f"x-ratelimit-remaining-{what}", "").strip() or "nan")
+        reset_text = headers.get(f"x-ratelimit-reset-{what}")
+        values[f"{what}_limit"] = limit if limit is not None and limit > 0 else None
+        values[f"{what}_remaining"] = max(0.0, remaining) if remaining is not None else None
+        values[f"{what}_reset"] = parse_duration(reset_text) if reset_text else None
+    if all(value is None for value in values.values()):
+        return None
+    return RateLimits(**values)
+
 
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (

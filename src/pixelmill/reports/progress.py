@@ -230,6 +230,8 @@ class Progress:
             lines = [line for line in lines if line.startswith(keep)]
         else:
             lines.insert(1, this_run)
+            if s.rate_found:  # learned from the provider (engine/ratefinder.py); --rpm/--ipm still cap it
+                lines.insert(2, f"rate found: {s.rate_found}")
         if report.aborted and not any(report.aborted in line for line in lines):
             # The journal could not keep how the run ended (a full disk): the reason is said all the same.
             lines.insert(1, f"stopped: {report.aborted}")

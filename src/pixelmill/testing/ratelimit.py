@@ -2,6 +2,10 @@
 
 A rejected request does not count against the window (as with the real APIs, where a 429 is free); the answer
 says how long until the window has room again.
+
+Every answer carries OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,images}` headers with OpenAI's
+meaning: limit and remaining per minute (a window shorter than a minute, used to keep tests short, is stated
+as its per-minute equivalent: 60 per 3 s is a limit of 1200), reset the time until the window is empty again.
 """
 
 from __future__ import annotations
@@ -63,17 +67,22 @@ class SlidingWindow:
 
     def _headers(self, now: float, rpm: int | None, ipm: int | None, window: float) -> dict[str, str]:
         headers: dict[str, str] = {}
+        scale = 60.0 / window  # to per minute
         if rpm is not None:
-            reset = (self._requests[0] + window - now) if self._requests else 0.0
-            headers["x-ratelimit-limit-requests"] = str(rpm)
-            headers["x-ratelimit-remaining-requests"] = str(max(0, rpm - len(self._requests)))
+            reset = (self._requests[-1] + window - now) if self._requests else 0.0
+            headers["x-ratelimit-limit-requests"] = _count(rpm * scale)
+            headers["x-ratelimit-remaining-requests"] = _count(max(0, rpm - len(self._requests)) * scale)
             headers["x-ratelimit-reset-requests"] = _reset_text(reset)
         if ipm is not None:
-            reset = (self._images[0][0] + window - now) if self._images else 0.0
-            headers["x-ratelimit-limit-images"] = str(ipm)
-            headers["x-ratelimit-remaining-images"] = str(max(0, ipm - self._image_total))
+            reset = (self._images[-1][0] + window - now) if self._images else 0.0
+            headers["x-ratelimit-limit-images"] = _count(ipm * scale)
+            headers["x-ratelimit-remaining-images"] = _count(max(0, ipm - self._image_total) * scale)
             headers["x-ratelimit-reset-images"] = _reset_text(reset)
         return headers
+
+
+def _count(value: float) -> str:
+    return str(math.floor(value + 1e-9))
 
 
 def _reset_text(seconds: float) -> str:

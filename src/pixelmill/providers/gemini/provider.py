@@ -28,6 +28,7 @@ Choices that are ours, not the API's:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -79,7 +80,6 @@ from pixelmill.providers.http import (
     decode_base64,
     parse_json,
     parse_retry_after,
-    sane_seconds,
 )
 
 if TYPE_CHECKING:
@@ -391,18 +391,25 @@ def _daily_or_spend_cap(details: list[dict[str, Any]], message: str) -> bool:
 
 
 def _retry_delay(details: list[dict[str, Any]]) -> float | None:
-    """`google.rpc.RetryInfo.retryDelay`: a proto Duration, "37s" / "1.5s" (or {seconds, nanos}); None when
-    it is not one, or not a sane delay (`sane_seconds`)."""
+    """`google.rpc.RetryInfo.retryDelay`: a proto Duration, "37s" / "1.5s" (or {seconds, nanos}). Anything
+    else (a negative or garbled delay, a list, an overflow) counts as no hint: the retry policy's own backoff
+    decides, never a crash or a zero wait."""
     for detail in details:
         if not _is_type(detail, "google.rpc.RetryInfo"):
             continue
         delay = detail.get("retryDelay")
+        seconds: float | None = None
         if isinstance(delay, str) and (match := _DURATION.match(delay)):
-            return sane_seconds(float(match.group(1)))
-        if isinstance(delay, dict):
-            seconds, nanos = number(delay.get("seconds") or 0), number(delay.get("nanos") or 0)
-            if seconds is not None and nanos is not None:
-                return sane_seconds(seconds + nanos / 1e9)
+            seconds = float(match.group(1))
+        elif isinstance(delay, dict):
+            whole, nanos = number(delay.get("seconds") or 0), number(delay.get("nanos") or 0)
+            if whole is not None and nanos is not None:
+                try:
+                    seconds = float(whole) + float(nanos) / 1e9
+                except OverflowError:  # an integer of hundreds of digits
+                    seconds = None
+        if seconds is not None and math.isfinite(seconds) and seconds >= 0:
+            return seconds
     return None
 
 

@@ -41,7 +41,7 @@ from pixelmill.errors import (
 from pixelmill.models.table import ModelSpec
 from pixelmill.providers.boundary import code as code_of
 from pixelmill.providers.boundary import obj, seq
-from pixelmill.providers.http import Reply, parse_retry_after
+from pixelmill.providers.http import Reply, parse_rate_limits, parse_retry_after
 
 __all__ = ["ErrorContext", "error_from_reply", "request_id_of"]
 
@@ -120,7 +120,8 @@ def error_from_reply(reply: Reply, ctx: ErrorContext, *, error_body: Any = None)
     if status == 429:
         retry_after = parse_retry_after(reply.headers)
         after = f"; retry after {retry_after:g} s" if retry_after is not None else ""
-        return RateLimited(f"{where}: rate limited{after}: {server}", retry_after=retry_after, **common)
+        return RateLimited(f"{where}: rate limited{after}: {server}", retry_after=retry_after,
+                           limits=parse_rate_limits(reply.headers), **common)
     if status in (408, 409) or status >= 500:
         return TransientError(f"{where}: server error, worth a retry: {server}", **common)
     param = f" (parameter {fields.param})" if fields.param else ""

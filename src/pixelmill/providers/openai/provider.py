@@ -9,7 +9,9 @@ the base URL's own server only); `usage`, `revised_prompt`, `size`, `quality`, `
 and the request id are kept. Every field is read through `pixelmill.providers.boundary` (an odd shape is a
 `TransientError`, never a crash); the answer is bounded by n images of the model's largest size; images beyond
 the n asked for are not decoded or fetched, only counted (`extra["surplus_images"]`); everything the server
-said is redacted with `secrets()` (the key, and a password in the base URL) before it is returned.
+said is redacted with `secrets()` (the key, and a password in the base URL) before it is returned. The
+`x-ratelimit-*` headers of every answer go back as `ImageResult.rate_limits` (and on a 429, as
+`RateLimited.limits`) for the engine to pace by.
 Errors: `pixelmill.providers.openai.errors`.
 
 Credentials and base URLs (a flag beats the provider's variable, which beats the DF_* seed variables):
@@ -58,7 +60,7 @@ from pixelmill.providers.boundary import (
     scrub_result,
     text,
 )
-from pixelmill.providers.http import EMULATOR_HEADER, HttpClient, decode_base64, parse_json
+from pixelmill.providers.http import EMULATOR_HEADER, HttpClient, decode_base64, parse_json, parse_rate_limits
 from pixelmill.providers.openai.errors import ErrorContext, error_from_reply, request_id_of
 from pixelmill.providers.openai.params import check_inputs, check_prompt, plan_openai
 
@@ -216,6 +218,7 @@ class OpenAIProvider(Provider):
         result = await self._result(answer, request, spec, request_id, label)
         if reply.headers.get(EMULATOR_HEADER):  # a rehearsal's image: never a real run's (engine/runner.py)
             result.extra["emulated"] = strip_userinfo(self.base_url)  # done again only for this same emulator
+        result.rate_limits = parse_rate_limits(reply.headers)
         return result
 
     async def _result(
