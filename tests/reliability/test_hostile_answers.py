@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,10 @@ from pixelmill.providers.gemini.provider import GeminiProvider, error_from_answe
 from pixelmill.providers.http import Reply
 from pixelmill.providers.openai.errors import ErrorContext, error_from_reply
 from pixelmill.providers.openai.provider import OpenAIProvider
-from pixelmill.testing import ThreadRunner
 from tests.reliability.hostile_answers import PNG, PNG_B64, Canned, ScriptedServer, gemini_image, openai_image
 from tests.runs import TEST_KEY, cli_process, read_output, write_jsonl
 
 GEMINI_KEY = "AIzaTEST-0b5e2c9d4a7f1e3b6c8d0a2f4e6b"
-
-
-@pytest.fixture
-def server() -> Iterator[ScriptedServer]:
-    scripted = ScriptedServer()
-    runner = ThreadRunner(scripted)  # type: ignore[arg-type]
-    runner.start()
-    yield scripted
-    runner.stop()
 
 
 def openai_provider(server: ScriptedServer) -> OpenAIProvider:

@@ -6,30 +6,18 @@ knowledge of its secrets can hide them)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pixelmill.errors import redact_clip
-from pixelmill.testing import ThreadRunner
 from tests.reliability.hostile_answers import PNG_B64, Canned, ScriptedServer, openai_image
 from tests.runs import cli, read_output, write_jsonl
 
 OPENAI_KEY = "Zq4Wm9Xk2Pv7Ld3Ns8Rt6Hy1"
 GEMINI_KEY = "Gk5Tp8Vm2Qx7Zr3Lw9Nc4Hd6"
 PASSWORD = "Pw7Hx3Kq9Zm2Vb5Jc"
-
-
-@pytest.fixture
-def server() -> Iterator[ScriptedServer]:
-    scripted = ScriptedServer()
-    runner = ThreadRunner(scripted)  # type: ignore[arg-type]
-    runner.start()
-    yield scripted
-    runner.stop()
 
 
 def pieces(secret: str, width: int = 8) -> list[str]:

@@ -42,15 +42,6 @@ def attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @pytest.fixture
-def server() -> Iterator[ScriptedServer]:
-    scripted = ScriptedServer()
-    runner = ThreadRunner(scripted)  # type: ignore[arg-type]
-    runner.start()
-    yield scripted
-    runner.stop()
-
-
-@pytest.fixture
 def other() -> Iterator[ImageHost]:
     """Another loopback service, which an answer must not make pixelmill fetch from."""
     host = ImageHost()

@@ -198,43 +198,28 @@ def test_the_metadata_field_cannot_be_an_output_field(emulator_thread: Emulator,
 
 
 # ---------------------------------------------------------------- a rehearsal is never the real run
-@pytest.fixture
-def real_server() -> Any:
-    """A plain loopback server speaking OpenAI's images API, standing for the real provider: unlike the emulator
-    it does not mark its answers."""
-    from pixelmill.testing import ThreadRunner
-    from tests.reliability.hostile_answers import ScriptedServer
-
-    server = ScriptedServer()
-    runner = ThreadRunner(server)  # type: ignore[arg-type]
-    runner.start()
-    try:
-        yield server
-    finally:
-        runner.stop()
-
-
-def test_a_rehearsal_on_the_emulator_is_never_delivered_as_the_real_run(real_server: Any, tmp_path: Path) -> None:
+def test_a_rehearsal_on_the_emulator_is_never_delivered_as_the_real_run(server: Any, tmp_path: Path) -> None:
     """`-o out --provider emulator`, then `-o out --provider openai`: the real run sends every row (the rehearsal
-    was never paid) and replaces the images; the rows say who made them."""
+    was never paid) and replaces the images; the rows say who made them. `server` (conftest.py) is a plain
+    loopback server standing for the real provider: unlike the emulator it does not mark its answers."""
     rows = [{"prompt": f"rehearsed row {i}"} for i in range(5)]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     run = tmp_path / "run"
     rehearsal = cli("generate", src, "-o", run, "--provider", "emulator", "--size", "1024x1024", "-q")
     assert rehearsal.code == 0, rehearsal.output
     assert {r["pixelmill"]["provider"] for r in read_output(run)} == {"emulator"}
-    real = cli("generate", src, "-o", run, "--base-url", f"{real_server.url}/v1", "--size", "1024x1024")
+    real = cli("generate", src, "-o", run, "--base-url", f"{server.url}/v1", "--size", "1024x1024")
     assert real.code == 0, real.output
     assert "rows made by the emulator are sent again" in real.output
-    assert real_server.hits.count("/v1/images/generations") == 5
+    assert server.hits.count("/v1/images/generations") == 5
     out = read_output(run)
     assert {r["pixelmill"]["provider"] for r in out} == {"openai"}
     assert [r["pixelmill"]["status"] for r in out] == ["done"] * 5
-    again = cli("generate", src, "-o", run, "--base-url", f"{real_server.url}/v1", "--size", "1024x1024", "-q")
-    assert again.code == 0 and real_server.hits.count("/v1/images/generations") == 5  # the real results are done
+    again = cli("generate", src, "-o", run, "--base-url", f"{server.url}/v1", "--size", "1024x1024", "-q")
+    assert again.code == 0 and server.hits.count("/v1/images/generations") == 5  # the real results are done
 
 
-def test_images_from_a_served_emulator_are_not_a_real_run_either(emulator_thread: Emulator, real_server: Any,
+def test_images_from_a_served_emulator_are_not_a_real_run_either(emulator_thread: Emulator, server: Any,
                                                                  tmp_path: Path) -> None:
     """`pixelmill emulate` and `--base-url`, then the real URL: the emulator marks its answers, so the rows it made
     are sent again to the real server."""
@@ -245,14 +230,14 @@ def test_images_from_a_served_emulator_are_not_a_real_run_either(emulator_thread
                 "-q")
     assert first.code == 0, first.output
     assert all(r["pixelmill"]["response"]["emulated"] for r in read_output(run))
-    second = cli("generate", src, "-o", run, "--base-url", f"{real_server.url}/v1", "--size", "1024x1024", "-q")
+    second = cli("generate", src, "-o", run, "--base-url", f"{server.url}/v1", "--size", "1024x1024", "-q")
     assert second.code == 0, second.output
-    assert real_server.hits.count("/v1/images/generations") == 4  # every rehearsed row sent to the real server
+    assert server.hits.count("/v1/images/generations") == 4  # every rehearsed row sent to the real server
     out = read_output(run)
     assert [r["pixelmill"]["status"] for r in out] == ["done"] * 4
     assert not any(r["pixelmill"].get("response", {}).get("emulated") for r in out)
-    third = cli("generate", src, "-o", run, "--base-url", f"{real_server.url}/v1", "--size", "1024x1024", "-q")
-    assert third.code == 0 and real_server.hits.count("/v1/images/generations") == 4  # real results are done
+    third = cli("generate", src, "-o", run, "--base-url", f"{server.url}/v1", "--size", "1024x1024", "-q")
+    assert third.code == 0 and server.hits.count("/v1/images/generations") == 4  # real results are done
 
 
 @pytest.mark.parametrize("field", ["prompt", "id"])
