@@ -26,6 +26,23 @@ from aiohttp import web
 from PIL import Image
 
 
+def rebind_dns(monkeypatch: Any, name: str = "images.rebind.example") -> None:
+    """DNS rebinding: `name` resolves to a public address the first time, to loopback after (monkeypatched
+    `socket.getaddrinfo`); other names resolve as usual."""
+    import socket
+
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == name:
+            asked.append(host)
+            return real("93.184.216.34" if len(asked) == 1 else "127.0.0.1", port, *args, **kwargs)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+
+
 def png_bytes(size: tuple[int, int] = (64, 64), colour: tuple[int, int, int] = (20, 120, 220)) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, colour).save(out, format="PNG")

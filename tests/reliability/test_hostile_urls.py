@@ -17,7 +17,7 @@ from pixelmill.providers.base import ImageRequest, ImageResult, ProviderSettings
 from pixelmill.providers.openai.provider import OpenAIProvider
 from pixelmill.testing import Emulator, ThreadRunner
 from tests.reliability.hostile_answers import PNG, Canned, ScriptedServer
-from tests.reliability.hostile_servers import ImageHost
+from tests.reliability.hostile_servers import ImageHost, rebind_dns
 from tests.runs import TEST_KEY, cli_process, read_output, write_jsonl
 
 METADATA = "169.254.169.254"
@@ -99,16 +99,7 @@ async def test_a_name_checked_as_public_is_connected_at_that_address(server: Scr
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """DNS rebinding: the name resolves to a public address when checked, to loopback after. The connection goes
     to the address checked (refused here, being outside loopback), never to the second answer."""
-    real = socket.getaddrinfo
-    answers: list[str] = []
-
-    def rebinding(name: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if name == "images.rebind.example":
-            answers.append(name)
-            return real("93.184.216.34" if len(answers) == 1 else "127.0.0.1", port, *args, **kwargs)
-        return real(name, port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    rebind_dns(monkeypatch)
     server.default = url_answer(f"http://images.rebind.example:{other.port}/good.png")
     with pytest.raises(TransientError):
         await call(server.url + "/v1")

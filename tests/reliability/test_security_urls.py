@@ -17,7 +17,7 @@ import pytest
 from pixelmill.errors import InputError
 from pixelmill.reading.images import InputPolicy, load_image
 from pixelmill.testing import Emulator, ThreadRunner
-from tests.reliability.hostile_servers import ImageHost
+from tests.reliability.hostile_servers import ImageHost, rebind_dns
 from tests.runs import cli, read_output, write_jsonl
 
 
@@ -113,16 +113,7 @@ async def test_a_name_that_resolves_public_then_private_is_refused(host: ImageHo
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """DNS rebinding: the first answer is a public address, the next one loopback. The address connected to must
     be the address checked."""
-    real = socket.getaddrinfo
-    answers: list[str] = []
-
-    def rebinding(name: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if name == "images.rebind.example":
-            answers.append(name)
-            return real("93.184.216.34" if len(answers) == 1 else "127.0.0.1", port, *args, **kwargs)
-        return real(name, port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    rebind_dns(monkeypatch)
     try:
         await fetch(f"http://images.rebind.example:{host.port}/good.png", tmp_path)
     except InputError:
