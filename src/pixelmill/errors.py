@@ -10,6 +10,8 @@ PixelmillError
     │   └── UnknownOutcome     sent, then no answer (timeout, reset, closed): may have been billed
     ├── Refused            safety / moderation / no image: recorded, not retried
     ├── Rejected           400-class: the request itself is wrong for this row: recorded, not retried
+    ├── ResultLost         a remote job was paid and its result is gone (expired, or the provider forgot the
+    │                      job): recorded, not retried (--retry-failed pays again)
     └── FatalError         abort the run at once: no more paid calls (exit 3)
         ├── AuthError          401/403: the key is missing, wrong or lacks access
         ├── QuotaExhausted     the account is out of credit or quota
@@ -142,6 +144,14 @@ class Refused(ProviderError):
 
 class Rejected(ProviderError):
     kind = "rejected"
+
+
+class ResultLost(ProviderError):
+    """A remote job (submit-and-poll providers) that was submitted, and so paid, whose result can no longer be
+    fetched: it expired before it was collected, or the provider no longer knows the job. Never retried by the
+    engine: a new job is paid again, which only `--retry-failed` may decide."""
+
+    kind = "result_lost"
 
 
 class FatalError(ProviderError):

@@ -64,6 +64,8 @@ def expected_cost(spec: ModelSpec, params: dict[str, Any], images: int, prompt_c
     price = spec.price
     if price.per_image:
         return _per_image(spec, params, images)
+    if price.per_megapixel is not None:
+        return _per_megapixel(spec, params, images, input_images)
     if price.image_out is None:
         return None
     if spec.family == "gemini":
@@ -105,6 +107,63 @@ def _per_image(spec: ModelSpec, params: dict[str, Any], images: int) -> Expected
         values = list(table.values())
         return Expected(min(values) * images, max(values) * images, max(values) * images)
     return Expected(min(found) * images, max(found) * images, max(found) * images)
+
+
+# ---------------------------------------------------------------- megapixel prices (fal FLUX, BFL FLUX.2)
+
+# fal's named image sizes (reference/async-apis.md section 3.8), in pixels.
+FAL_IMAGE_SIZES = {
+    "square_hd": (1024, 1024), "square": (512, 512), "portrait_4_3": (768, 1024), "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768), "landscape_16_9": (1024, 576),
+}
+# An output whose size the parameters do not say (an aspect ratio alone): about one megapixel as expected,
+# and the model's largest free size (else 4 MP, FLUX.2's limit) as the most it can be.
+DEFAULT_MEGAPIXELS = 1.0
+MAX_MEGAPIXELS = 4.0
+
+
+def output_pixels(params: dict[str, Any]) -> tuple[int, int] | None:
+    """The output size the wire parameters ask for: `width`/`height`, a `size` "WxH", or fal's `image_size`
+    (a preset name or `{width, height}`); None when they do not say."""
+    if isinstance(params.get("width"), int) and isinstance(params.get("height"), int):
+        return int(params["width"]), int(params["height"])
+    size = params.get("image_size")
+    if isinstance(size, dict) and isinstance(size.get("width"), int) and isinstance(size.get("height"), int):
+        return int(size["width"]), int(size["height"])
+    if isinstance(size, str) and size in FAL_IMAGE_SIZES:
+        return FAL_IMAGE_SIZES[size]
+    text = params.get("size")
+    if isinstance(text, str) and "x" in text:
+        try:
+            w, h = (int(v) for v in text.lower().split("x"))
+            return w, h
+        except ValueError:
+            return None
+    return None
+
+
+def _per_megapixel(spec: ModelSpec, params: dict[str, Any], images: int, input_images: int) -> Expected:
+    price = spec.price
+    per_mp = price.per_megapixel
+    assert per_mp is not None
+    pixels = output_pixels(params)
+    if pixels is not None:
+        expected_mp = high_mp = pixels[0] * pixels[1] / M
+    else:
+        expected_mp = DEFAULT_MEGAPIXELS
+        high_mp = spec.free_size.max_pixels / M if spec.free_size else MAX_MEGAPIXELS
+
+    def one(mp: float, inputs_mp: float) -> float:
+        started = max(1, math.ceil(mp - 1e-9))  # each megapixel started counts as one
+        first = price.first_megapixel if price.first_megapixel is not None else per_mp
+        cost = first + (started - 1) * per_mp
+        return cost + math.ceil(inputs_mp - 1e-9) * (price.input_megapixel or 0.0)
+
+    # Input images: one megapixel each expected, the model's largest as the most (they are resized to it).
+    low = one(expected_mp, 0.0) * images
+    expected = one(expected_mp, float(input_images)) * images
+    high = one(high_mp, input_images * max(high_mp, 1.0)) * images
+    return Expected(min(low, expected), expected, max(expected, high))
 
 
 # ---------------------------------------------------------------- OpenAI token prices (GPT image models)

@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pixelmill.errors import ConfigError
 
+# The wire families: whose parameter rules apply (`pixelmill.params`) and which providers may send a model.
+# fal, replicate and bfl are remote-job APIs (submit, poll, collect); hf is Hugging Face's synchronous routes.
+Family = Literal["openai", "gemini", "diffusers", "fal", "replicate", "bfl", "hf"]
+
 
 class FreeSize(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -40,13 +44,19 @@ class Price(BaseModel):
     per_image: dict[str, float] = Field(default_factory=dict)  # "quality:size" -> USD
     output_tokens: dict[str, int] = Field(default_factory=dict)  # "quality:size" or image size -> tokens
     batch_discount: float | None = None
+    # Megapixel prices (fal's FLUX dev/schnell, BFL's FLUX.2): USD for each output megapixel, each megapixel
+    # started counting as one (UNCONFIRMED how each provider rounds; rounding up bounds the bill);
+    # `first_megapixel` prices the first one where it differs, `input_megapixel` each input-image megapixel.
+    per_megapixel: float | None = None
+    first_megapixel: float | None = None
+    input_megapixel: float | None = None
 
 
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    family: Literal["openai", "gemini", "diffusers"]
+    family: Family
     tasks: tuple[str, ...] = ("generate",)
     sizes: tuple[str, ...] = ()
     size_rule: Literal["list", "free"] = "list"
@@ -147,7 +157,7 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def permissive_spec(name: str, family: Literal["openai", "gemini", "diffusers"]) -> ModelSpec:
+def permissive_spec(name: str, family: Family) -> ModelSpec:
     """Rules for a model the table does not know: accept what the server accepts."""
     return ModelSpec(
         name=name,

@@ -4,6 +4,14 @@ retries, journaling and cost (the provider only reports what the wire said).
 
 A provider module reads top to bottom: build the request, send it, map the answer, map the errors.
 Built-in providers register through the `pixelmill.providers` entry-point group, like third-party ones.
+
+Two shapes of call:
+- a request whose answer is the image (`Provider.call`): OpenAI, Azure, Gemini, OpenAI-compatible, diffusers;
+- a remote job (`JobProvider`: fal, Replicate, Black Forest Labs): `submit` answers a `JobHandle` at once,
+  `poll` says pending / done (with the `ImageResult`, media already fetched) / failed, `cancel` is optional.
+  The engine journals the handle the moment `submit` returns, before any poll, so that a crash or a Ctrl-C
+  never submits (and pays for) the same row twice: a re-run polls the journaled handle instead
+  (engine/call.py). `call` (submit, then poll until done) serves callers that need no journal.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
-    from pixelmill.errors import RateLimits
+    from pixelmill.errors import ProviderError, RateLimits
     from pixelmill.models.table import ModelSpec
     from pixelmill.params import ImageParams, WirePlan
 
@@ -80,6 +88,45 @@ class ImageResult:
     rate_limits: RateLimits | None = None  # what the answer's headers said about the limits (engine/limiter.py)
 
 
+@dataclass(slots=True)
+class JobHandle:
+    """What a remote job's submit answered: everything needed to poll, collect and cancel it later, from another
+    process. Journaled as JSON (`as_json` / `from_json`) before the first poll.
+
+    `urls` are the provider's own, followed exactly as given (fal's status/response/cancel URLs, Replicate's
+    `urls.get`/`urls.cancel`, BFL's `polling_url`, which may name a sibling host); `data` holds what else the
+    provider needs (the model, a cost the submit reported, ...). `submitted` is the epoch second of the answer."""
+
+    id: str
+    urls: dict[str, str] = field(default_factory=dict)
+    submitted: float = 0.0
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "urls": dict(self.urls), "submitted": self.submitted, "data": dict(self.data)}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> JobHandle:
+        return cls(str(value["id"]), dict(value.get("urls") or {}), float(value.get("submitted") or 0.0),
+                   dict(value.get("data") or {}))
+
+
+JobState = Literal["pending", "done", "failed"]
+
+
+@dataclass(slots=True)
+class JobStatus:
+    """One poll's answer. `done` carries the result with its images fetched; `failed` carries the error the job
+    ended in (a `ProviderError`: `Refused` for moderation, `ResultLost` when the result expired or the provider
+    no longer knows the job, `TransientError` for a job that failed on the provider's side and may be sent
+    again). `detail` is a short word for displays ("IN_QUEUE", "processing", "position 3")."""
+
+    state: JobState
+    result: ImageResult | None = None
+    error: ProviderError | None = None
+    detail: str | None = None
+
+
 class Provider(abc.ABC):
     """Base class of every provider.
 
@@ -124,6 +171,64 @@ class Provider(abc.ABC):
     def secrets(self) -> tuple[str, ...]:
         """The credentials this provider holds, so that they can be scrubbed from anything written."""
         return ()
+
+
+class JobProvider(Provider):
+    """A provider whose calls are remote jobs: submit, poll, collect (see the module docstring).
+
+    The engine owns the policy here too: it journals the handle, bounds jobs in flight by `--concurrency`,
+    spaces the polls (`poll_delay`), decides retries and charges. The provider maps the wire: what to send, what
+    each state means, where the media are (fetched without the API key)."""
+
+    jobs: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    async def submit(self, request: ImageRequest, spec: ModelSpec) -> JobHandle:
+        """Send the job once (never retried here: a lost answer may be a paid job). Raise `pixelmill.errors`
+        types; a sent request whose answer is lost or broken is an `UnknownOutcome`."""
+
+    @abc.abstractmethod
+    async def poll(self, handle: JobHandle, spec: ModelSpec) -> JobStatus:
+        """Ask how the job stands; when it is done, fetch its result and media at once (results expire).
+        A poll that cannot reach the provider raises `TransientError` (polls are free: the engine polls again)."""
+
+    async def cancel(self, handle: JobHandle, spec: ModelSpec) -> str:
+        """Ask the provider to cancel the job; returns what it said ("cancelled", "already_completed",
+        "not_found", "requested"). Providers without a cancel call raise `ConfigError` saying so."""
+        from pixelmill.errors import ConfigError
+
+        raise ConfigError(f"{self.name} has no call to cancel a job: job {handle.id} runs to its end")
+
+    async def recover(self, request: ImageRequest, spec: ModelSpec, since: float) -> JobHandle | None:
+        """Find the job a submit created when its answer was lost (sent at epoch `since` or later), by listing the
+        provider's jobs where the API can list them (Replicate). None when it cannot be found or listed."""
+        return None
+
+    def poll_delay(self, polls: int) -> float:
+        """Seconds before poll number `polls + 1` of one job: 0.5 s growing by half each time to 5 s, so that
+        polls per image stay small at any latency (about 4 at 2 s, about 8 at 20 s)."""
+        return min(5.0, 0.5 * 1.5 ** polls)
+
+    async def call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
+        """Submit, then poll until the job ends: for callers that keep no journal."""
+        import asyncio
+
+        handle = await self.submit(request, spec)
+        polls = 0
+        while True:
+            await asyncio.sleep(self.poll_delay(polls))
+            polls += 1
+            status = await self.poll(handle, spec)
+            if status.state == "done":
+                assert status.result is not None
+                return status.result
+            if status.state == "failed":
+                assert status.error is not None
+                raise status.error
+
+
+def is_job_provider(provider: Provider) -> bool:
+    return isinstance(provider, JobProvider)
 
 
 def provider_class(name: str) -> type[Provider]:
