@@ -1,8 +1,10 @@
 """The options of `generate`, `edit`, `run` and `estimate`: declared once, typed, and turned into a `RunConfig`.
 
-- `JobOptions`: every option of generate / edit (and estimate), with its default and its help text. The command
-  line builds its flags from these fields (cli.py maps no option by hand); the Python API, the demo and the
-  DataFlow compatibility layer fill the same fields (`job_options(**overrides)`).
+- `JobOptions`: every option of generate / edit (and estimate), with its default, its help text, its `--help`
+  panel (`PANELS`: input, model and image parameters, limits and spend, output, run control) and whether only a
+  run reads it (`estimate` leaves those out). The command line builds its flags from these fields (cli.py maps
+  no option by hand); the Python API, the demo and the DataFlow compatibility layer fill the same fields
+  (`job_options(**overrides)`).
 - `PipelineOptions`: what `run PIPELINE.yaml` takes from the command line; every value left unset keeps the
   file's.
 - `build_config` / `pipeline_config`: the `RunConfig` the engine runs; every mistake is a `ConfigError` naming the
