@@ -3,7 +3,9 @@ and an exit code (DESIGN 2.1): 0 every row done; 1 some rows failed (recorded); 
 nothing sent; 3 aborted (authentication, quota, budget, interrupted).
 
 The flags of generate / edit / estimate / run are built from the fields of `JobOptions` and `PipelineOptions`
-(their types, defaults and help are declared there once). Heavy modules (pydantic, aiohttp, the engine) are
+(their types, defaults, help and `--help` panel are declared there once; `estimate` leaves out the run-only
+ones). Help texts are shown as written: typer reads them as rich markup, where `[default: ...]` is a tag and
+vanishes, so every command of this app escapes its help once (`_LiteralHelpCommand`). Heavy modules (pydantic, aiohttp, the engine) are
 imported inside the commands, so `pixelmill --help` is quick. Nothing in the library imports this module.
 """
 
@@ -14,20 +16,58 @@ import inspect
 import os
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
+from typer.core import TyperCommand
+from typer.models import CommandFunctionType
 
 from pixelmill.options import (
+    INPUT,
+    OUTPUT,
+    PANELS,
+    RUN,
     JobOptions,
     PipelineOptions,
+    Task,
     build_config,
     changed_options,
     pipeline_config,
 )
+from pixelmill.version import VERSION
 
-app = typer.Typer(
+
+class _LiteralHelpCommand(TyperCommand):
+    """A command whose help texts are shown as written. Typer parses help as rich markup, where `[word ...]` is
+    a style tag: "Run directory [default: pixelmill-out/<input stem>]." showed as "Run directory ." Escaping
+    each text once, here, keeps every bracket of every option, argument and command of the app. A docstring's
+    line breaks are joined too: the list of commands showed them as they were typed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.help:
+            self.help = "\n\n".join(" ".join(part.split()) for part in inspect.cleandoc(self.help).split("\n\n"))
+        if self.rich_markup_mode != "rich":  # plain click help (TYPER_USE_RICH=0) shows text as it is
+            return
+        from rich.markup import escape
+
+        self.help = self.help and escape(self.help)
+        for param in self.params:
+            if getattr(param, "help", None):
+                param.help = escape(param.help)  # type: ignore[attr-defined]
+
+
+class _App(typer.Typer):
+    """Every command of the app is a `_LiteralHelpCommand`."""
+
+    def command(self, *args: Any, cls: type[TyperCommand] | None = None,
+                **kwargs: Any) -> Callable[[CommandFunctionType], CommandFunctionType]:
+        return super().command(*args, cls=cls or _LiteralHelpCommand, **kwargs)
+
+
+app = _App(
     name="pixelmill",
     help="Datasets of prompts and images in, datasets of generated and edited images out: in bulk, resumable, "
     "paid once.",
@@ -39,33 +79,51 @@ app = typer.Typer(
 EXIT_CONFIG = 2
 
 Input = Annotated[Path, typer.Argument(help="Input dataset: .jsonl, .json, .csv, .parquet, a saved HF dataset folder, or hf:name:split.", show_default=False)]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.", rich_help_panel=RUN)]
 
 
-def _flags(options_class: type) -> list[inspect.Parameter]:
-    """Typer parameters for the fields of an options class (options.py): each field's default, type and help,
-    as `--field-name` (or the flags the field names)."""
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pixelmill {VERSION}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", help="Print pixelmill's version and exit.", callback=_version, is_eager=True)] = False) -> None:
+    pass
+
+
+def _flags(options_class: type, *, estimate: bool = False) -> list[inspect.Parameter]:
+    """Typer parameters for the fields of an options class (options.py): each field's default, type, help and
+    panel, as `--field-name` (or the flags the field names), ordered by panel; `estimate` leaves out the fields
+    marked run-only. A bool field is a switch (`--restart`, no `--no-restart`): off unless given."""
     hints = typing.get_type_hints(options_class)
     params = []
     for f in dataclasses.fields(options_class):
-        if f.metadata.get("flag", True) is False:
+        if f.metadata.get("flag", True) is False or (estimate and f.metadata.get("run_only")):
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        flags = f.metadata.get("flags") or ()
-        option = typer.Option(*flags, help=f.metadata.get("help"), show_default=f.name != "api_key")
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                        annotation=Annotated[hints[f.name], option]))
-    return params
+        flags = f.metadata.get("flags") or (("--" + f.name.replace("_", "-"),) if hints[f.name] is bool else ())
+        panel = f.metadata.get("panel")
+        option = typer.Option(*flags, help=f.metadata.get("help"), show_default=f.name != "api_key",
+                              rich_help_panel=panel)
+        params.append((PANELS.index(panel) if panel in PANELS else len(PANELS), inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[hints[f.name], option])))
+    return [param for _, param in sorted(params, key=lambda item: item[0])]
 
 
-def _command(name: str, doc: str, body: Any, first: list[inspect.Parameter], options_class: type) -> None:
-    """Register `body(**kwargs)` as command `name`, taking `first` and then the fields of `options_class`."""
+def _command(name: str, doc: str, body: Any, first: list[inspect.Parameter], options_class: type,
+             last: list[inspect.Parameter] | None = None) -> None:
+    """Register `body(**kwargs)` as command `name`, taking `first`, the fields of `options_class` (for
+    `estimate`, those it uses) and `last`."""
     def command(**kwargs: Any) -> None:
         raise typer.Exit(body(**kwargs))
 
     quiet = [inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Quiet)] \
         if name != "estimate" else []
-    command.__signature__ = inspect.Signature([*first, *_flags(options_class), *quiet])  # type: ignore[attr-defined]
+    flags = _flags(options_class, estimate=name == "estimate")
+    command.__signature__ = inspect.Signature([*first, *flags, *(last or []), *quiet])  # type: ignore[attr-defined]
     command.__name__ = name
     command.__doc__ = doc
     app.command(name)(command)
@@ -124,8 +182,8 @@ def emulate(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = 8765,
     latency: Annotated[float, typer.Option(help="Median latency of an answer, in seconds.")] = 0.2,
     sigma: Annotated[float, typer.Option(help="Lognormal sigma of the latency (0: fixed).")] = 0.0,
-    rpm: Annotated[float | None, typer.Option(help="Rate limit: requests per minute (429 beyond).")] = None,
-    ipm: Annotated[float | None, typer.Option(help="Rate limit: images per minute (429 beyond).")] = None,
+    rpm: Annotated[float | None, typer.Option(help="Rate limit: requests per minute (429 beyond) [default: none].")] = None,
+    ipm: Annotated[float | None, typer.Option(help="Rate limit: images per minute (429 beyond) [default: none].")] = None,
 ) -> None:
     """Serve the local API emulator (OpenAI, Azure and Gemini wire formats) until stopped. Loopback only."""
     from pixelmill.testing import EmulatorConfig, serve
@@ -149,18 +207,26 @@ def demo(
 
 @app.command()
 def models(
-    provider: Annotated[str | None, typer.Option(help="Only this provider's family (openai, gemini, ...).")] = None,
+    provider: Annotated[str | None, typer.Option(
+        help="Only the models this provider serves (openai, azure, gemini, ...) [default: all].")] = None,
+    json: Annotated[bool, typer.Option("--json", help="The models as a JSON array of objects.")] = False,
 ) -> None:
-    """Known models: tasks, sizes, limits, prices, retirement dates, aliases."""
+    """Known models: tasks, sizes, limits, prices, retirement dates, aliases. A table on a terminal; one
+    tab-separated line per model when piped (`pixelmill models | grep gemini`)."""
+    from pixelmill.errors import ConfigError
     from pixelmill.reports.models import print_models
 
-    print_models(provider)
+    try:
+        print_models(provider, json=json)
+    except ConfigError as exc:
+        _error(str(exc))
+        raise typer.Exit(EXIT_CONFIG) from None
 
 
 # ---------------------------------------------------------------- spend and visibility: estimate, status, gallery
 _PIPELINE_SUFFIXES = (".yaml", ".yml")
 # The options `estimate` takes for a pipeline file (the budget and what selects rows); the rest are the file's.
-_PIPELINE_OPTIONS = ("output", "limit", "api_key", "max_cost", "retry_failed", "restart")
+_PIPELINE_OPTIONS = ("output", "limit", "max_cost", "retry_failed", "restart")
 
 
 def _estimate(input: Path, task: str = "generate", json: bool = False, **kwargs: Any) -> int:
@@ -172,8 +238,8 @@ def _estimate(input: Path, task: str = "generate", json: bool = False, **kwargs:
     options = _split(kwargs, JobOptions)
 
     def config() -> Any:
-        if task not in ("generate", "edit"):
-            raise ConfigError(f"--task {task!r}: use generate or edit")
+        if task not in get_args(Task):
+            raise ConfigError(f"--task {task!r}: use {_TASKS}")
         if input.suffix.lower() not in _PIPELINE_SUFFIXES:
             return build_config(task, input, options)
         # A pipeline file: its steps, models and limits are the file's; only what `run` takes may be given.
@@ -196,15 +262,17 @@ def _estimate(input: Path, task: str = "generate", json: bool = False, **kwargs:
     return _guarded(show, options.api_key)
 
 
+_TASKS = " or ".join(get_args(Task))
 _command("estimate", "Requests, images and cost (low, expected, at most) that a run would make, per step; sends "
                      "nothing.", _estimate, [
     inspect.Parameter("input", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[Path, typer.Argument(
         help="Input dataset (.jsonl, .json, .csv, .parquet) or pipeline file (.yaml).", show_default=False)]),
     inspect.Parameter("task", inspect.Parameter.KEYWORD_ONLY, default="generate", annotation=Annotated[
-        str, typer.Option(help="For an input dataset: generate or edit.")]),
+        str, typer.Option(help=f"For an input dataset: {_TASKS}.", rich_help_panel=INPUT)]),
+], JobOptions, last=[
     inspect.Parameter("json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
-        bool, typer.Option("--json", help="The estimate as JSON.")]),
-], JobOptions)
+        bool, typer.Option("--json", help="The estimate as JSON.", rich_help_panel=OUTPUT)]),
+])
 
 
 @app.command()

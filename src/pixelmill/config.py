@@ -140,7 +140,7 @@ class RunConfig(BaseModel):
     origin: str | None = None  # the pipeline file, for error messages
     limits: Limits = Field(default_factory=Limits)
     id_field: str | None = None
-    format: Literal["jsonl", "parquet", "hf"] = "jsonl"
+    format: defaults.OutputFormat = "jsonl"
     limit: int | None = Field(default=None, ge=0)
     embed_images: bool = False
     retry_failed: bool = False

@@ -7,6 +7,7 @@ Plain constants, importing nothing of pixelmill's, so that `pixelmill --help` ca
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, get_args
 
 # The model a provider uses when none is named. None: the provider has no default and needs --model.
 DEFAULT_PROVIDER = "openai"
@@ -33,6 +34,9 @@ DEADLINE_RETRY_ROOM = 60.0  # ... and at least 2 x the timeout + this: room for 
 
 # Where a run writes when no --output is given: OUTPUT_ROOT/<input stem>.
 OUTPUT_ROOT = Path("pixelmill-out")
+# The output dataset's formats (RunConfig.format; `--format` lists them from here).
+OutputFormat = Literal["jsonl", "parquet", "hf"]
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 
 
 def default_model(provider: str) -> str | None:

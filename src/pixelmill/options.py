@@ -1,8 +1,10 @@
 """The options of `generate`, `edit`, `run` and `estimate`: declared once, typed, and turned into a `RunConfig`.
 
-- `JobOptions`: every option of generate / edit (and estimate), with its default and its help text. The command
-  line builds its flags from these fields (cli.py maps no option by hand); the Python API, the demo and the
-  DataFlow compatibility layer fill the same fields (`job_options(**overrides)`).
+- `JobOptions`: every option of generate / edit (and estimate), with its default, its help text, its `--help`
+  panel (`PANELS`: input, model and image parameters, limits and spend, output, run control) and whether only a
+  run reads it (`estimate` leaves those out). The command line builds its flags from these fields (cli.py maps
+  no option by hand); the Python API, the demo and the DataFlow compatibility layer fill the same fields
+  (`job_options(**overrides)`).
 - `PipelineOptions`: what `run PIPELINE.yaml` takes from the command line; every value left unset keeps the
   file's.
 - `build_config` / `pipeline_config`: the `RunConfig` the engine runs; every mistake is a `ConfigError` naming the
@@ -29,79 +31,117 @@ if TYPE_CHECKING:
 Task = Literal["generate", "edit"]
 
 
-def option(default: Any, help: str, *flags: str) -> Any:
-    """A field of an options class: its default, its help text and, where the flag is not `--<name>`, its
-    flags."""
-    return field(default=default, metadata={"help": help, "flags": flags})
+# The panels of `--help`, in the order they are shown; each field names its own, so that every command that
+# takes the field shows it in the same panel.
+INPUT = "Input"
+MODEL = "Model and image parameters"
+LIMITS = "Limits and spend"
+OUTPUT = "Output"
+RUN = "Run control"
+PANELS = (INPUT, MODEL, LIMITS, OUTPUT, RUN)
+
+
+def option(default: Any, help: str, *flags: str, panel: str | None = None, run_only: bool = False) -> Any:
+    """A field of an options class: its default, its help text, the `--help` panel it is shown in and, where
+    the flag is not `--<name>`, its flags. A default the field cannot hold (None standing for "the input's
+    stem") is written in the help as `[default: ...]`. `run_only`: the option changes how a run sends or
+    writes, never what it would cost, so `estimate` does not offer it."""
+    return field(default=default, metadata={"help": help, "flags": flags, "panel": panel, "run_only": run_only})
+
+
+def _formats() -> str:
+    *first, last = defaults.OUTPUT_FORMATS
+    return f"{', '.join(first)} or {last}"
 
 
 @dataclass(frozen=True, slots=True)
 class JobOptions:
     """The options of generate / edit / estimate, in command-line order."""
 
-    output: Path | None = option(None, f"Run directory (default: {defaults.OUTPUT_ROOT}/<input stem>).",
-                                 "--output", "-o")
-    format: str = option("jsonl", "Output format: jsonl, parquet or hf (a saved Hugging Face dataset).")
-    limit: int | None = option(None, "Only the first N rows.")
-    provider: str = option(defaults.DEFAULT_PROVIDER,
-                           "openai, azure, gemini, openai-compatible, diffusers, emulator.")
-    model: str | None = option(None, "Model name, alias or preset (fast, base, best); Azure: the deployment.",
-                               "--model", "-m")
-    base_url: str | None = option(None, "API base URL (gateways, compatible servers).")
-    api_key: str | None = option(None, "API key (default: the provider's environment variable).")
-    base_model: str | None = option(None, "Azure: the model behind the deployment, for rules and prices.")
-    api_version: str | None = option(None, "Azure API version (default: OPENAI_API_VERSION).")
-    prompt_field: str | None = option(None, "Field holding the prompt [default: prompt, else conversations].")
-    prompt_template: str | None = option(None, 'Prompt template over the row\'s fields, e.g. "A photo of {product}".')
-    image_field: str | None = option(None, "Field holding input image(s) [default: images].")
-    mask_field: str | None = option(None, "Field holding the mask (PNG, transparent = edit).")
-    id_field: str | None = option(None, "Field whose value names the row's image files.")
-    output_field: str | None = option(None, "Output field [default: images / output_image].")
+    output: Path | None = option(None, f"Run directory [default: {defaults.OUTPUT_ROOT}/<input stem>].",
+                                 "--output", "-o", panel=OUTPUT)
+    format: str = option("jsonl", f"Output format: {_formats()} (a saved Hugging Face dataset).", panel=OUTPUT,
+                         run_only=True)
+    limit: int | None = option(None, "Only the first N rows.", panel=INPUT)
+    provider: str = option(defaults.DEFAULT_PROVIDER, ", ".join(defaults.DEFAULT_MODEL) + ".", panel=MODEL)
+    model: str | None = option(
+        None, f"Model name, alias or preset (fast, base, best); Azure: the deployment [default: {defaults.MODEL} "
+        f"for openai, {defaults.DEFAULT_MODEL['gemini']} for gemini].", "--model", "-m", panel=MODEL)
+    base_url: str | None = option(None, "API base URL (gateways, compatible servers) [default: the provider's].",
+                                  panel=MODEL)
+    api_key: str | None = option(None, "API key [default: the provider's environment variable].", panel=MODEL,
+                                 run_only=True)
+    base_model: str | None = option(None, "Azure: the model behind the deployment, for rules and prices.",
+                                    panel=MODEL)
+    api_version: str | None = option(None, "Azure API version [default: OPENAI_API_VERSION].", panel=MODEL)
+    prompt_field: str | None = option(None, "Field holding the prompt [default: prompt, else conversations].",
+                                      panel=INPUT)
+    prompt_template: str | None = option(None, 'Prompt template over the row\'s fields, e.g. "A photo of {product}".',
+                                         panel=INPUT)
+    image_field: str | None = option(None, "Field holding input image(s) [default: images].", panel=INPUT)
+    mask_field: str | None = option(None, "Field holding the mask (PNG, transparent = edit).", panel=INPUT)
+    id_field: str | None = option(None, "Field whose value names the row's image files [default: the row's "
+                                        "position].", panel=INPUT)
+    output_field: str | None = option(None, "Output field [default: images for generate, output_image for edit].",
+                                      panel=OUTPUT)
     name_template: str | None = option(
-        None, 'Image file names below RUNDIR/images, e.g. "{key}_{field}_{i}" [default: {step}/{key}_{i}].')
-    n: int | None = option(None, "Images per row.", "--n")
-    size: str | None = option(None, "WIDTHxHEIGHT or auto.")
-    aspect_ratio: str | None = option(None, "W:H, e.g. 16:9.")
-    resolution: str | None = option(None, "512, 1K, 2K or 4K.")
-    quality: str | None = option(None, "low, medium, high, auto (or the model's own: hd, standard).")
-    style: str | None = option(None, "vivid or natural (dall-e-3).")
-    background: str | None = option(None, "transparent, opaque or auto.")
-    output_format: str | None = option(None, "png, jpeg or webp.")
-    compression: int | None = option(None, "0-100, for jpeg and webp.")
-    seed: int | None = option(None, "Seed (models that take one; local models: per image).")
-    steps: int | None = option(None, "Inference steps (local models).")
-    guidance_scale: float | None = option(None, "Guidance scale (local models).")
-    negative_prompt: str | None = option(None, "What the image should not show (models that take it).")
-    moderation: str | None = option(None, "low or auto (GPT image models).")
-    input_fidelity: str | None = option(None, "low or high (GPT image edits).")
-    param: list[str] | None = option(None, "KEY=VALUE passed to the provider unchanged (repeatable).")
-    concurrency: int = option(defaults.CONCURRENCY, "Requests in flight.")
-    batch_size: int | None = option(None, "Local models: rows per pipeline call.")
-    devices: str | None = option(None, "Local models: auto, a GPU count, cuda:0,cuda:1, cpu or mps.")
-    rpm: float | None = option(None, "Requests per minute at most.")
-    ipm: float | None = option(None, "Images per minute at most.")
+        None, 'Image file names below RUNDIR/images, e.g. "{key}_{field}_{i}" [default: {step}/{key}_{i}].',
+        panel=OUTPUT)
+    n: int | None = option(None, "Images per row [default: 1].", "--n", panel=MODEL)
+    size: str | None = option(None, "WIDTHxHEIGHT or auto.", panel=MODEL)
+    aspect_ratio: str | None = option(None, "W:H, e.g. 16:9.", panel=MODEL)
+    resolution: str | None = option(None, "512, 1K, 2K or 4K.", panel=MODEL)
+    quality: str | None = option(None, "low, medium, high, auto (or the model's own: hd, standard).", panel=MODEL)
+    style: str | None = option(None, "vivid or natural (dall-e-3).", panel=MODEL)
+    background: str | None = option(None, "transparent, opaque or auto.", panel=MODEL)
+    output_format: str | None = option(None, "png, jpeg or webp.", panel=MODEL)
+    compression: int | None = option(None, "0-100, for jpeg and webp.", panel=MODEL)
+    seed: int | None = option(None, "Seed (models that take one; local models: per image).", panel=MODEL)
+    steps: int | None = option(None, "Inference steps (local models).", panel=MODEL)
+    guidance_scale: float | None = option(None, "Guidance scale (local models).", panel=MODEL)
+    negative_prompt: str | None = option(None, "What the image should not show (models that take it).", panel=MODEL)
+    moderation: str | None = option(None, "low or auto (GPT image models).", panel=MODEL)
+    input_fidelity: str | None = option(None, "low or high (GPT image edits).", panel=MODEL)
+    param: list[str] | None = option(None, "KEY=VALUE passed to the provider unchanged (repeatable).", panel=MODEL)
+    concurrency: int = option(defaults.CONCURRENCY, "Requests in flight.", panel=LIMITS, run_only=True)
+    batch_size: int | None = option(None, "Local models: rows per pipeline call [default: 1].", panel=LIMITS,
+                                    run_only=True)
+    devices: str | None = option(None, "Local models: auto, a GPU count, cuda:0,cuda:1, cpu or mps "
+                                       "[default: auto].", panel=LIMITS, run_only=True)
+    rpm: float | None = option(None, "Requests per minute at most [default: learned from 429s and rate-limit "
+                                     "headers].", panel=LIMITS, run_only=True)
+    ipm: float | None = option(None, "Images per minute at most [default: learned from 429s and rate-limit "
+                                     "headers].", panel=LIMITS, run_only=True)
     max_retries: int = option(defaults.MAX_RETRIES,
-                              "Retries of transient errors per call (429s: bounded by --deadline).")
+                              "Retries of transient errors per call (429s: bounded by --deadline).", panel=LIMITS,
+                              run_only=True)
     max_billed_retries: int = option(
         defaults.MAX_BILLED_RETRIES,
-        "Retries of a call that may have been billed without a usable answer (0: never).")
+        "Retries of a call that may have been billed without a usable answer (0: never).", panel=LIMITS,
+        run_only=True)
     timeout: float | None = option(
-        None, f"Seconds for one request (default: the model's, from the model table, else {defaults.TIMEOUT:g}).")
+        None, f"Seconds for one request [default: the model's, from the model table, else {defaults.TIMEOUT:g}].",
+        panel=LIMITS, run_only=True)
     deadline: float | None = option(
-        None, f"Seconds for one call with its retries and 429 waits (default: {defaults.DEADLINE:g}, or twice the "
-        "timeout plus a minute when longer).")
-    max_cost: float | None = option(None, "Budget in USD for this run directory, across resumes.")
-    retry_failed: bool = option(False, "Also re-request rows that failed.")
-    restart: bool = option(False, "Discard the run in the output folder and start over.")
+        None, f"Seconds for one call with its retries and 429 waits [default: {defaults.DEADLINE:g}, or twice the "
+        "timeout plus a minute when longer].", panel=LIMITS, run_only=True)
+    max_cost: float | None = option(None, "Budget in USD for this run directory, across resumes [default: none].",
+                                    panel=LIMITS)
+    retry_failed: bool = option(False, "Also re-request rows that failed.", panel=RUN)
+    restart: bool = option(False, "Discard the run in the output folder and start over.", panel=RUN)
     verify_images: bool = option(False, "Also decode every image of the rows done earlier (slower than the "
-                                        "size check a resume always makes); broken ones are made again.")
+                                        "size check a resume always makes); broken ones are made again.", panel=RUN,
+                                 run_only=True)
     report_broken: bool = option(False, "Done rows whose image files are missing or broken are only reported "
-                                        "(pixelmill.broken_files), not sent again.")
-    embed_images: bool = option(False, "Images as data URLs in the output instead of file paths.")
-    allow_private_urls: bool = option(False, "Let input image URLs point at private or loopback addresses.")
+                                        "(pixelmill.broken_files), not sent again.", panel=RUN, run_only=True)
+    embed_images: bool = option(False, "Images as data URLs in the output instead of file paths.", panel=OUTPUT,
+                                run_only=True)
+    allow_private_urls: bool = option(False, "Let input image URLs point at private or loopback addresses.",
+                                      panel=INPUT, run_only=True)
     allow_path: list[Path] | None = option(
-        None, "A folder (besides the input file's) whose image files rows may name (repeatable).")
-    models_file: Path | None = option(None, "A TOML model table laid over the built-in one.")
+        None, "A folder (besides the input file's) whose image files rows may name (repeatable).", panel=INPUT,
+        run_only=True)
+    models_file: Path | None = option(None, "A TOML model table laid over the built-in one.", panel=MODEL)
     # Limits fields with no flag (retry_base, retry_cap, drain_timeout): the Python API and tests.
     engine: dict[str, Any] = field(default_factory=dict, metadata={"flag": False})
 
@@ -110,27 +150,41 @@ class JobOptions:
 class PipelineOptions:
     """What `run PIPELINE.yaml` takes from the command line. None (or False) keeps the pipeline file's value."""
 
-    output: Path | None = option(None, "Run directory (default: the file's `output`).", "--output", "-o")
-    format: str | None = option(None, "Output format: jsonl or parquet.")
-    limit: int | None = option(None, "Only the first N rows.")
-    api_key: str | None = option(None, "API key (default: the provider's environment variable).")
-    concurrency: int | None = option(None, "Requests in flight.")
-    rpm: float | None = option(None, "Requests per minute at most.")
-    ipm: float | None = option(None, "Images per minute at most.")
-    max_retries: int | None = option(None, "Retries of transient errors per call.")
-    max_billed_retries: int | None = option(None, "Retries of a call that may have been billed (0: never).")
-    timeout: float | None = option(None, "Seconds for one request.")
-    deadline: float | None = option(None, "Seconds for one row, retries included.")
-    max_cost: float | None = option(None, "Budget in USD for this run directory, across resumes.")
-    retry_failed: bool = option(False, "Also re-request rows that failed.")
-    restart: bool = option(False, "Discard the run in the output folder and start over.")
+    output: Path | None = option(None, "Run directory [default: the file's `output`].", "--output", "-o",
+                                 panel=OUTPUT)
+    format: str | None = option(None, f"Output format: {_formats()} [default: the file's, else jsonl].",
+                                panel=OUTPUT)
+    limit: int | None = option(None, "Only the first N rows.", panel=INPUT)
+    api_key: str | None = option(None, "API key [default: the provider's environment variable].", panel=MODEL)
+    concurrency: int | None = option(None, f"Requests in flight [default: the file's, else {defaults.CONCURRENCY}].",
+                                     panel=LIMITS)
+    rpm: float | None = option(None, "Requests per minute at most [default: the file's, else learned].",
+                               panel=LIMITS)
+    ipm: float | None = option(None, "Images per minute at most [default: the file's, else learned].",
+                               panel=LIMITS)
+    max_retries: int | None = option(
+        None, f"Retries of transient errors per call [default: the file's, else {defaults.MAX_RETRIES}].",
+        panel=LIMITS)
+    max_billed_retries: int | None = option(
+        None, "Retries of a call that may have been billed (0: never) [default: the file's, else "
+        f"{defaults.MAX_BILLED_RETRIES}].", panel=LIMITS)
+    timeout: float | None = option(None, "Seconds for one request [default: the file's, else the model's].",
+                                   panel=LIMITS)
+    deadline: float | None = option(
+        None, f"Seconds for one call, retries included [default: the file's, else {defaults.DEADLINE:g}].",
+        panel=LIMITS)
+    max_cost: float | None = option(
+        None, "Budget in USD for this run directory, across resumes [default: the file's, else none].", panel=LIMITS)
+    retry_failed: bool = option(False, "Also re-request rows that failed.", panel=RUN)
+    restart: bool = option(False, "Discard the run in the output folder and start over.", panel=RUN)
     verify_images: bool = option(False, "Also decode every image of the rows done earlier; broken ones are made "
-                                        "again.")
-    report_broken: bool = option(False, "Done rows whose image files are missing or broken are only reported.")
-    embed_images: bool = option(False, "Images as data URLs in the output.")
-    allow_private_urls: bool = option(False, "Let input image URLs point at private addresses.")
+                                        "again.", panel=RUN)
+    report_broken: bool = option(False, "Done rows whose image files are missing or broken are only reported.",
+                                 panel=RUN)
+    embed_images: bool = option(False, "Images as data URLs in the output.", panel=OUTPUT)
+    allow_private_urls: bool = option(False, "Let input image URLs point at private addresses.", panel=INPUT)
     allow_path: list[Path] | None = option(
-        None, "A folder (besides the source's) whose image files rows may name (repeatable).")
+        None, "A folder (besides the source's) whose image files rows may name (repeatable).", panel=INPUT)
 
 
 # The limits a pipeline run takes from the command line, by field name (they are also JobOptions fields).
