@@ -213,3 +213,9 @@ def test_mostly_429s_suggest_the_limit_flags(server: ScriptedServer, tmp_path: P
     line = progress.line()
     assert "of the latest calls got 429: set --ipm" in line, line
     assert "failed attempts: " in line and " rate_limited; last: " in line and "Rate limit reached" in line, line
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=400, color_system=None)
+    console.print(progress.renderable())
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "rate_limited; last: " in shown and "of the latest calls got 429: set --ipm" in shown, shown
