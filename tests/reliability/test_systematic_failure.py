@@ -1,8 +1,8 @@
 """Stop on systematic failure (engine/systematic.py): when the first calls of a step all fail the same way for a
-reason that is not the rows' (cannot connect, the host name unknown, the same 400 or 404 from a gateway), the run
-stops within seconds (exit 3) with the reason and the fix, and the rows not done stay pending. Row-specific
-failures (refusals, a rejection naming the row's prompt or image) and failures after the step has had answers
-never stop it. Many 429s make the summary suggest the limit flags.
+reason that is not the rows' (cannot connect, the host name unknown, TLS, the same 400 or 404 from a gateway, the
+same 5xx once a few rows ran out of retries), the run stops within seconds (exit 3) with the reason and the fix,
+and the rows not done stay pending. Row-specific failures (refusals, a rejection naming the row's prompt or image)
+and failures after the step has had answers never stop it. Many 429s make the summary suggest the limit flags.
 
 Every "does not stop" case runs next to the same server answering so that it does stop: the judgement is what
 is tested, not only its absence.
@@ -70,6 +70,19 @@ def test_an_unknown_host_stops_with_the_host_named(tmp_path: Path) -> None:
     assert f"calls to {url} could not connect (host name not found); check the host name in --base-url" \
         in result.output
     assert requests_made(result.output) <= 12
+    assert set(statuses(tmp_path / "run")) == {"pending"}
+
+
+def test_https_to_a_plain_http_server_stops_with_the_scheme_named(server: ScriptedServer, tmp_path: Path) -> None:
+    url = server.url.replace("http://", "https://") + "/v1"
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(ROWS))
+    result = cli("generate", src, "-o", tmp_path / "run", "--base-url", url, "--concurrency", "4",
+                 "--max-retries", "2")
+    assert result.code == 3, result.output
+    assert f"calls to {url} could not connect (TLS handshake failed); check --base-url (http or https?)" \
+        in result.output
+    assert requests_made(result.output) <= 12
+    assert server.hits == []  # no request reached it
     assert set(statuses(tmp_path / "run")) == {"pending"}
 
 
