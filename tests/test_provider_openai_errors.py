@@ -21,6 +21,7 @@ from pixelmill.errors import (
     Rejected,
     TransientError,
     UnknownOutcome,
+    Unreachable,
 )
 from pixelmill.models.table import builtin_table
 from pixelmill.providers.base import ImageRequest, ProviderSettings
@@ -198,7 +199,10 @@ async def test_connection_refused_is_transient() -> None:
         error = await fail(provider)
     finally:
         await provider.aclose()
-    assert type(error) is TransientError and "base URL" in str(error)
+    # A transient error (retried) of its own class, never billed, with its reason in a few words (engine/systematic.py
+    # stops a run whose first calls all fail this way).
+    assert type(error) is Unreachable and isinstance(error, TransientError) and "base URL" in str(error)
+    assert error.maybe_billed is False and error.reason == "connection refused"
 
 
 async def test_expired_image_url_is_transient_and_billed(openai: OpenAIProvider, emu: Emulator) -> None:

@@ -7,7 +7,8 @@ PixelmillError
 └── ProviderError          what a provider call can end in
     ├── RateLimited        429: retried after `retry_after`, bounded by the row's deadline
     ├── TransientError     5xx, timeouts, resets, truncated or malformed bodies: retried with backoff
-    │   └── UnknownOutcome     sent, then no answer (timeout, reset, closed): may have been billed
+    │   ├── UnknownOutcome     sent, then no answer (timeout, reset, closed): may have been billed
+    │   └── Unreachable        the connection could not be opened (refused, DNS, TLS, connect timeout)
     ├── Refused            safety / moderation / no image: recorded, not retried
     ├── Rejected           400-class: the request itself is wrong for this row: recorded, not retried
     ├── ResultLost         a remote job was paid and its result is gone (expired, or the provider forgot the
@@ -17,6 +18,8 @@ PixelmillError
         ├── QuotaExhausted     the account is out of credit or quota
         └── ModelUnavailable   the model does not exist (or no longer exists) for this key
 BudgetReached              --max-cost would be passed: the run stops (exit 3)
+SystematicFailure          the first calls of a step all failed the same way, for a reason not the rows'
+                           (engine/systematic.py): the run stops (exit 3); rows not done stay pending
 DiskFull                   an image or the journal cannot be written (no space, quota, read-only, I/O error):
                            the run stops sending (exit 3); rows not done stay pending
 InternalError              an unexpected exception while handling one row (a bug, an odd value): that row fails
@@ -134,6 +137,18 @@ class UnknownOutcome(TransientError):
         super().__init__(message, maybe_billed=True, **kw)
 
 
+class Unreachable(TransientError):
+    """The connection could not be opened: refused, the host name not found, the TLS handshake failed, or no
+    connection within the connect timeout. Nothing was sent (not billed). Retried like any transient error; the
+    engine also watches for it at the start of a step (engine/systematic.py): a wrong `--base-url` fails every
+    call this way. `reason` says which, in a few words ("connection refused"); the kind stays `transient`."""
+
+    def __init__(self, message: str, *, reason: str, **kw: object) -> None:
+        kw.pop("maybe_billed", None)
+        super().__init__(message, maybe_billed=False, **kw)
+        self.reason = reason
+
+
 class Refused(ProviderError):
     kind = "refused"
 
@@ -143,7 +158,14 @@ class Refused(ProviderError):
 
 
 class Rejected(ProviderError):
+    """A 400-class answer: the request is wrong. `param` is the request parameter the provider named, when it
+    named one (OpenAI's `error.param`): a rejection that names the prompt or an input image is about the row."""
+
     kind = "rejected"
+
+    def __init__(self, message: str, *, param: str | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.param = param
 
 
 class ResultLost(ProviderError):
@@ -176,6 +198,14 @@ class BudgetReached(PixelmillError):
     """`--max-cost` would be passed by the next request. Stops the run (exit 3); raise the budget to resume."""
 
     kind = "budget"
+
+
+class SystematicFailure(PixelmillError):
+    """The first calls of a step all failed the same way for a reason that is not the rows' (cannot connect,
+    the same 404 or 400 from a gateway, the same server error): every further call would too. The run stops
+    (exit 3) with the reason and the fix (engine/systematic.py); rows not done stay pending."""
+
+    kind = "systematic"
 
 
 class DiskFull(PixelmillError):

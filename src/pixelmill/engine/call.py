@@ -22,6 +22,10 @@ limiter always had it. When to retry and how long to wait is engine/retry.py's a
 engine/admission.py's. Stopping, the budget running out and cancellation are exceptions (`Stopped`,
 `BudgetReached`, `CancelledError`); a provider's error that is not retried is an outcome (`Failure`), carrying
 the attempts made like an answer does.
+
+Every attempt's outcome is also told to the run's counters and to `FailureWatch` (engine/systematic.py, `_observe`):
+when a step's first calls all fail the same way for a reason that is not the rows', the watch stops the run, and
+a call given up on for that reason leaves its row pending (`Stopped`) instead of failing it.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from pixelmill.engine.admission import Admission, Ticket
 from pixelmill.engine.plan import StepPlan, images_per_call
 from pixelmill.engine.retry import RetryPolicy, RetryState, next_delay
 from pixelmill.engine.stats import RunStats
+from pixelmill.engine.systematic import FailureWatch
 from pixelmill.errors import PixelmillError, ProviderError, RateLimited, Refused, TransientError
 from pixelmill.models.cost import expected_cost
 from pixelmill.providers.base import ImageRequest, ImageResult
@@ -99,12 +104,13 @@ class Sender:
     """Sends calls for every row of a run: through admission, to the provider, retried by the policy."""
 
     def __init__(self, admission: Admission, policy: RetryPolicy, stats: RunStats,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, watch: FailureWatch | None = None) -> None:
         self.admission = admission
         self.policy = policy
         self.stats = stats
         self.rng = rng or random.Random()
         self.stopping = admission.stopping
+        self.watch = watch  # stops the run when a step's first calls all fail the same way (engine/systematic.py)
 
     @asynccontextmanager
     async def send(self, target: StepPlan, request: ImageRequest, params: dict[str, Any],
@@ -133,8 +139,10 @@ class Sender:
                 try:
                     result = await target.provider.call(request, target.spec)
                     self._learn(result, sent)
+                    self._observe(target, None, attempts)
                 except ProviderError as exc:
                     error = exc
+                    self._observe(target, exc, attempts)
                     if maybe_billed(exc):  # no usable answer, and perhaps billed: charged at its reservation
                         self._charge_unanswered(ticket)
                         if book is not None:
@@ -161,8 +169,21 @@ class Sender:
                                     reason=result.finish_reason or "no_image")
             # Given up: the slot and reservation are back before the row records the failure.
             assert error is not None
+            if self.watch is not None and self.watch.gave_up(target, error):
+                raise Stopped()  # the run stops for this very reason: the row stays pending
             yield Failure(error, attempts)
             return
+
+    def _observe(self, target: StepPlan, error: ProviderError | None, attempts: int) -> None:
+        """Every attempt's outcome, for the live counters and the watch on systematic failure."""
+        if error is None:
+            self.stats.attempt_answered()
+            if self.watch is not None:
+                self.watch.answered(target)
+            return
+        self.stats.attempt_failed(error.kind, str(error))
+        if self.watch is not None:
+            self.watch.failed(target, error, retry=attempts > 1)
 
     def _charge_unanswered(self, ticket: Ticket) -> None:
         ticket.settle(ticket.reserved)

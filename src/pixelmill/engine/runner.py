@@ -11,8 +11,9 @@ Shape of a run:
 - every call is let in by one ticket (engine/admission.py: budget reservation, concurrency slot, pacing, 429
   pause), retried by the policy (engine/call.py, engine/retry.py), and when it succeeds its images are written
   and then the journal says so, before its slot is given back;
-- an abort (auth, quota, missing model, budget, Ctrl-C, a full disk) stops new calls at once, lets calls in
-  flight finish (bounded), and leaves the rest pending for a re-run;
+- an abort (auth, quota, missing model, budget, Ctrl-C, a full disk, a systematic failure: the first calls of a
+  step all failing the same way, engine/systematic.py) stops new calls at once, lets calls in flight finish
+  (bounded), and leaves the rest pending for a re-run;
 - the disk: the image store sets a reserve of space aside before anything is sent (a disk already full stops
   the run there) and frees it when the disk fills up, so that what was paid is recorded (engine/row.py); the
   run's last line says how many paid answers could not be written (their rows are sent again by a re-run);
@@ -44,6 +45,7 @@ from pixelmill.engine.recheck import FileCheck
 from pixelmill.engine.retry import RetryPolicy
 from pixelmill.engine.row import Row, RowExecutor
 from pixelmill.engine.stats import RunStats
+from pixelmill.engine.systematic import FailureWatch
 from pixelmill.errors import DiskFull, InternalError, redact
 from pixelmill.netpolicy import strip_userinfo
 from pixelmill.reading.images import InputPolicy
@@ -124,7 +126,8 @@ class Runner:
                 limiter = Limiter(self.plan.concurrency, limits.rpm, limits.ipm)
                 policy = RetryPolicy(limits.max_retries, limits.max_billed_retries, self.plan.deadline,
                                      limits.retry_base, limits.retry_cap)
-                sender = Sender(Admission(limiter, budget, self.halt.stopping), policy, self.stats)
+                sender = Sender(Admission(limiter, budget, self.halt.stopping), policy, self.stats,
+                                watch=FailureWatch(self.halt.stop))
                 await self._run_rows(ctx, RowExecutor(ctx, self.plan.steps, sender))
                 if self.halt.kind == "budget":  # said once the calls in flight have settled: as the journal says
                     self.halt.reason = redact(budget.reached_message(), self.plan.secrets)

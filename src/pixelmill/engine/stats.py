@@ -1,9 +1,18 @@
-"""Live counters of a run: the engine writes them, progress displays and summaries read them."""
+"""Live counters of a run: the engine writes them, progress displays and summaries read them.
+
+Besides the rows, the outcome of every attempt (engine/call.py): failed attempts per error kind with the latest
+reason (the live display shows why calls fail while it happens), and a window of the latest answers for the
+share of 429s (a high share says the run sends faster than the provider allows: reports/progress.py suggests
+`--ipm` / `--rpm`).
+"""
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
+
+RECENT_CALLS = 100  # the window of latest attempts that the share of 429s is taken over
 
 
 @dataclass(slots=True)
@@ -29,6 +38,9 @@ class RunStats:
     # after the reserve was freed. Their rows stay pending: a re-run pays for those calls again.
     unstored: int = 0
     unrecorded: int = 0
+    failed_attempts: dict[str, int] = field(default_factory=dict)  # error kind -> attempts (retried ones too)
+    last_failure: str | None = None  # the latest failed attempt's error (messages never hold a key)
+    recent: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT_CALLS))  # latest attempts: a 429?
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -36,6 +48,20 @@ class RunStats:
     def images_per_minute(self) -> float:
         elapsed = self.elapsed()
         return self.images * 60.0 / elapsed if elapsed > 0 else 0.0
+
+    def attempt_failed(self, kind: str, message: str) -> None:
+        """An attempt failed (it may be retried) with an error of this kind."""
+        self.failed_attempts[kind] = self.failed_attempts.get(kind, 0) + 1
+        self.last_failure = message
+        self.recent.append(kind == "rate_limited")
+
+    def attempt_answered(self) -> None:
+        self.recent.append(False)
+
+    def recent_429_share(self, least: int = 20) -> float | None:
+        """The share of 429s among the latest attempts, or None before `least` of them."""
+        recent = self.recent
+        return sum(recent) / len(recent) if len(recent) >= least else None
 
     def count_failure(self, kind: str) -> None:
         """A row failed, for a reason of this kind."""

@@ -27,7 +27,8 @@ server (`trusted_origin`, the base URL: the emulator and local gateways serve th
 `send` never raises for an HTTP status: the provider maps statuses and error bodies itself (that is where the
 wire family's knowledge lives). It raises only `TransientError` (timeouts, resets, refused connections,
 truncated bodies, bodies over `max_bytes`). How a failure is classified decides whether it may have been billed:
-- the connection could not be opened (refused, DNS, TLS, connect timeout): nothing was sent, not billed;
+- the connection could not be opened (refused, DNS, TLS, connect timeout): nothing was sent, not billed
+  (`Unreachable`, with its reason in a few words: engine/systematic.py stops a run that cannot connect at all);
 - the request was sent and no answer began (a timeout while waiting, a reset, the server closing the
   connection): `UnknownOutcome` (a `TransientError`, `maybe_billed=True`): the provider may have done the work;
 - a 200 status arrived and its body broke: `maybe_billed=True` (the server did the work);
@@ -44,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import math
+import os
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -57,7 +59,7 @@ import orjson
 import pybase64
 from multidict import CIMultiDictProxy
 
-from pixelmill.errors import PixelmillError, RateLimits, TransientError, UnknownOutcome, redact
+from pixelmill.errors import PixelmillError, RateLimits, TransientError, UnknownOutcome, Unreachable, redact
 from pixelmill.netpolicy import UnsafeAddress, pinned, public_address, same_origin
 from pixelmill.version import VERSION
 
@@ -281,6 +283,8 @@ def transport_error(
     was sent and no answer began (a timeout while waiting, a reset, the server closing): `UnknownOutcome`."""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         what = f"could not connect within {time_limit:g} s; check the base URL and the network"
+        if not (maybe_billed or unanswered):
+            return Unreachable(f"{label}: {what}", reason=f"no connection within {time_limit:g} s")
     elif isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
         what = f"no complete answer within {time_limit:g} s (raise --timeout if the model is slow)"
     elif isinstance(exc, aiohttp.ClientPayloadError):
@@ -290,6 +294,8 @@ def transport_error(
         what = "the server closed the connection before answering"
     elif isinstance(exc, aiohttp.ClientConnectorError):
         what = f"cannot connect ({_os_reason(exc)}); check the base URL and the network"
+        if not (maybe_billed or unanswered):
+            return Unreachable(f"{label}: {what}", reason=_unreachable_reason(exc))
     elif isinstance(exc, OSError):  # resets, aiohttp.ClientOSError
         what = f"connection failed ({_os_reason(exc)})"
     else:
@@ -297,6 +303,16 @@ def transport_error(
     if unanswered:
         return UnknownOutcome(f"{label}: {what}, after the request was sent: the provider may have billed it")
     return TransientError(f"{label}: {what}", maybe_billed=maybe_billed)
+
+
+def _unreachable_reason(exc: aiohttp.ClientConnectorError) -> str:
+    """Why a connection could not be opened, in a few words, from the exception's type (never its text)."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "host name not found"
+    if isinstance(exc, aiohttp.ClientSSLError):  # certificate errors too
+        return "TLS handshake failed"
+    number = getattr(exc, "errno", None)
+    return os.strerror(number).lower() if isinstance(number, int) and number > 0 else _os_reason(exc)
 
 
 def _os_reason(exc: BaseException) -> str:

@@ -2,12 +2,14 @@
 
 - On a terminal: a live display (rich) redrawn a few times a second: a bar of rows done of the total, rows
   failed, images per minute, the time left, spend so far and projected to the end (against the budget), calls
-  in flight, 429s and retries.
-- Elsewhere (a log file, CI): one plain line every few seconds.
+  in flight, 429s and retries; once calls fail, the failed attempts per kind and the latest reason; when more
+  than `RATE_LIMITED_SHARE` of the latest calls got 429, what to do about it (`--ipm` / `--rpm`, the rate found).
+- Elsewhere (a log file, CI): one plain line every few seconds, with the same failures and advice.
 - `quiet`: nothing while running; a short summary at the end.
 - At the end: the summary `pixelmill status` prints (per step done / failed / pending, spend, calls that may
   have been billed without an answer, failures grouped, how to continue, where the output is), plus this run's
-  own numbers (its unanswered calls among them); `quiet` keeps the unanswered line.
+  own numbers (its unanswered calls among them), and the 429 advice when more than `RATE_LIMITED_SHARE` of its
+  requests got 429; `quiet` keeps the unanswered line.
 
 The engine streams its source and never counts it, so the total comes from a background thread that counts
 the source's rows cheaply (`status.count_rows`: lines of a JSONL, Parquet metadata); until it has, the display
@@ -29,6 +31,12 @@ if TYPE_CHECKING:
 
     from pixelmill.api import RunReport
     from pixelmill.config import RunConfig
+
+# Above this share of 429s among the latest calls (or the run's requests, in its summary), the run sends faster
+# than the provider allows and the display says what to do. Below it, 429s are the learned pace's probes
+# (engine/ratefinder.py: well under 2% of the requests) or a passing burst.
+RATE_LIMITED_SHARE = 0.2
+LAST_FAILURE_CHARS = 200  # of the latest failure's message, on the display
 
 
 class Progress:
@@ -97,7 +105,31 @@ class Progress:
             + (f" of ${self.budget:.2f}" if self.budget is not None else ""),
             f"{s.rate_limited} x 429, {s.retries} retries",
         ]
+        failures = self.failures()
+        if failures:
+            parts.append(failures)
+        advice = self.rate_advice()
+        if advice:
+            parts.append(advice)
         return " | ".join(parts)
+
+    def failures(self) -> str | None:
+        """Failed attempts per kind and the latest reason: why calls fail, while it happens."""
+        s = self.stats
+        if not s.failed_attempts:
+            return None
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(s.failed_attempts.items(), key=lambda kv: -kv[1]))
+        last = s.last_failure or ""
+        if len(last) > LAST_FAILURE_CHARS:
+            last = last[: LAST_FAILURE_CHARS - 3] + "..."
+        return f"failed attempts: {kinds}; last: {last}"
+
+    def rate_advice(self) -> str | None:
+        """When many of the latest calls got 429: their share and what to do."""
+        share = self.stats.recent_429_share()
+        if share is None or share <= RATE_LIMITED_SHARE:
+            return None
+        return f"{share:.0%} of the latest calls got 429: {limit_advice(self.stats, self.config)}"
 
     def renderable(self) -> RenderableType:
         """The live display: a bar, then two lines of numbers."""
@@ -135,7 +167,14 @@ class Progress:
             (f"{s.rate_limited} x 429", "yellow" if s.rate_limited else ""),
             f"  {s.retries} retries",
         )
-        return Group(head, rows, money)
+        lines: list[RenderableType] = [head, rows, money]
+        failures = self.failures()
+        if failures:
+            lines.append(Text(failures, style="red"))
+        advice = self.rate_advice()
+        if advice:
+            lines.append(Text(advice, style="yellow"))
+        return Group(*lines)
 
     # ------------------------------------------------------------ the display's life
     def notice(self, text: str) -> None:
@@ -232,10 +271,25 @@ class Progress:
             lines.insert(1, this_run)
             if s.rate_found:  # learned from the provider (engine/ratefinder.py); --rpm/--ipm still cap it
                 lines.insert(2, f"rate found: {s.rate_found}")
+            if s.requests and s.rate_limited / s.requests > RATE_LIMITED_SHARE:
+                lines.insert(2, f"rate limited: {s.rate_limited} of {s.requests} requests got 429: "
+                                f"{limit_advice(s, config, found=False)}")
         if report.aborted and not any(report.aborted in line for line in lines):
             # The journal could not keep how the run ended (a full disk): the reason is said all the same.
             lines.insert(1, f"stopped: {report.aborted}")
         self._say(*lines)
+
+
+def limit_advice(stats: RunStats, config: RunConfig | None, *, found: bool = True) -> str:
+    """What to do about many 429s: lower the limits given, or give the provider's; with the rate found so far."""
+    limits = config.limits if config is not None else None
+    pairs = (("ipm", limits.ipm), ("rpm", limits.rpm)) if limits is not None else ()
+    given = [f"--{name} {value:g}" for name, value in pairs if value is not None]
+    advice = (f"lower {' / '.join(given)}" if given else
+              "set --ipm (images a minute) or --rpm to the provider's limit for this key")
+    if found and stats.rate_found:
+        advice += f" (rate found so far: {stats.rate_found})"
+    return advice
 
 
 def _isatty(stream: TextIO) -> bool:

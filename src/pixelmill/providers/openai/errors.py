@@ -130,7 +130,7 @@ def error_from_reply(reply: Reply, ctx: ErrorContext, *, error_body: Any = None)
         hint = ". Check --base-url: the endpoint was not found there"
     elif status == 413:
         hint = ". The request is too large: send smaller input images"
-    return Rejected(f"{where}: the request was rejected{param}: {server}{hint}", **common)
+    return Rejected(f"{where}: the request was rejected{param}: {server}{hint}", param=fields.param, **common)
 
 
 @dataclass(slots=True)
