@@ -4,7 +4,7 @@
   failed, images per minute, the time left, spend so far and projected to the end (against the budget), calls
   in flight, 429s and retries.
 - Elsewhere (a log file, CI): one plain line every few seconds.
-- `quiet`: nothing while running; a short summary at the end.
+- `quiet`: nothing while running; a short summary at the end (counts, failures grouped, how to continue).
 - At the end: the summary `pixelmill status` prints (per step done / failed / pending, spend, calls that may
   have been billed without an answer, failures grouped, how to continue, where the output is), plus this run's
   own numbers (its unanswered calls among them); `quiet` keeps the unanswered line.
@@ -226,8 +226,7 @@ class Progress:
             lines = [f"{c.rows} rows: {c.done} done, {c.failed} failed, {c.pending} pending",
                      f"output: {report.output}"]
         if self.quiet:
-            keep = ("run ", "unanswered:", "last run: stopped", "to continue", "output:")
-            lines = [line for line in lines if line.startswith(keep)]
+            lines = _quiet_lines(lines)
         else:
             lines.insert(1, this_run)
             if s.rate_found:  # learned from the provider (engine/ratefinder.py); --rpm/--ipm still cap it
@@ -236,6 +235,19 @@ class Progress:
             # The journal could not keep how the run ended (a full disk): the reason is said all the same.
             lines.insert(1, f"stopped: {report.aborted}")
         self._say(*lines)
+
+
+def _quiet_lines(lines: list[str]) -> list[str]:
+    """The summary's essentials: the counts, calls that may have been billed, the failures grouped (the lines
+    under `failures (...)`), how the run stopped, what to do next and where the output is."""
+    keep = ("run ", "unanswered:", "last run: stopped", "to ", "output:")
+    out: list[str] = []
+    in_failures = False
+    for line in lines:
+        in_failures = line.startswith("failures (") or (in_failures and line.startswith("  "))
+        if in_failures or line.startswith(keep):
+            out.append(line)
+    return out
 
 
 def _isatty(stream: TextIO) -> bool:
