@@ -109,7 +109,7 @@ class _Context:
         return close[0] if close else None
 
     def missing(self, named: _Named, writer: str | None) -> MissingField:
-        nor = ", nor written by an earlier step" if self.pipeline else ""
+        nor = ", nor written by an earlier step" if self.earlier or writer is not None else ""
         later = f" (step {writer!r} writes it, but not before this step)" if writer is not None else ""
         suggestion = self.closest(named.field)
         hint = f" (did you mean {suggestion!r}?)" if suggestion else ""
