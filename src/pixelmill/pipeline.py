@@ -226,7 +226,7 @@ def _check_alias(value: str, aliases: dict[str, tuple[ModelRef, dict[str, Any]]]
         return
     message = where.error(
         f"{value!r} is not a model alias of this file (did you mean {close[0]!r}?); aliases defined: "
-        f"{', '.join(aliases)}. to use a model named {value!r}, write model: {{provider: ..., model: {value}}}",
+        f"{', '.join(aliases)}. To use a model named {value!r}, write model: {{provider: ..., model: {value}}}",
         step=step, key=key)
     raise UnknownAlias(str(message), alias=value, defined=tuple(aliases))
 
