@@ -3,6 +3,9 @@
 ```
 PixelmillError
 ├── ConfigError            before anything is sent: bad flag, bad pipeline file, impossible parameters (exit 2)
+│   ├── MissingField       a field the configuration names is in none of the source's first rows (preflight)
+│   ├── UnknownAlias       a pipeline step names a model alias that is not defined (a typo of one that is)
+│   └── MissingDependency  an optional package the run needs is not installed (says the pip command)
 ├── InputError             one row: missing prompt, unreadable image, hostile field (row recorded as failed)
 └── ProviderError          what a provider call can end in
     ├── RateLimited        429: retried after `retry_after`, bounded by the row's deadline
@@ -49,6 +52,42 @@ class ConfigError(PixelmillError):
     """The configuration cannot work; raised before any request is sent."""
 
     kind = "config"
+
+
+class MissingField(ConfigError):
+    """A field the configuration names (prompt field, template field, image or mask field, id field) is in none
+    of the first rows of the source, nor written by an earlier step: a typo or the wrong file, which would fail
+    every row one by one. `present` lists the fields the rows have; `suggestion` the closest of them."""
+
+    def __init__(self, message: str, *, field: str, present: tuple[str, ...] = (),
+                 suggestion: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.present = present
+        self.suggestion = suggestion
+
+
+class UnknownAlias(ConfigError):
+    """A pipeline step's `model` is neither a model alias of the file nor a known model, and is close to an alias
+    that is defined (`fats` for `fast`)."""
+
+    def __init__(self, message: str, *, alias: str, defined: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.alias = alias
+        self.defined = defined
+
+
+class MissingDependency(ConfigError):
+    """An optional package the run needs (an output or source format, local models) is not installed. Raised
+    before anything is sent: the message says what needs it and the pip command that installs it."""
+
+    def __init__(self, needed_by: str, packages: tuple[str, ...], install: str) -> None:
+        names = " and ".join(packages)
+        super().__init__(f"{needed_by} needs the {names} package{'s' if len(packages) > 1 else ''}, which "
+                         f"{'are' if len(packages) > 1 else 'is'} not installed: pip install '{install}'")
+        self.needed_by = needed_by
+        self.packages = packages
+        self.install = install
 
 
 class InputError(PixelmillError):

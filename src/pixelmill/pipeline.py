@@ -1,7 +1,9 @@
 """Pipeline files (YAML, DESIGN 2.4): a source, model aliases, limits and steps, turned into a `RunConfig`.
 
-Every error names the file, the step and the key. Unknown keys are errors. `source` and `output` resolve
-against the file's folder.
+Every error names the file, the step and the key. Unknown keys are errors. A step's `model` that is close to an
+alias of the file and is no known model is a misspelt alias (`UnknownAlias`, listing the aliases defined). The
+fields a step names are checked against the source's rows when the run is planned (engine/preflight.py).
+`source` and `output` resolve against the file's folder.
 
 ```yaml
 source: data/products.jsonl          # or {path: ..., format: parquet} or "hf:user/dataset:split"
@@ -36,7 +38,7 @@ from pydantic import ValidationError
 
 from pixelmill import defaults
 from pixelmill.config import Limits, ModelRef, RunConfig, StepConfig
-from pixelmill.errors import ConfigError
+from pixelmill.errors import ConfigError, UnknownAlias
 from pixelmill.models.table import builtin_table
 from pixelmill.params import ImageParams
 
@@ -200,6 +202,7 @@ def _model(value: Any, aliases: dict[str, tuple[ModelRef, dict[str, Any]]], wher
     if isinstance(value, str):
         if value in aliases:
             return aliases[value]
+        _check_alias(value, aliases, where, step, key)
         return _ref({"model": value}, where, key, step), {}
     if isinstance(value, dict):
         if unknown := set(value) - REF_KEYS - PARAM_KEYS:
@@ -207,6 +210,25 @@ def _model(value: Any, aliases: dict[str, tuple[ModelRef, dict[str, Any]]], wher
         return (_ref({k: v for k, v in value.items() if k in REF_KEYS}, where, key, step),
                 {k: v for k, v in value.items() if k in PARAM_KEYS})
     raise where.error("must be an alias, a model name or {provider, model, ...}", step=step, key=key)
+
+
+def _check_alias(value: str, aliases: dict[str, tuple[ModelRef, dict[str, Any]]], where: _Where, step: str,
+                 key: str) -> None:
+    """A name that is neither an alias nor a known model (nor a preset), and is close to an alias, is a misspelt
+    alias: said as such, rather than sent to a provider guessed from the name (a missing key, then no price)."""
+    if not aliases:
+        return
+    table = builtin_table()
+    if table.get(value) is not None or any(value in names for names in table.presets.values()):
+        return
+    close = difflib.get_close_matches(value, sorted(aliases), n=1)
+    if not close:
+        return
+    message = where.error(
+        f"{value!r} is not a model alias of this file (did you mean {close[0]!r}?); aliases defined: "
+        f"{', '.join(aliases)}. To use a model named {value!r}, write model: {{provider: ..., model: {value}}}",
+        step=step, key=key)
+    raise UnknownAlias(str(message), alias=value, defined=tuple(aliases))
 
 
 def _field(value: Any, where: _Where, step: str, key: str) -> str:

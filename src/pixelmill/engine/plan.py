@@ -1,28 +1,33 @@
 """Planning a run: everything that can be wrong with a configuration, found before anything is opened or sent.
 
-`plan_run` builds each step's provider (and its fallbacks'), looks its model up in the model table (presets
+`plan_run` first checks that every optional package the run needs is installed (engine/prerequisites.py), then
+builds each step's provider (and its fallbacks'), looks its model up in the model table (presets
 resolved, unknown models allowed with a notice), checks that the model can do the step's task and take its mask,
 plans the wire parameters, tells of retired or unknown models, and refuses `--max-cost` for a model without a
-price. It opens no file and no connection: `reports/estimate.py` plans the same way a run does and sends
-nothing. `StepPlan.turn_plan` is the one place that says which task and wire plan each turn of a row uses, so a
-run (engine/row.py) and an estimate count the same calls.
+price. Last, it reads a bounded sample of the source's first rows (reading/sample.py) and checks every field the
+configuration names against them (engine/preflight.py) and that no output field is an input column. It opens no
+connection and writes nothing (the run directory is not touched): `reports/estimate.py` plans the same way a run
+does and sends nothing. `StepPlan.turn_plan` is the one place that says which task and wire plan each turn of a
+row uses, so a run (engine/row.py) and an estimate count the same calls.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pixelmill import defaults
 from pixelmill.config import Limits, ModelRef, RunConfig, StepConfig
+from pixelmill.engine.preflight import check_fields
+from pixelmill.engine.prerequisites import check_prerequisites
 from pixelmill.errors import ConfigError
 from pixelmill.models.cost import expected_cost
 from pixelmill.models.table import ModelSpec, ModelTable, builtin_table
 from pixelmill.params import WirePlan
 from pixelmill.providers.base import Provider, ProviderSettings, provider_class
-from pixelmill.reading.records import Record, read_records
+from pixelmill.reading.sample import Sample, first_rows
 
 
 @dataclass(slots=True)
@@ -101,7 +106,8 @@ def plan_run(
     table: ModelTable | None = None,
 ) -> RunPlan:
     """Plan every step of `config`. Raises `ConfigError` naming the file and step when the configuration is
-    wrong: then nothing was opened or sent."""
+    wrong: then nothing was sent and the run directory was not touched."""
+    check_prerequisites(config)
     planner = _Planner(config, env, notice, table)
     steps: list[StepPlan] = []
     for step in config.steps:
@@ -115,36 +121,35 @@ def plan_run(
     names = [s.config.name for s in steps]
     if len(set(names)) != len(names):
         raise ConfigError(f"step names must be unique; got {names}")
-    _check_output_fields(config)
+    sample = _sample(config)
+    check_fields(config, sample)
+    _check_output_fields(config, sample)
     wanted = max([int(getattr(s.provider, "preferred_concurrency", 0)) for s in steps] or [0])
     timeouts = [t.timeout for s in steps for t in (s, *s.fallbacks)]
     return RunPlan(steps, planner.secrets, max(config.limits.concurrency, wanted),
                    call_deadline(config.limits, timeouts))
 
 
-def _check_output_fields(config: RunConfig) -> None:
+def _check_output_fields(config: RunConfig, sample: Sample) -> None:
     """An output field must not be a column of the input: rows are promised unchanged in the output. The first
     readable row tells the columns (a table's are the same in every row)."""
-    first = next((r for r in _first_rows(config) if r.data is not None), None)
-    if first is None or first.data is None:
+    if not sample.rows:
         return
+    first = sample.rows[0]
     for step in config.steps:
-        if step.out_field in first.data:
+        if step.out_field in first:
             flag = "output_field" if config.pipeline else "--output-field"
             where = f"{config.origin}: step {step.name!r}: " if config.origin else ""
             raise ConfigError(f"{where}{flag} {step.out_field!r} is a column of the input: the output would "
                               "overwrite it (rows are kept unchanged); choose another name")
 
 
-def _first_rows(config: RunConfig) -> Iterator[Record]:
+def _sample(config: RunConfig) -> Sample:
+    """The source's first rows; none when it cannot be read (that is reported where the run reads it)."""
     try:
-        records = read_records(config.source, config.source_format)
-        for number, record in enumerate(records):
-            if number >= 16:
-                return
-            yield record
+        return first_rows(config.source, config.source_format, limit=config.limit)
     except ConfigError:
-        return  # an unreadable source is reported where the run reads it
+        return Sample(config.source)
 
 
 class _Planner:

@@ -14,7 +14,7 @@ import hashlib
 import re
 import string
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 from pixelmill.errors import ConfigError, InputError
 from pixelmill.reading import jsonio
 from pixelmill.reading.csvsource import read_csv
+from pixelmill.reading.hfsource import is_saved_dataset, read_hf
 from pixelmill.reading.jsonsource import MAX_LINE_BYTES, read_json_array, read_jsonl
 from pixelmill.reading.rows import Record, checked
 
@@ -37,8 +38,7 @@ SOURCE_FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 
 
 def source_format(path: Path, explicit: str | None = None) -> str:
-    if str(path).startswith("hf:") or (path.is_dir() and (path / "dataset_info.json").exists()) or \
-            (path.is_dir() and (path / "dataset_dict.json").exists()):
+    if str(path).startswith("hf:") or is_saved_dataset(path):
         return "hf"
     if explicit:
         if explicit not in SOURCE_FORMATS:
@@ -53,11 +53,11 @@ def source_format(path: Path, explicit: str | None = None) -> str:
     return fmt
 
 
-def read_records(path: Path, fmt: str | None = None) -> Iterator[Record]:
+def read_records(path: Path, fmt: str | None = None) -> Generator[Record, None, None]:
     """Yield every record of the source, in order."""
     fmt = source_format(path, fmt)
     if fmt == "hf":
-        yield from _read_hf(str(path))
+        yield from read_hf(str(path))
         return
     if not path.exists():
         raise ConfigError(f"input file {path} does not exist")
@@ -101,42 +101,6 @@ def _parquet_row_problem(batch: Any, i: int) -> str | None:
         except Exception as exc:  # as above
             return f"field {name!r} cannot be read ({type(exc).__name__}: {exc})"
     return None
-
-
-def _read_hf(source: str) -> Iterator[Record]:
-    """A Hugging Face dataset: `hf:name:split` from the hub (streamed), or a folder saved with `save_to_disk`.
-    Image columns arrive as {"bytes", "path"} dicts, which input-image loading understands."""
-    try:
-        import datasets
-    except ImportError:
-        raise ConfigError("Hugging Face sources need the datasets package: pip install 'pixelmill[hf]'") from None
-    if source.startswith("hf:"):
-        name, _, split = source[3:].partition(":")
-        try:
-            data: Any = datasets.load_dataset(name, split=split or "train", streaming=True)
-        except Exception as exc:  # the hub client raises many types; all mean "cannot read it"
-            raise ConfigError(f"cannot load {name!r} (split {split or 'train'!r}) from the Hugging Face hub: "
-                              f"{type(exc).__name__}: {exc}. Check the name and the network, or save the "
-                              "dataset to disk and point `source` at that folder.") from None
-    else:
-        loaded = datasets.load_from_disk(source)
-        if isinstance(loaded, datasets.DatasetDict):
-            raise ConfigError(f"{source} holds several splits ({', '.join(loaded)}); point at one split's folder")
-        data = loaded
-    data = _hf_images_as_dicts(data)
-    for index, row in enumerate(data):
-        yield checked(index, dict(row), f"row {index}")
-
-
-def _hf_images_as_dicts(data: Any) -> Any:
-    """Keep `Image` columns undecoded ({"bytes", "path"}), so no pixels are decoded to read a row."""
-    import datasets
-
-    features = getattr(data, "features", None) or {}
-    for name, feature in features.items():
-        if isinstance(feature, datasets.Image):
-            data = data.cast_column(name, datasets.Image(decode=False))
-    return data
 
 
 # ---------------------------------------------------------------- record keys

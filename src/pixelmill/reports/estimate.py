@@ -6,7 +6,9 @@ source is read row by row, the way the engine reads it: each row's prompt or con
 images (counted, not loaded) and the wire plan of each turn (`StepPlan.turn_plan`, as a run plans it) give the
 requests and images; the model table's prices give the cost (`cost.expected_cost`: for token-billed models the
 documented token counts per size and quality). Rows that would fail before sending (no prompt, no image to
-edit, a prompt too long) are counted apart, with an example. When RUNDIR already holds this run, rows done
+edit, a prompt too long) are counted apart, with an example; a field the configuration names that is in none of
+the first rows stops the estimate as it stops a run (engine/preflight.py), rather than pricing a run that would
+fail. When RUNDIR already holds this run, rows done
 there are not counted again: the estimate is what is left to pay.
 """
 

@@ -5,7 +5,7 @@
   in flight, 429s and retries; once calls fail, the failed attempts per kind and the latest reason; when more
   than `RATE_LIMITED_SHARE` of the latest calls got 429, what to do about it (`--ipm` / `--rpm`, the rate found).
 - Elsewhere (a log file, CI): one plain line every few seconds, with the same failures and advice.
-- `quiet`: nothing while running; a short summary at the end.
+- `quiet`: nothing while running; a short summary at the end (counts, failures grouped, how to continue).
 - At the end: the summary `pixelmill status` prints (per step done / failed / pending, spend, calls that may
   have been billed without an answer, failures grouped, how to continue, where the output is), plus this run's
   own numbers (its unanswered calls among them), and the 429 advice when more than `RATE_LIMITED_SHARE` of its
@@ -265,8 +265,7 @@ class Progress:
             lines = [f"{c.rows} rows: {c.done} done, {c.failed} failed, {c.pending} pending",
                      f"output: {report.output}"]
         if self.quiet:
-            keep = ("run ", "unanswered:", "last run: stopped", "to continue", "output:")
-            lines = [line for line in lines if line.startswith(keep)]
+            lines = _quiet_lines(lines)
         else:
             lines.insert(1, this_run)
             if s.rate_found:  # learned from the provider (engine/ratefinder.py); --rpm/--ipm still cap it
@@ -290,6 +289,19 @@ def limit_advice(stats: RunStats, config: RunConfig | None, *, found: bool = Tru
     if found and stats.rate_found:
         advice += f" (rate found so far: {stats.rate_found})"
     return advice
+
+
+def _quiet_lines(lines: list[str]) -> list[str]:
+    """The summary's essentials: the counts, calls that may have been billed, the failures grouped (the lines
+    under `failures (...)`), how the run stopped, what to do next and where the output is."""
+    keep = ("run ", "unanswered:", "rate limited:", "last run: stopped", "to ", "output:")
+    out: list[str] = []
+    in_failures = False
+    for line in lines:
+        in_failures = line.startswith("failures (") or (in_failures and line.startswith("  "))
+        if in_failures or line.startswith(keep):
+            out.append(line)
+    return out
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -108,7 +108,8 @@ def load_config(journal: Journal) -> RunConfig | None:
 
 def count_rows(source: Path, fmt: str | None = None, limit: int | None = None) -> int | None:
     """The number of records `read_records` yields for `source`, read cheaply: non-blank lines of JSONL, CSV
-    records, Parquet metadata; a JSON array is parsed. None when the source cannot be read."""
+    records, Parquet metadata, a saved Hugging Face dataset's Arrow metadata; a JSON array is parsed. None when
+    the source cannot be read, or is a dataset on the hub."""
     from pixelmill.reading.records import read_records, source_format
 
     try:
@@ -128,6 +129,15 @@ def count_rows(source: Path, fmt: str | None = None, limit: int | None = None) -
 
             with source.open("r", encoding="utf-8-sig", newline="") as f:
                 count = max(0, sum(1 for _ in csv.reader(f)) - 1)
+        elif kind == "hf":
+            # From the saved folder's metadata: a second `load_from_disk` beside the run's reader is not safe in
+            # `datasets` (and a hub dataset would be streamed twice), so a hub source is not counted.
+            from pixelmill.reading.hfsource import count_saved_rows
+
+            found = None if str(source).startswith("hf:") else count_saved_rows(source)
+            if found is None:
+                return None
+            count = found
         else:
             count = sum(1 for _ in read_records(source, kind))
     except (OSError, ConfigError, ValueError):

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pixelmill.errors import ConfigError
+from pixelmill.errors import MissingDependency
 
 
 def write_hf(target: Path, rundir: Path, image_fields: list[str], embed: bool,
@@ -19,7 +19,8 @@ def write_hf(target: Path, rundir: Path, image_fields: list[str], embed: bool,
     try:
         import datasets
     except ImportError:
-        raise ConfigError("--format hf needs the datasets package: pip install 'pixelmill[hf]'") from None
+        # engine/prerequisites.py checks this before anything is sent; here for callers that skip planning.
+        raise MissingDependency("--format hf", ("datasets",), "pixelmill[hf]") from None
     from pixelmill.writing.parquet import write_parquet_from
 
     def rows() -> Iterable[dict[str, Any]]:
