@@ -162,16 +162,17 @@ def test_images_of_a_discarded_step_are_removed(emulator_thread: Emulator, tmp_p
 
 def test_a_rundir_that_paid_for_nothing_is_reconfigured_without_a_flag(emulator_thread: Emulator,
                                                                        tmp_path: Path) -> None:
-    src = write_jsonl(tmp_path / "in.jsonl", [{"description": f"a red fox {i}"} for i in range(3)])
+    # The wrong field, blank in every row: every row fails on its input and nothing is sent.
+    src = write_jsonl(tmp_path / "in.jsonl", [{"title": "", "description": f"a red fox {i}"} for i in range(3)])
     args = ["generate", src, "-o", tmp_path / "run", "--base-url", emulator_thread.openai_base_url]
-    typo = cli(*args, "--prompt-field", "descripton")
+    typo = cli(*args, "--prompt-field", "title")
     assert typo.code == 1, typo.output
     assert emulator_thread.count() == 0
     assert "input errors in 3 row-steps: a retry reads the same input" in typo.output
     assert "--retry-failed" not in typo.output
     fixed = cli(*args, "--prompt-field", "description", "--quiet")
     assert fixed.code == 0, fixed.output
-    assert ("the configuration changed (steps.generate.prompt_field: 'descripton' -> 'description'); nothing of "
+    assert ("the configuration changed (steps.generate.prompt_field: 'title' -> 'description'); nothing of "
             "generate had been paid for: it runs with the new one") in fixed.output
     assert emulator_thread.count() == 3
     # Once rows are paid for, a change is refused, and the message says what --restart would discard.
@@ -225,3 +226,45 @@ def test_retry_failed_is_suggested_only_for_failures_a_retry_can_fix(emulator_th
     status = cli("status", run)
     assert [line for line in status.output.splitlines() if "--retry-failed" in line] == retry
     assert "input errors in 1 row-step" in status.output
+
+
+def test_a_step_that_paid_for_nothing_is_fixed_without_a_flag(emulator_thread: Emulator, tmp_path: Path) -> None:
+    """A wrong images field in step 2 fails every row of step 2 on its input before anything is sent for it: the
+    fix needs no flag, and step 1's paid rows are kept."""
+    # A field every row has, holding no image (a preflight check of the field names lets it through).
+    path = write_pipeline(tmp_path, emulator_thread, PIPELINE.replace('images: "{product_image}"',
+                                                                      'images: "{product_name}"'))
+    first = cli("run", path, "--quiet", env=ENV)
+    assert first.code == 1, first.output
+    # A row stops at its first failed step: the poster step after it is failed "upstream", and sent nothing.
+    assert requests_of(emulator_thread) == {"product_image": 3, "on_marble": 0, "poster": 0}
+    edit_pipeline(path, 'images: "{product_name}"', 'images: "{product_image}"')
+    emulator_thread.reset_log()
+    fixed = cli("run", path, "--quiet", env=ENV)
+    assert fixed.code == 0, fixed.output
+    assert "steps.on_marble.image_field: 'product_name' -> 'product_image'" in fixed.output
+    assert requests_of(emulator_thread) == {"product_image": 0, "on_marble": 3, "poster": 3}
+    assert all(r["pixelmill"][s]["status"] == "done" for r in read_output(tmp_path / "out")
+               for s in ("product_image", "on_marble", "poster"))
+
+
+def test_a_renamed_step_is_refused_and_a_dropped_one_is_said(emulator_thread: Emulator, tmp_path: Path) -> None:
+    path = write_pipeline(tmp_path, emulator_thread)
+    assert cli("run", path, "--quiet", env=ENV).code == 0
+    edit_pipeline(path, "name: poster", "name: posters")
+    emulator_thread.reset_log()
+    renamed = cli("run", path, "--quiet", env=ENV)
+    assert renamed.code == 2, renamed.output
+    assert ("step 'posters' is new, and step 'poster', made with the same settings (3 paid rows), is no longer in "
+            "the configuration: renaming a step makes all its rows again. Keep the name 'poster', or "
+            "--restart-step posters to make them again under the new name.") in renamed.output
+    assert emulator_thread.count() == 0
+    edit_pipeline(path, "name: posters", "name: poster")
+    text = path.read_text()
+    path.write_text(text[: text.index("  - name: poster")])  # the poster step dropped
+    dropped = cli("run", path, "--quiet", env=ENV)
+    assert dropped.code == 0, dropped.output
+    assert ("no longer in the configuration: poster (3 paid rows); the journal keeps their results (and their "
+            "spend), the output leaves them out") in dropped.output
+    assert emulator_thread.count() == 0
+    assert "no longer in the configuration" not in cli("run", path, "--quiet", env=ENV).output  # said once

@@ -1,7 +1,8 @@
 """The journal: one SQLite file (WAL) per run directory, the single source of truth for what was done.
 
 Tables:
-- `meta`: the run's configuration fingerprint and snapshot, its source, and spend set aside.
+- `meta`: the run's configuration fingerprint (whole, and per step: `step_fingerprints`, writing/fingerprints.py)
+  and snapshot, its source, and spend set aside.
 - `records`: one entry per source row ever seen, found by the row's identity (its `--id-field` value, else its
   content), never by its position: `row` is the entry's number (the results' key), `key` the stem of its image
   files (unique, assigned once), `digest` its content when last seen, `position` where it stood in the source at
@@ -137,6 +138,7 @@ class Rebinding:
     paid: dict[str, tuple[int, float]] = field(default_factory=dict)  # step -> (paid rows discarded, their cost)
     cleared: list[str] = field(default_factory=list)  # discarded steps that held nothing paid
     kept: dict[str, int] = field(default_factory=dict)  # step -> done rows kept
+    dropped: dict[str, int] = field(default_factory=dict)  # steps no longer configured -> their paid rows
     files: list[str] = field(default_factory=list)  # image files (relative to RUNDIR) of the discarded results
     fingerprints: dict[str, dict[str, Any]] = field(default_factory=dict)  # what the journal keeps
 
@@ -156,6 +158,10 @@ class Rebinding:
                        "paid for: it runs with the new one")
         elif self.cleared:
             out.append(f"--restart-step: nothing of {', '.join(self.cleared)} had been paid for: it is made again")
+        if self.dropped:
+            steps = ", ".join(f"{n} ({k} paid rows)" for n, k in self.dropped.items())
+            out.append(f"no longer in the configuration: {steps}; the journal keeps their results (and their spend), "
+                       "the output leaves them out")
         return out
 
 
@@ -296,8 +302,19 @@ class Journal:
         if blocked:
             raise self._refusal(changes, mine, changed, blocked, paid,
                                 narrow=bool(snapshot.get("pipeline")) and not identity_changed)
+        dropped = [n for n in _step_order(self._stored_snapshot()) if n not in mine and n in paid]
+        for new in (n for n in mine if n not in theirs and n not in present and n not in asked):
+            for old in dropped:  # a renamed step: results are kept by step name, so all its rows would be paid again
+                if fp.same(theirs.get(old, {}).get("config"), mine[new]["config"]):
+                    raise ConfigError(
+                        f"{self.path.parent.parent}: step {new!r} is new, and step {old!r}, made with the same "
+                        f"settings ({paid[old][0]} paid rows), is no longer in the configuration: renaming a step "
+                        f"makes all its rows again. Keep the name {old!r}, or --restart-step {new} to make them "
+                        "again under the new name."
+                    )
         done = self._done_counts()
         return Rebinding(
+            dropped={n: paid[n][0] for n in dropped},
             changes=changes if changed else "",
             steps=[n for n in invalid if n in present],
             asked=asked,
@@ -321,11 +338,14 @@ class Journal:
             stored = orjson.loads(raw)
             if isinstance(stored, dict):
                 return stored
+        return fp.from_whole(whole, _step_order(self._stored_snapshot()))
+
+    def _stored_snapshot(self) -> dict[str, Any]:
         try:
             snapshot = orjson.loads(self.get_meta("config") or "{}")
         except orjson.JSONDecodeError:
-            snapshot = {}
-        return fp.from_whole(whole, _step_order(snapshot if isinstance(snapshot, dict) else {}))
+            return {}
+        return snapshot if isinstance(snapshot, dict) else {}
 
     def _paid(self) -> dict[str, tuple[int, float]]:
         """Per step, the rows whose results hold paid work (done, or charged: calls billed or that may have
@@ -357,7 +377,8 @@ class Journal:
         return sorted(files)
 
     def _discard(self, steps: list[str]) -> None:
-        """Delete the results of `steps` (they are made again); what they cost stays in the RUNDIR's spend."""
+        """Delete the results of `steps` (they are made again), and the failures they caused in later steps;
+        what they cost stays in the RUNDIR's spend."""
         with self._disk():
             self.db.execute("BEGIN")
             try:
@@ -370,6 +391,10 @@ class Journal:
                     self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('spent_set_aside', ?)",
                                     (repr(before + cost),))
                 self._select_in("DELETE FROM results WHERE step IN ({})", steps)  # in chunks, like any IN
+                # A row stops at its first failed step and marks the later ones failed "upstream" (engine/row.py),
+                # which costs nothing: those are made again once the step before them is.
+                self.db.execute("DELETE FROM results WHERE status = 'failed' AND cost + unanswered = 0 AND "
+                                "json_extract(info, '$.error.kind') = 'upstream'")
                 self.db.execute("COMMIT")
             except BaseException:
                 if self.db.in_transaction:
