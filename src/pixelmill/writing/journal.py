@@ -22,6 +22,11 @@ entry); an inserted row gets a new entry; a deleted row's entry stays (its spend
 in the output; a row whose id stayed but whose content changed has its results set aside and is sent again.
 Journals of the first layout (rows keyed by position) are adopted row by row when content and position agree.
 
+A RUNDIR is bound to one configuration (`bind`), judged per step (writing/fingerprints.py): a step whose
+fingerprint changed has its results discarded when nothing of it was paid for, or when `--restart-step` names it
+or a step it reads (their image files are listed for the runner to remove; their cost stays in the spend), and
+is refused otherwise, the refusal naming the narrowest way on; `--restart` clears the whole run.
+
 Commits happen per finished call, after the images are on disk: a kill loses at most the calls in flight, and
 their intents keep their cost in the spend. `spent` = results' cost + unanswered + spend set aside + intents.
 A write that fails for the disk's sake (full, quota, read-only, I/O error) raises `DiskFull`, the transaction
@@ -134,7 +139,6 @@ class Rebinding:
     restart: bool = False  # --restart: the whole run was discarded (`paid` says what it held)
     changes: str = ""  # what changed, as `steps.s.prompt: 'a' -> 'b'`; "" when nothing did
     steps: list[str] = field(default_factory=list)  # the steps whose results were discarded, in step order
-    asked: list[str] = field(default_factory=list)  # those that --restart-step named, with the steps reading them
     paid: dict[str, tuple[int, float]] = field(default_factory=dict)  # step -> (paid rows discarded, their cost)
     cleared: list[str] = field(default_factory=list)  # discarded steps that held nothing paid
     kept: dict[str, int] = field(default_factory=dict)  # step -> done rows kept
@@ -317,7 +321,6 @@ class Journal:
             dropped={n: paid[n][0] for n in dropped},
             changes=changes if changed else "",
             steps=[n for n in invalid if n in present],
-            asked=asked,
             paid={n: paid[n] for n in invalid if n in paid},
             cleared=[n for n in invalid if n in present and n not in paid],
             kept={n: done[n] for n in mine if n not in invalid and done.get(n)},
