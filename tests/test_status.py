@@ -71,7 +71,9 @@ def test_failed_rows_are_grouped_with_an_example(emulator_thread: Emulator, tmp_
     assert code == 0
     assert f"refused moderation_blocked x{refused}; e.g. row {first_refused} (row{first_refused:06d})" in out
     assert "input x2" in out
-    assert "to retry the failed rows: pixelmill generate" in out and "--retry-failed" in out
+    # Neither a moderation block nor a row without a prompt passes on a retry: what to change, not --retry-failed.
+    assert f"safety refusals in {refused} row-step" in out and "rephrase those prompts" in out
+    assert "input errors in 2 row-steps" in out and "--retry-failed" not in out
 
 
 def test_budget_stopped_run_says_how_to_continue(emulator_thread: Emulator, tmp_path: Path) -> None:

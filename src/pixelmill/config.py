@@ -1,9 +1,11 @@
 """The configuration of a run, as strict pydantic models (unknown keys are errors).
 
 The command line and pipeline files both produce a `RunConfig`; the engine takes nothing else.
-`fingerprint()` is what makes "another configuration" (refused on an existing RUNDIR without --restart):
-provider, model, prompt field or template, image and mask fields, image parameters. Base URLs, keys,
-concurrency, limits, retries, budget and output format are not part of it.
+`fingerprint()` is what makes "another configuration": provider, model, prompt field or template, image and mask
+fields, image parameters, per step, and the id field. Base URLs, keys, concurrency, limits, retries, budget and
+output format are not part of it. The journal judges a change per step (writing/fingerprints.py): a changed step
+and the steps that read its outputs are made again (`--restart-step NAME`, or without a flag when nothing of them
+was paid for), the others keep their done rows.
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ class RunConfig(BaseModel):
     embed_images: bool = False
     retry_failed: bool = False
     restart: bool = False
+    restart_steps: tuple[str, ...] = ()  # --restart-step: these steps and the steps reading them are made again
     # Done rows whose image files are missing or cut short are made again; with `report_broken` only reported.
     # `verify_images` also decodes every done image (slower). Neither is part of the fingerprint.
     verify_images: bool = False
@@ -166,6 +169,10 @@ class RunConfig(BaseModel):
             check_step_names([(s.name, s.name_template) for s in self.steps])
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+        names = [s.name for s in self.steps]
+        for name in self.restart_steps:
+            if name not in names:
+                raise ValueError(f"--restart-step {name}: no step of that name; the steps are {', '.join(names)}")
         return self
 
     def fingerprint(self) -> dict[str, Any]:

@@ -129,6 +129,8 @@ class JobOptions:
                                     panel=LIMITS)
     retry_failed: bool = option(False, "Also re-request rows that failed.", panel=RUN)
     restart: bool = option(False, "Discard the run in the output folder and start over.", panel=RUN)
+    restart_step: list[str] | None = option(
+        None, "Make step NAME (generate or edit here) again, with the steps that read it (repeatable).", panel=RUN)
     verify_images: bool = option(False, "Also decode every image of the rows done earlier (slower than the "
                                         "size check a resume always makes); broken ones are made again.", panel=RUN,
                                  run_only=True)
@@ -177,6 +179,9 @@ class PipelineOptions:
         None, "Budget in USD for this run directory, across resumes [default: the file's, else none].", panel=LIMITS)
     retry_failed: bool = option(False, "Also re-request rows that failed.", panel=RUN)
     restart: bool = option(False, "Discard the run in the output folder and start over.", panel=RUN)
+    restart_step: list[str] | None = option(
+        None, "Make step NAME again, with the steps that read its outputs; the others keep their done rows "
+        "(repeatable).", panel=RUN)
     verify_images: bool = option(False, "Also decode every image of the rows done earlier; broken ones are made "
                                         "again.", panel=RUN)
     report_broken: bool = option(False, "Done rows whose image files are missing or broken are only reported.",
@@ -256,6 +261,7 @@ def build_config(task: str, input: Path, options: JobOptions) -> RunConfig:
             limits=Limits(**{name: getattr(o, name) for name in LIMIT_OPTIONS}, **o.engine),
             id_field=o.id_field, format=o.format, limit=o.limit,  # type: ignore[arg-type]
             embed_images=o.embed_images, retry_failed=o.retry_failed, restart=o.restart,
+            restart_steps=tuple(o.restart_step or ()),
             verify_images=o.verify_images, report_broken=o.report_broken,
             allow_private_urls=o.allow_private_urls, allowed_paths=tuple(o.allow_path or ()), api_key=o.api_key,
             models_file=o.models_file,
@@ -282,6 +288,7 @@ def pipeline_config(path: Path, options: PipelineOptions | None = None) -> RunCo
     overrides = {
         "output": o.output, "format": o.format, "limit": o.limit, "api_key": o.api_key,
         "retry_failed": o.retry_failed or None, "restart": o.restart or None,
+        "restart_steps": tuple(o.restart_step) if o.restart_step else None,
         "verify_images": o.verify_images or None, "report_broken": o.report_broken or None,
         "embed_images": o.embed_images or None, "allow_private_urls": o.allow_private_urls or None,
         "allowed_paths": tuple(o.allow_path) if o.allow_path else None,

@@ -105,11 +105,12 @@ def test_gemini_reflections_are_redacted(server: ScriptedServer, tmp_path: Path)
 def test_a_password_in_the_base_url_is_a_secret(server: ScriptedServer, tmp_path: Path) -> None:
     """`http://user:PASSWORD@host`: sent (as basic auth), never stored or shown, nor reflected back."""
     server.default = lambda _key: reflect_gemini(server.passwords[-1])
-    server.script["refused"] = lambda _key: Canned(400, {"error": {"message": f"no, {server.passwords[-1]}"}})
+    # A server error (one a retry can fix, so that the summary shows the command that retries it).
+    server.script["refused"] = lambda _key: Canned(500, {"error": {"message": f"no, {server.passwords[-1]}"}})
     src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "reflect the password"}, {"prompt": "refused"}])
     run = tmp_path / "run"
     base = server.url.replace("http://", f"http://gateway-user:{PASSWORD}@")
-    result = cli("generate", src, "-o", run, "--provider", "gemini", "--base-url", base,
+    result = cli("generate", src, "-o", run, "--provider", "gemini", "--base-url", base, "--max-retries", "0",
                  env={"GEMINI_API_KEY": GEMINI_KEY})
     assert result.code == 1, result.output
     assert server.passwords == [PASSWORD, PASSWORD]  # the password did go to the server, as basic auth

@@ -19,6 +19,9 @@ Shape of a run:
   run's last line says how many paid answers could not be written (their rows are sent again by a re-run);
 - rows done in an earlier run are counted done only while their files are whole (engine/recheck.py): a missing
   or truncated file makes its step again, or with --report-broken is only reported;
+- a configuration that changed some steps (writing/fingerprints.py) has the results of those steps, and of the
+  steps that read their outputs, discarded by the journal's `bind` before anything is read, and their image
+  files removed here; --restart removes every image;
 - an exception that escapes a row's own handling (engine/row.py fails the row for the exceptions it sees) stops
   the run with the exception named, like an abort, instead of ending it without an output.
 """
@@ -97,9 +100,12 @@ class Runner:
         session: aiohttp.ClientSession | None = None
         store: ImageStore | None = None
         try:
-            journal.bind(config.fingerprint(), config.snapshot(), restart=config.restart)
-            if config.restart:
-                _remove_images(rundir)
+            rebinding = journal.bind(config.fingerprint(), config.snapshot(), restart=config.restart,
+                                     restart_steps=config.restart_steps)
+            # The images of discarded results go, so that an output never mixes two configurations' images.
+            _remove_images(rundir, None if rebinding.restart else rebinding.files)
+            for line in rebinding.lines():
+                self.notice(line)
             store = ImageStore(rundir)
             # For input images given as URLs: opening a session makes no connection, so one is opened per run.
             session = aiohttp.ClientSession()
@@ -328,9 +334,17 @@ def _base_url(provider: object) -> str | None:
     return strip_userinfo(url) if isinstance(url, str) else None
 
 
-def _remove_images(rundir: Path) -> None:
+def _remove_images(rundir: Path, files: list[str] | None) -> None:
+    """Remove `files` (paths relative to RUNDIR, as the journal lists them), or every image when None."""
     import shutil
 
     images = rundir / "images"
-    if images.is_dir():
-        shutil.rmtree(images)
+    if files is None:
+        if images.is_dir():
+            shutil.rmtree(images)
+        return
+    root = images.resolve()
+    for name in files:
+        path = (rundir / name).resolve()
+        if path.is_relative_to(root):  # the journal's paths are ours; never follow one out of images/
+            path.unlink(missing_ok=True)

@@ -138,21 +138,23 @@ def _offline(config: RunConfig) -> RunConfig:
 
 def _journal_state(config: RunConfig, offline: RunConfig) -> tuple[dict[str, set[int]], float, list[str]]:
     """Rows already finished per step in RUNDIR (done, and failed unless --retry-failed), what RUNDIR has
-    spent, and notes; empty when RUNDIR holds no run, another configuration, or --restart discards it."""
+    spent, and notes; empty when RUNDIR holds no run, or a configuration it would refuse, or --restart discards
+    it. Steps that the configuration changes (or --restart-step names) are made again: none of their rows count."""
+    from pixelmill.errors import ConfigError
     from pixelmill.reports.status import journal_path, open_journal
 
     if config.restart or not journal_path(config.output).is_file():
         return {}, 0.0, []
     journal = open_journal(config.output)
     try:
-        import orjson
-
-        theirs = journal.get_meta("fingerprint")
-        mine = orjson.dumps(offline.fingerprint(), option=orjson.OPT_SORT_KEYS).decode()
-        if theirs is not None and theirs != mine:
-            return {}, 0.0, [f"{config.output} holds a run of another configuration: the run would need --restart "
-                             "(or another --output); every row is counted"]
+        try:
+            binding = journal.plan_binding(offline.fingerprint(), offline.snapshot(), restart=False,
+                                           restart_steps=config.restart_steps)
+        except ConfigError as exc:
+            return {}, 0.0, [f"{exc} Until then every row is counted."]
         done = _finished_rows(config, journal)
+        for step in binding.steps:
+            done.pop(step, None)
         spent = journal.spent()
     finally:
         journal.close()

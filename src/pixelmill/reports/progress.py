@@ -294,7 +294,9 @@ def limit_advice(stats: RunStats, config: RunConfig | None, *, found: bool = Tru
 def _quiet_lines(lines: list[str]) -> list[str]:
     """The summary's essentials: the counts, calls that may have been billed, the failures grouped (the lines
     under `failures (...)`), how the run stopped, what to do next and where the output is."""
-    keep = ("run ", "unanswered:", "rate limited:", "last run: stopped", "to ", "output:")
+    from pixelmill.reports.status import ADVICE_LINES
+
+    keep = ("run ", "unanswered:", "rate limited:", "last run: stopped", "to ", "output:", *ADVICE_LINES)
     out: list[str] = []
     in_failures = False
     for line in lines:

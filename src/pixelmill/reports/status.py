@@ -1,8 +1,10 @@
 """`pixelmill status RUNDIR`, and the summary at the end of every run: per step done / failed / pending,
 spend against the budget, the calls that may have been billed without an answer (counted in the spend at their
 reservation), failure reasons grouped with counts and an example row, how the last run ended,
-and the command that resumes it. Everything is read from the journal (and the source, for its row count), so
-it works on finished, failed, interrupted and running runs alike, and never changes the run.
+the command that resumes it, and what to do about failed rows: `--retry-failed` for failures a retry can fix
+(transient, rate limits, lost answers), what to change for the others (input, rejected, refused). Everything is
+read from the journal (and the source, for its row count), so it works on finished, failed, interrupted and
+running runs alike, and never changes the run.
 """
 
 from __future__ import annotations
@@ -403,15 +405,14 @@ def _ago(seconds: float) -> str:
 
 
 def next_steps(status: RunStatus) -> list[str]:
-    """What to run next: resume pending rows (raising the budget when that stopped the run), retry failed
-    ones."""
+    """What to run next: resume pending rows (raising the budget when that stopped the run); retry the failed
+    rows that a retry can fix, and say what to change for the others."""
     command = status.command
     lines: list[str] = []
     if command is None:
-        if status.pending or status.failed:
-            what = "your `pixelmill run` command" if status.pipeline else "the same command"
-            lines.append(f"to continue: run {what} again (done rows are not sent again)")
-        return lines
+        if status.pending:
+            lines.append(f"to continue: run {_yours(status)} again (done rows are not sent again)")
+        return lines + _failure_advice(status, command)
     if status.pending:
         budget_hit = status.last_run.get("kind") == "budget" or (
             status.budget is not None and status.spent >= status.budget * 0.98)
@@ -426,6 +427,55 @@ def next_steps(status: RunStatus) -> list[str]:
             lines.append(f"to continue, raise the budget: {with_option(command, '--max-cost', f'{proposal:.2f}')}")
         else:
             lines.append(f"to continue: {command}")
-    if status.failed:
-        lines.append(f"to retry the failed rows: {with_option(command, '--retry-failed')}")
+    return lines + _failure_advice(status, command)
+
+
+# Failures a retry cannot fix: the same request fails the same way. Other kinds (transient, rate_limited,
+# unknown_outcome, internal, ...) are the moment's, and `--retry-failed` is suggested for them. `upstream` rows
+# follow the step that failed for them.
+_FIX_FIRST = {
+    "input": ("input errors", "a retry reads the same input and fails the same way; fix the rows (a changed row "
+              "is sent again) or the options that name their fields, then run again"),
+    "rejected": ("requests rejected as invalid", "a retry sends the same request; change the parameter or prompt "
+                 "the error names, then run again"),
+    "refused": ("safety refusals", "a retry sends the same prompt and is refused again; rephrase those prompts or "
+                "change their input images"),
+    "config": ("configuration errors", "change the configuration, then run again"),
+}
+# How the lines of that advice begin (the quiet summary keeps them).
+ADVICE_LINES = tuple(f"{what} in " for what, _ in _FIX_FIRST.values())
+# Refusals that a sampled model may not repeat, so a retry may pass: Gemini's answers without an image (NO_IMAGE,
+# text only, IMAGE_OTHER / OTHER), an OpenAI-style answer with no image, a local model's black or NaN image.
+# Moderation and safety blocks (OpenAI moderation_blocked, Gemini SAFETY / PROHIBITED_CONTENT) repeat.
+SAMPLED_REFUSALS = frozenset({"NO_IMAGE", "text_only", "IMAGE_OTHER", "OTHER", "no_image", "nsfw_or_nan"})
+
+
+def _row_steps(n: int) -> str:
+    return f"{n} row-step{'s' if n != 1 else ''}"
+
+
+def _yours(status: RunStatus) -> str:
+    return "your `pixelmill run` command" if status.pipeline else "the same command"
+
+
+def _failure_advice(status: RunStatus, command: str | None) -> list[str]:
+    """What to do about the failed rows: for failures a retry cannot fix, what to change (the failures listed
+    above show an example of each); `--retry-failed` only for the failures a retry can fix."""
+    fix: dict[str, int] = {}
+    retry: dict[str, int] = {}
+    for group in status.failures:
+        if group.kind == "upstream":
+            continue
+        if group.kind in _FIX_FIRST and not (group.kind == "refused" and group.code in SAMPLED_REFUSALS):
+            fix[group.kind] = fix.get(group.kind, 0) + group.count
+        else:
+            retry[group.kind] = retry.get(group.kind, 0) + group.count
+    lines = []
+    for kind, count in fix.items():
+        what, advice = _FIX_FIRST[kind]
+        lines.append(f"{what} in {_row_steps(count)}: {advice}")
+    if retry:
+        what = f"the {_row_steps(sum(retry.values()))} a retry can fix ({', '.join(sorted(retry))})"
+        lines.append(f"to retry {what}: {with_option(command, '--retry-failed')}" if command is not None
+                     else f"to retry {what}: run {_yours(status)} again with --retry-failed")
     return lines

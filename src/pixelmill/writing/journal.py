@@ -1,7 +1,8 @@
 """The journal: one SQLite file (WAL) per run directory, the single source of truth for what was done.
 
 Tables:
-- `meta`: the run's configuration fingerprint and snapshot, its source, and spend set aside.
+- `meta`: the run's configuration fingerprint (whole, and per step: `step_fingerprints`, writing/fingerprints.py)
+  and snapshot, its source, and spend set aside.
 - `records`: one entry per source row ever seen, found by the row's identity (its `--id-field` value, else its
   content), never by its position: `row` is the entry's number (the results' key), `key` the stem of its image
   files (unique, assigned once), `digest` its content when last seen, `position` where it stood in the source at
@@ -21,6 +22,11 @@ entry); an inserted row gets a new entry; a deleted row's entry stays (its spend
 in the output; a row whose id stayed but whose content changed has its results set aside and is sent again.
 Journals of the first layout (rows keyed by position) are adopted row by row when content and position agree.
 
+A RUNDIR is bound to one configuration (`bind`), judged per step (writing/fingerprints.py): a step whose
+fingerprint changed has its results discarded when nothing of it was paid for, or when `--restart-step` names it
+or a step it reads (their image files are listed for the runner to remove; their cost stays in the spend), and
+is refused otherwise, the refusal naming the narrowest way on; `--restart` clears the whole run.
+
 Commits happen per finished call, after the images are on disk: a kill loses at most the calls in flight, and
 their intents keep their cost in the spend. `spent` = results' cost + unanswered + spend set aside + intents.
 A write that fails for the disk's sake (full, quota, read-only, I/O error) raises `DiskFull`, the transaction
@@ -34,7 +40,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +51,7 @@ import orjson
 from pixelmill.errors import ConfigError, DiskFull
 from pixelmill.reading import jsonio
 from pixelmill.reading.records import Record, default_key, sanitize_key
+from pixelmill.writing import fingerprints as fp
 
 SCHEMA_VERSION = "2"
 
@@ -123,6 +130,43 @@ class StepState:
     outputs: list[str] = field(default_factory=list)
     cost: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Rebinding:
+    """What binding a configuration to a RUNDIR changed (`Journal.bind`)."""
+
+    restart: bool = False  # --restart: the whole run was discarded (`paid` says what it held)
+    changes: str = ""  # what changed, as `steps.s.prompt: 'a' -> 'b'`; "" when nothing did
+    steps: list[str] = field(default_factory=list)  # the steps whose results were discarded, in step order
+    paid: dict[str, tuple[int, float]] = field(default_factory=dict)  # step -> (paid rows discarded, their cost)
+    cleared: list[str] = field(default_factory=list)  # discarded steps that held nothing paid
+    kept: dict[str, int] = field(default_factory=dict)  # step -> done rows kept
+    dropped: dict[str, int] = field(default_factory=dict)  # steps no longer configured -> their paid rows
+    files: list[str] = field(default_factory=list)  # image files (relative to RUNDIR) of the discarded results
+    fingerprints: dict[str, dict[str, Any]] = field(default_factory=dict)  # what the journal keeps
+
+    def lines(self) -> list[str]:
+        """What a user is told of it (nothing when nothing was discarded)."""
+        rows, cost = _total(self.paid.values())
+        if self.restart:
+            return [f"--restart: discarded the earlier run: {_paid_rows(self.paid)} are made and paid again"] \
+                if rows else []
+        out = []
+        if self.paid:
+            kept = "; kept: " + ", ".join(f"{n}'s {k} done rows" for n, k in self.kept.items()) if self.kept else ""
+            out.append(f"--restart-step: discarded {rows} paid rows of {', '.join(self.paid)} (${cost:.4f}, still "
+                       f"counted in this folder's spend) and removed their images: they are made again{kept}")
+        if self.cleared and self.changes:
+            out.append(f"the configuration changed ({self.changes}); nothing of {', '.join(self.cleared)} had been "
+                       "paid for: it runs with the new one")
+        elif self.cleared:
+            out.append(f"--restart-step: nothing of {', '.join(self.cleared)} had been paid for: it is made again")
+        if self.dropped:
+            steps = ", ".join(f"{n} ({k} paid rows)" for n, k in self.dropped.items())
+            out.append(f"no longer in the configuration: {steps}; the journal keeps their results (and their spend), "
+                       "the output leaves them out")
+        return out
 
 
 class Journal:
@@ -213,28 +257,175 @@ class Journal:
             raise DiskFull(f"{what} writing the journal {self.path}: {advice} and run the same command again") \
                 from None
 
-    def bind(self, fingerprint: dict[str, Any], snapshot: dict[str, Any], *, restart: bool) -> None:
-        """Tie this RUNDIR to one configuration: refuse another one unless `restart` (which clears the run)."""
-        mine = orjson.dumps(fingerprint, option=orjson.OPT_SORT_KEYS).decode()
-        theirs = self.get_meta("fingerprint")
-        source = _source_of(snapshot)
-        if not restart:
-            self._check_source(source)
-        if theirs is not None and theirs != mine:
-            if not restart:
-                changed = _diff(orjson.loads(theirs), orjson.loads(mine))
-                raise ConfigError(
-                    f"{self.path.parent.parent} holds a run of another configuration ({changed}). Use another "
-                    "--output folder, or --restart to discard that run and start over."
-                )
+    def bind(self, fingerprint: dict[str, Any], snapshot: dict[str, Any], *, restart: bool,
+             restart_steps: Iterable[str] = ()) -> Rebinding:
+        """Tie this RUNDIR to one configuration (`RunConfig.fingerprint()` and `snapshot()`). What changed is
+        judged per step (writing/fingerprints.py): steps whose results the change invalidates are discarded when
+        nothing of them was paid, or when `restart_steps` names them (or a step they read); else the binding is
+        refused with the narrowest way on. `restart` clears the whole run. Returns what was discarded."""
+        plan = self.plan_binding(fingerprint, snapshot, restart=restart, restart_steps=restart_steps)
+        if plan.restart:
             self.clear()
-        elif restart:
-            self.clear()
+        elif plan.steps:
+            self._discard(plan.steps)
         self.set_meta("schema", SCHEMA_VERSION)
+        source = _source_of(snapshot)
         if source is not None:
             self.set_meta("source", source)
-        self.set_meta("fingerprint", mine)
+        self.set_meta("fingerprint", fp.canonical(fingerprint))
+        self.set_meta("step_fingerprints", fp.canonical(plan.fingerprints))
         self.set_meta("config", orjson.dumps(snapshot, option=orjson.OPT_SORT_KEYS).decode())
+        return plan
+
+    def plan_binding(self, fingerprint: dict[str, Any], snapshot: dict[str, Any], *, restart: bool,
+                     restart_steps: Iterable[str] = ()) -> Rebinding:
+        """What `bind` would do, without writing anything (`estimate` asks too); a `ConfigError` when it would
+        refuse."""
+        if not restart:
+            self._check_source(_source_of(snapshot))
+        mine = fp.from_whole(fingerprint, _step_order(snapshot))
+        paid = self._paid()
+        if restart:
+            return Rebinding(restart=True, paid=paid, fingerprints=mine)
+        theirs_whole = self._stored_whole()
+        if theirs_whole is None:  # a new RUNDIR (or one cleared): nothing to keep or discard
+            return Rebinding(fingerprints=mine)
+        theirs = self._stored_steps(theirs_whole)
+        present = {str(s) for (s,) in self.db.execute("SELECT step FROM results UNION SELECT step FROM intents")}
+        identity_changed = theirs_whole.get("id_field") != fingerprint.get("id_field")
+        if identity_changed:  # every row has another identity: no step keeps its rows
+            changed = [n for n in mine if n in present or n in theirs]
+            changes = _diff(theirs_whole.get("id_field"), fingerprint.get("id_field"), "id_field")
+        else:
+            changed = [n for n in mine if (n in theirs and not fp.same(theirs[n], mine[n]))
+                       or (n not in theirs and n in present)]
+            changes = "; ".join(_step_diff(n, theirs.get(n), mine[n]) for n in fp.roots(mine, changed))
+        asked = fp.readers(mine, restart_steps)
+        invalid = fp.readers(mine, [*changed, *asked])
+        blocked = [n for n in invalid if n in paid and n not in asked]
+        if blocked:
+            raise self._refusal(changes, mine, changed, blocked, paid,
+                                narrow=bool(snapshot.get("pipeline")) and not identity_changed)
+        dropped = [n for n in _step_order(self._stored_snapshot()) if n not in mine and n in paid]
+        for new in (n for n in mine if n not in theirs and n not in present and n not in asked):
+            for old in dropped:  # a renamed step: results are kept by step name, so all its rows would be paid again
+                if fp.same(theirs.get(old, {}).get("config"), mine[new]["config"]):
+                    raise ConfigError(
+                        f"{self.path.parent.parent}: step {new!r} is new, and step {old!r}, made with the same "
+                        f"settings ({paid[old][0]} paid rows), is no longer in the configuration: renaming a step "
+                        f"makes all its rows again. Keep the name {old!r}, or --restart-step {new} to make them "
+                        "again under the new name."
+                    )
+        done = self._done_counts()
+        return Rebinding(
+            dropped={n: paid[n][0] for n in dropped},
+            changes=changes if changed else "",
+            steps=[n for n in invalid if n in present],
+            paid={n: paid[n] for n in invalid if n in paid},
+            cleared=[n for n in invalid if n in present and n not in paid],
+            kept={n: done[n] for n in mine if n not in invalid and done.get(n)},
+            files=self._files_of([n for n in invalid if n in present]),
+            fingerprints={**theirs, **mine},  # a step dropped from the configuration keeps its own
+        )
+
+    def _stored_whole(self) -> dict[str, Any] | None:
+        raw = self.get_meta("fingerprint")
+        value = orjson.loads(raw) if raw is not None else None
+        return value if isinstance(value, dict) else None
+
+    def _stored_steps(self, whole: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The step fingerprints this RUNDIR was made with; a journal that kept only the whole configuration's
+        fingerprint (the first layout) has them derived from it, its steps in the order of its snapshot."""
+        raw = self.get_meta("step_fingerprints")
+        if raw is not None:
+            stored = orjson.loads(raw)
+            if isinstance(stored, dict):
+                return stored
+        return fp.from_whole(whole, _step_order(self._stored_snapshot()))
+
+    def _stored_snapshot(self) -> dict[str, Any]:
+        try:
+            snapshot = orjson.loads(self.get_meta("config") or "{}")
+        except orjson.JSONDecodeError:
+            return {}
+        return snapshot if isinstance(snapshot, dict) else {}
+
+    def _paid(self) -> dict[str, tuple[int, float]]:
+        """Per step, the rows whose results hold paid work (done, or charged: calls billed or that may have
+        been), with what they cost; calls still in flight when a run was killed (intents) count too."""
+        out: dict[str, tuple[int, float]] = {}
+        query = ("SELECT step, COUNT(*), SUM(cost + unanswered) FROM results WHERE status = 'done' OR "
+                 "cost + unanswered > 0 GROUP BY step UNION ALL SELECT step, COUNT(*), SUM(reserved) FROM intents "
+                 "GROUP BY step")
+        for step, rows, cost in self.db.execute(query):
+            before = out.get(step, (0, 0.0))
+            out[step] = (before[0] + int(rows), before[1] + float(cost or 0.0))
+        return out
+
+    def _done_counts(self) -> dict[str, int]:
+        return {str(s): int(n) for s, n in self.db.execute(
+            "SELECT step, COUNT(*) FROM results WHERE status = 'done' GROUP BY step")}
+
+    def _files_of(self, steps: list[str]) -> list[str]:
+        """The image files (relative to RUNDIR) that the results of `steps` wrote: outputs, every turn's."""
+        files: set[str] = set()
+        for outputs, info in self._select_in("SELECT outputs, info FROM results WHERE step IN ({})", steps):
+            files.update(p for p in orjson.loads(outputs) if isinstance(p, str))
+            meta = orjson.loads(info)
+            if isinstance(meta.get("sizes"), dict):
+                files.update(str(p) for p in meta["sizes"])
+            for turn in meta.get("turns") or []:
+                if isinstance(turn, dict):
+                    files.update(p for p in turn.get("images") or [] if isinstance(p, str))
+        return sorted(files)
+
+    def _discard(self, steps: list[str]) -> None:
+        """Delete the results of `steps` (they are made again), and the failures they caused in later steps;
+        what they cost stays in the RUNDIR's spend."""
+        with self._disk():
+            self.db.execute("BEGIN")
+            try:
+                cost = 0.0
+                for (part,) in self._select_in("SELECT SUM(cost + unanswered) FROM results WHERE step IN ({})",
+                                               steps):
+                    cost += float(part or 0.0)
+                if cost:
+                    before = float(self.get_meta("spent_set_aside") or 0.0)
+                    self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('spent_set_aside', ?)",
+                                    (repr(before + cost),))
+                self._select_in("DELETE FROM results WHERE step IN ({})", steps)  # in chunks, like any IN
+                # A row stops at its first failed step and marks the later ones failed "upstream" (engine/row.py),
+                # which costs nothing: those are made again once the step before them is.
+                self.db.execute("DELETE FROM results WHERE status = 'failed' AND cost + unanswered = 0 AND "
+                                "json_extract(info, '$.error.kind') = 'upstream'")
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+
+    def _refusal(self, changes: str, mine: dict[str, dict[str, Any]], changed: list[str], blocked: list[str],
+                 paid: dict[str, tuple[int, float]], *, narrow: bool) -> ConfigError:
+        """The refusal of a configuration that would discard paid work, with the narrowest way on: the steps
+        to redo (a pipeline), else --restart, which says what it discards."""
+        rundir = self.path.parent.parent
+        everything = f"--restart to discard all {_paid_rows(paid)} and start over"
+        if not narrow:
+            return ConfigError(f"{rundir} holds a run of another configuration ({changes}). Use another --output "
+                               f"folder, or {everything}.")
+        names = [n for n in fp.roots(mine, changed) if set(fp.readers(mine, [n])) & set(blocked)]
+        redo = fp.readers(mine, names)
+        redo_rows, redo_cost = _total(paid[n] for n in redo if n in paid)
+        done = self._done_counts()
+        kept = [f"{n}'s {done[n]} done rows" for n in mine if n not in redo and done.get(n)]
+        flags = " ".join(f"--restart-step {n}" for n in names)
+        steps = ", ".join(n for n in redo if n in paid)
+        keeps = f"; keeps {', '.join(kept)}" if kept else ""
+        return ConfigError(
+            f"{rundir} holds a run of another configuration ({changes}). To redo only what changed: {flags} "
+            f"(discards the {redo_rows} paid rows of {steps}, ${redo_cost:.4f}{keeps}). Or {everything}, or use "
+            "another --output folder."
+        )
 
     def _check_source(self, source: str | None) -> None:
         """Refuse a RUNDIR that holds the run of another input file that still exists (`batch1/prompts.jsonl`
@@ -480,7 +671,7 @@ class Journal:
             out.setdefault(step, {})[status] = n
         return out
 
-    def _select_in(self, query: str, values: list[int], prefix: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+    def _select_in(self, query: str, values: Sequence[Any], prefix: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         out: list[tuple[Any, ...]] = []
         prefix = tuple(prefix)
         for start in range(0, len(values), 500):
@@ -504,6 +695,34 @@ def _source_of(snapshot: dict[str, Any]) -> str | None:
     if not isinstance(source, str):
         return None
     return source if source.startswith("hf:") else str(Path(source).resolve())
+
+
+def _step_order(snapshot: dict[str, Any]) -> list[str]:
+    steps = snapshot.get("steps")
+    return [str(s["name"]) for s in steps if isinstance(s, dict) and "name" in s] if isinstance(steps, list) else []
+
+
+def _step_diff(name: str, old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """What changed in one step: its own configuration, else the steps whose outputs it reads."""
+    if old is None:
+        return f"steps.{name}: new"
+    if not fp.same(old.get("config"), new["config"]):
+        return _diff(old.get("config"), new["config"], f"steps.{name}")
+    return f"steps.{name} reads: {sorted(old.get('reads') or {})} -> {sorted(new['reads'])}"
+
+
+def _paid_rows(paid: dict[str, tuple[int, float]]) -> str:
+    """`9 paid rows of 3 steps ($0.4543)`: what --restart discards."""
+    rows, cost = _total(paid.values())
+    steps = f" of {len(paid)} steps" if len(paid) > 1 else ""
+    return f"{rows} paid rows{steps} (${cost:.4f})"
+
+
+def _total(items: Iterable[tuple[int, float]]) -> tuple[int, float]:
+    rows, cost = 0, 0.0
+    for n, c in items:
+        rows, cost = rows + n, cost + c
+    return rows, cost
 
 
 def _diff(old: Any, new: Any, path: str = "") -> str:
