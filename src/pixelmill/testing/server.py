@@ -28,7 +28,7 @@ from pixelmill.testing.images import ImageCache
 from pixelmill.testing.jobs import Job
 from pixelmill.testing.keys import wants_gemini
 from pixelmill.testing.log import RequestRecord
-from pixelmill.testing.routes import fal, gemini, openai, replicate
+from pixelmill.testing.routes import bfl, fal, gemini, hf, openai, replicate
 from pixelmill.testing.state import EmulatorState
 
 
@@ -54,7 +54,11 @@ def build_app(state: EmulatorState) -> web.Application:
     # `GET /v1/models` is OpenAI's and (since google-genai 3.x defaults to v1) Gemini's: the key tells which.
     app.router.add_get("/v1/models", _by_key(openai=openai_routes.models, gemini=gemini_routes.list_models))
     app.router.add_get("/v1/models/{target}", _by_key(openai=openai_routes.model, gemini=gemini_routes.get_model))
+    # Replicate (`/v1/predictions`, `/v1/models/{o}/{n}/predictions`) and BFL (`/v1/flux-*`, `/v1/get_result`)
+    # share `/v1/` with OpenAI by paths no other API uses.
     replicate.register(app, state)
+    bfl.register(app, state)
+    hf.register(app, state)
     fal_routes = fal.register(app, state)
     # fal submits at `/{model id}`, any depth: a POST no other API owns is fal's when it says so (`fal.wants`).
     app.router.add_post("/{tail:.+}", _when(fal.wants, fal_routes.submit))
