@@ -63,3 +63,17 @@ def test_errors(emulator_thread: Emulator) -> None:
     assert _post(base, {"inputs": "x", "parameters": {"width": 1001}})[0] == 400
     assert _post(f"{emulator_thread.url}/hf-inference/models/noslash", {"inputs": "x"})[0] == 404
     assert _post(base, {"inputs": "x [[fault:server_error]]"})[0] == 500
+
+
+def test_submits_counter_over_http(emulator_thread: Emulator) -> None:
+    """Drills that run `pixelmill emulate` in its own process read the submits per prompt over HTTP."""
+    for prompt in ("a", "a", "b"):
+        request = urllib.request.Request(f"{emulator_thread.url}/v1/flux-pro-1.1",
+                                         data=json.dumps({"prompt": prompt}).encode(), method="POST",
+                                         headers={"Content-Type": "application/json", "x-key": "k"})
+        urllib.request.urlopen(request).close()
+    with urllib.request.urlopen(f"{emulator_thread.url}/_emulator/submits?family=bfl") as resp:
+        assert json.loads(resp.read()) == {"a": 2, "b": 1}
+    with urllib.request.urlopen(f"{emulator_thread.url}/_emulator/submits?by=model") as resp:
+        assert json.loads(resp.read()) == {"flux-pro-1.1": 3}
+    assert emulator_thread.hf_endpoint_url("e") == f"{emulator_thread.url}/hf-endpoint/e"
