@@ -96,9 +96,10 @@ def test_format_hf_without_datasets_sends_nothing(emulator_thread: Emulator, tmp
 
 
 def test_estimate_says_it_too(tmp_path: Path) -> None:
-    src = write_jsonl(tmp_path / "in.jsonl", prompts(2))
-    done = pixelmill(tmp_path, "estimate", src, "--format", "hf", block="datasets")
-    assert done.returncode == 2 and "pip install 'pixelmill[hf]'" in done.stderr
+    # `estimate` takes no --format (it writes no output): a source that needs datasets is what it must check.
+    src = saved_dataset(tmp_path / "ds", prompts(2))
+    done = pixelmill(tmp_path, "estimate", src, block="datasets")
+    assert done.returncode == 2 and "pip install 'pixelmill[hf]'" in done.stderr, done.stderr
 
 
 def test_hf_source_without_datasets(emulator_thread: Emulator, tmp_path: Path) -> None:
