@@ -17,6 +17,7 @@ Layout (imports run down this list, never up, and none inside a function goes up
   owns binding, start and stop. Only this `__init__` imports it.
 - `routes/`: one module per API, `openai` (OpenAI and Azure) and `gemini`; neither imports the other.
 - `validation/`: each API's request rules (`openai`, `gemini`), turning a request into a job or a 400.
+- `answers/`: each API's success answers from a job (`openai`, `gemini`), shared by the synchronous and batch routes.
 - `exchange`: one request's way through, the same for every API: log and count (`observe`), decide its fate
   and wait (`admit`), answer or damage the answer (`send`, `cut`).
 - `state`: `EmulatorState`, everything shared across requests: config, model table, log, in-flight counts,
