@@ -1,4 +1,4 @@
-"""What the emulator can be told: latency, rate limits, faults, keys, deployments, image padding.
+"""What the emulator can be told: latency, rate limits, faults, keys, deployments, image padding, batch clock.
 
 One pydantic model, validated on every change (`Emulator.configure(**changes)` builds a new one), so a typo in
 a fault name or a probability above 1 fails at once with the allowed values named.
@@ -32,6 +32,9 @@ FAULTS: tuple[str, ...] = (
     "auth",  # 401 invalid_api_key (Azure 401; Gemini 400 API_KEY_INVALID)
     "quota",  # OpenAI 429 insufficient_quota (no Retry-After); Gemini 429 RESOURCE_EXHAUSTED, daily quota
 )
+
+# What `batch_fates` may name (see `batches` for what each does).
+BATCH_FATES: tuple[str, ...] = ("normal", "expire", "fail", "slow", "stall")
 
 # Not a failure: Gemini answers carry thought parts (with draft images) before the final image.
 MODIFIERS: tuple[str, ...] = ("thoughts",)
@@ -69,6 +72,14 @@ class EmulatorConfig(BaseModel):
     image_bytes: int | None = Field(default=None, ge=0)  # pad every image to about this many bytes
     gemini_mime: str = "image/png"  # what Gemini answers carry (the API does not let the client choose)
     max_log: int = Field(default=50_000, ge=0)  # oldest log entries are dropped past this (0: no limit)
+    # Batch APIs (OpenAI Batch, Gemini Batch Mode) on an accelerated clock. A batch has answered all its lines
+    # `batch_latency` seconds after its creation; `batch_window` seconds stand for 24 h (OpenAI's completion
+    # window; Gemini's 48 h expiry is twice that). `batch_fates` decides the next batches created, in order
+    # (then `normal`): `expire` (the window closes with half the lines answered), `fail` (validation fails),
+    # `slow` (ten times the latency), `stall` (no line is answered until the batch is cancelled or expires).
+    batch_latency: float = Field(default=1.0, ge=0)
+    batch_window: float = Field(default=3600.0, gt=0)
+    batch_fates: tuple[str, ...] = ()
 
     @field_validator("faults")
     @classmethod
@@ -81,6 +92,14 @@ class EmulatorConfig(BaseModel):
         total = sum(p for name, p in value.items() if name in FAULTS)
         if total > 1.0 + 1e-9:
             raise ValueError(f"fault probabilities add up to {total:.3f}; they must add up to at most 1")
+        return value
+
+    @field_validator("batch_fates")
+    @classmethod
+    def _known_fates(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for fate in value:
+            if fate not in BATCH_FATES:
+                raise ValueError(f"unknown batch fate {fate!r}; known: {', '.join(BATCH_FATES)}")
         return value
 
     @field_validator("fail_with")

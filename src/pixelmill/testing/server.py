@@ -21,12 +21,13 @@ from aiohttp.typedefs import Handler
 from pixelmill.errors import ConfigError
 from pixelmill.models.table import ModelTable
 from pixelmill.testing import wire_errors as we
+from pixelmill.testing.batches import BatchStore
 from pixelmill.testing.config import EmulatorConfig
 from pixelmill.testing.exchange import observe
 from pixelmill.testing.images import ImageCache
 from pixelmill.testing.keys import wants_gemini
 from pixelmill.testing.log import RequestRecord
-from pixelmill.testing.routes import gemini, openai
+from pixelmill.testing.routes import gemini, openai, openai_batch
 from pixelmill.testing.state import EmulatorState
 
 
@@ -47,11 +48,18 @@ def check_loopback(host: str) -> None:
 def build_app(state: EmulatorState) -> web.Application:
     """The aiohttp app: every API's routes over `state`, the one path two APIs share, and a catch-all 404."""
     app = web.Application(middlewares=[observe(state)], client_max_size=256 * 1024 * 1024)
+    openai_batches = openai_batch.register(app, state)
     openai_routes = openai.register(app, state)
     gemini_routes = gemini.register(app, state)
     # `GET /v1/models` is OpenAI's and (since google-genai 3.x defaults to v1) Gemini's: the key tells which.
     app.router.add_get("/v1/models", _by_key(openai=openai_routes.models, gemini=gemini_routes.list_models))
     app.router.add_get("/v1/models/{target}", _by_key(openai=openai_routes.model, gemini=gemini_routes.get_model))
+    # The batch APIs' shared paths: OpenAI's Files and Batches under /v1 are Gemini's under v1 too.
+    app.router.add_get("/v1/files", _by_key(openai=openai_batches.list_files, gemini=_gemini_only))
+    app.router.add_get("/v1/files/{file_id}", _by_key(openai=openai_batches.get_file, gemini=_gemini_only))
+    app.router.add_delete("/v1/files/{file_id}", _by_key(openai=openai_batches.delete_file, gemini=_gemini_only))
+    app.router.add_get("/v1/batches", _by_key(openai=openai_batches.list_batches, gemini=_gemini_only))
+    app.router.add_get("/v1/batches/{batch_id}", _by_key(openai=openai_batches.get_batch, gemini=_gemini_only))
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 
@@ -61,6 +69,10 @@ def _by_key(*, openai: Handler, gemini: Handler) -> Handler:
         return await (gemini if wants_gemini(request) else openai)(request)
 
     return handler
+
+
+async def _gemini_only(request: web.Request) -> web.StreamResponse:
+    return await _not_found(request)
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:
@@ -123,6 +135,15 @@ class Emulator:
     @files.setter
     def files(self, files: dict[str, tuple[bytes, str]]) -> None:
         self.state.files = files  # tests swap in a store that forgets (URLs that expire at once)
+
+    @property
+    def batches(self) -> BatchStore:
+        """The batch APIs' files, batches and counters (`batches.counters.billed_twice("openai")`)."""
+        return self.state.batches
+
+    def reset_batches(self) -> None:
+        """Forget every batch file, batch and batch counter."""
+        self.state.batches.reset()
 
     @property
     def secret(self) -> bytes:

@@ -3,9 +3,9 @@
 `EmulatorState` owns the config (replaced as a whole on every change, so a reader on another thread sees the old
 config or the new one, never half of each), the model table, the request log and its sequence numbers, the
 in-flight counts, the seeded fault dice and the count of admitted requests that `fail_after` reads, the rate-limit
-window, the image cache, the files that DALL·E `url` answers point at, and the secret that signs Gemini thought
-signatures. Route modules import this module; they never import the server (which builds the app around one
-state) nor each other.
+window, the image cache, the files that DALL·E `url` answers point at, the secret that signs Gemini thought
+signatures, and the batch APIs' store (`batches.BatchStore`: files on disk, batches, counters). Route modules
+import this module; they never import the server (which builds the app around one state) nor each other.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import secrets
 from typing import Any
 
 from pixelmill.models.table import ModelTable, builtin_table
+from pixelmill.testing.batches import BatchStore
 from pixelmill.testing.config import EmulatorConfig
 from pixelmill.testing.faults import FaultDice
 from pixelmill.testing.images import ImageCache
@@ -37,6 +38,7 @@ class EmulatorState:
         self.in_flight = 0
         self.max_in_flight = 0
         self.files: dict[str, tuple[bytes, str]] = {}  # DALL·E url answers: name -> (bytes, mime)
+        self.batches = BatchStore(config.seed)  # batch APIs: files on disk, batches, their counters
 
     @property
     def config(self) -> EmulatorConfig:
@@ -52,6 +54,8 @@ class EmulatorState:
             self.window.reset()
         if "fail_after" in changes:
             self.admitted = 0
+        if "batch_fates" in changes:
+            self.batches.fates_used = 0
         self.log.resize(new.max_log)
         self._config = new
         return new
