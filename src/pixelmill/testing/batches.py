@@ -16,9 +16,10 @@ API's completion window, `batch_window` standing for 24 h):
     not done at created + W ─▶ expired     (lines answered by then are kept and billed, the rest are left over)
     cancel ─▶ cancelling (the API's delay) ─▶ cancelled   (lines answered before the cancel are kept)
 
-Lines are answered in a seeded random order (`shuffle`), so output files are not in input order and a partial
-batch holds a random subset. What a route makes of expired and cancelled leftovers, and whether an expired
-batch keeps or discards its answers, is the route's (`Batch.discard_on`): OpenAI keeps them, Gemini discards.
+Lines are answered in a seeded random order (`shuffle`; OpenAI) or in input order (Gemini), so OpenAI's output
+files are not in input order and a partial batch holds a random subset. What a route makes of expired and
+cancelled leftovers, and whether an expired batch keeps or discards its answers, is the route's
+(`Batch.discard_on`): OpenAI keeps them, Gemini discards.
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ class Batch:
     extra: dict[str, Any] = field(default_factory=dict)  # wire fields the route keeps (output_expires_after, …)
     discard_on: frozenset[str] = frozenset()  # end states whose answers are dropped and not billed (Gemini)
     on_end: Callable[[Batch], None] | None = None  # the route's publishing of output files, under the lock
+    shuffled: bool = True  # answer lines in a random order (OpenAI) or in input order (Gemini)
+    one_file: bool = False  # error lines go to the output file too (Gemini)
     status: str = VALIDATING
     times: dict[str, float] = field(default_factory=dict)  # state -> when it was entered
     errors: list[dict[str, Any]] = field(default_factory=list)  # batch-level (validation) errors
@@ -242,7 +245,7 @@ class BatchStore:
                 batch.times[FAILED] = start
                 batch.status = FAILED
                 return
-            batch.order = self.shuffle(batch.total)
+            batch.order = self.shuffle(batch.total) if batch.shuffled else array.array("l", range(batch.total))
             batch.status = IN_PROGRESS
             batch.times[IN_PROGRESS] = start
         if batch.status in (IN_PROGRESS, FINALIZING):
@@ -281,7 +284,7 @@ class BatchStore:
             for position in range(batch.answered, due):
                 source.seek(batch.offsets[batch.order[position]])
                 result = batch.answer(source.readline())
-                (ok_file if result.ok else bad_file).write(result.data)
+                (ok_file if result.ok or batch.one_file else bad_file).write(result.data)
                 if result.ok:
                     batch.completed += 1
                 else:

@@ -27,7 +27,7 @@ from pixelmill.testing.exchange import observe
 from pixelmill.testing.images import ImageCache
 from pixelmill.testing.keys import wants_gemini
 from pixelmill.testing.log import RequestRecord
-from pixelmill.testing.routes import gemini, openai, openai_batch
+from pixelmill.testing.routes import gemini, gemini_batch, openai, openai_batch
 from pixelmill.testing.state import EmulatorState
 
 
@@ -48,18 +48,20 @@ def check_loopback(host: str) -> None:
 def build_app(state: EmulatorState) -> web.Application:
     """The aiohttp app: every API's routes over `state`, the one path two APIs share, and a catch-all 404."""
     app = web.Application(middlewares=[observe(state)], client_max_size=256 * 1024 * 1024)
+    # The batch routes first: `models/{m}:batchGenerateContent` would otherwise match the sync `{target}`.
     openai_batches = openai_batch.register(app, state)
+    gemini_batches = gemini_batch.register(app, state)
     openai_routes = openai.register(app, state)
     gemini_routes = gemini.register(app, state)
     # `GET /v1/models` is OpenAI's and (since google-genai 3.x defaults to v1) Gemini's: the key tells which.
     app.router.add_get("/v1/models", _by_key(openai=openai_routes.models, gemini=gemini_routes.list_models))
     app.router.add_get("/v1/models/{target}", _by_key(openai=openai_routes.model, gemini=gemini_routes.get_model))
     # The batch APIs' shared paths: OpenAI's Files and Batches under /v1 are Gemini's under v1 too.
-    app.router.add_get("/v1/files", _by_key(openai=openai_batches.list_files, gemini=_gemini_only))
-    app.router.add_get("/v1/files/{file_id}", _by_key(openai=openai_batches.get_file, gemini=_gemini_only))
-    app.router.add_delete("/v1/files/{file_id}", _by_key(openai=openai_batches.delete_file, gemini=_gemini_only))
-    app.router.add_get("/v1/batches", _by_key(openai=openai_batches.list_batches, gemini=_gemini_only))
-    app.router.add_get("/v1/batches/{batch_id}", _by_key(openai=openai_batches.get_batch, gemini=_gemini_only))
+    for method, path, name in (("GET", "/v1/files", "list_files"), ("GET", "/v1/files/{file_id}", "get_file"),
+                               ("DELETE", "/v1/files/{file_id}", "delete_file"),
+                               ("GET", "/v1/batches", "list_batches"), ("GET", "/v1/batches/{batch_id}", "get_batch")):
+        app.router.add_route(method, path, _by_key(openai=getattr(openai_batches, name),
+                                                   gemini=getattr(gemini_batches, name)))
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 
@@ -69,10 +71,6 @@ def _by_key(*, openai: Handler, gemini: Handler) -> Handler:
         return await (gemini if wants_gemini(request) else openai)(request)
 
     return handler
-
-
-async def _gemini_only(request: web.Request) -> web.StreamResponse:
-    return await _not_found(request)
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:
