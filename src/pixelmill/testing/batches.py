@@ -191,7 +191,7 @@ class BatchStore:
         """Forget every file, batch and count (the files on disk are removed)."""
         for stored in list(self.files.values()):
             self.delete_file(stored.id)
-        for batch in self.batches.values():
+        for batch in list(self.batches.values()):
             for path in (batch.input_path, batch.output_path, batch.error_path):
                 if path is not None:
                     with contextlib.suppress(OSError):
@@ -308,11 +308,12 @@ class BatchStore:
         if batch.on_end is not None:
             batch.on_end(batch)
 
-    def read_line(self, batch: Batch, index: int) -> bytes:
-        """Input line `index` of `batch` (for leftovers)."""
+    def read_lines(self, batch: Batch, indices: list[int]) -> Iterator[bytes]:
+        """Input lines of `batch` at `indices` (for leftovers), from one open file."""
         with batch.input_path.open("rb") as source:
-            source.seek(batch.offsets[index])
-            return source.readline()
+            for index in indices:
+                source.seek(batch.offsets[index])
+                yield source.readline()
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:

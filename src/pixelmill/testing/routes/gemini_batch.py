@@ -172,7 +172,7 @@ class GeminiBatchRoutes:
                                     "not starting or ending with a dash.")
         else:
             name = name if name.startswith("files/") else f"files/{name}"
-        if name in self.store.files or any(u.name == name for u in self.uploads.values()):
+        if name in self.store.files or any(u.name == name for u in list(self.uploads.values())):
             raise we.gemini_error(409, "ALREADY_EXISTS", f"File {name} already exists.")
         declared_text = headers.get("x-goog-upload-header-content-length")
         declared = int(declared_text) if declared_text and declared_text.isdigit() else None
@@ -247,7 +247,7 @@ class GeminiBatchRoutes:
 
     async def list_files(self, request: web.Request) -> web.StreamResponse:
         self._auth(request, "files")
-        files = [f for f in self.store.files.values() if f.api == "gemini"]
+        files = [f for f in list(self.store.files.values()) if f.api == "gemini"]  # snapshot: threads add files
         files.reverse()
         page, token = _page(files, request)
         body: dict[str, Any] = {"files": [_file_object(f, str(request.url.origin())) for f in page]}
@@ -300,7 +300,7 @@ class GeminiBatchRoutes:
 
     async def list_batches(self, request: web.Request) -> web.StreamResponse:
         self._auth(request, "batches")
-        batches = [b for b in self.store.batches.values() if b.api == "gemini"]
+        batches = [b for b in list(self.store.batches.values()) if b.api == "gemini"]
         batches.reverse()
         page, token = _page(batches, request)
         for batch in page:

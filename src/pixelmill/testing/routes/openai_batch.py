@@ -190,7 +190,8 @@ class OpenAIBatchRoutes:
         if order not in ("asc", "desc"):
             raise we.invalid_value("order", order, ("asc", "desc"))
         limit = _limit(request, 10_000, 10_000)
-        files = [f for f in self.store.files.values()
+        # Snapshots (`list(...)` copies in one step): worker threads add output files while batches end.
+        files = [f for f in list(self.store.files.values())
                  if f.api == "openai" and (purpose is None or f.purpose == purpose)]
         if order == "desc":
             files.reverse()
@@ -263,7 +264,7 @@ class OpenAIBatchRoutes:
     async def list_batches(self, request: web.Request) -> web.StreamResponse:
         self._auth(request, "batches")
         limit = _limit(request, 20, 100)
-        batches = [b for b in self.store.batches.values() if b.api == "openai"]
+        batches = [b for b in list(self.store.batches.values()) if b.api == "openai"]
         batches.reverse()  # newest first
         page, more = _page(batches, request.query.get("after"), limit)
         for batch in page:
@@ -344,8 +345,8 @@ class OpenAIBatchRoutes:
             error_path = batch.error_path or self.store.new_path()
             batch.error_path = error_path
             with error_path.open("ab") as sink:
-                for index in batch.leftovers:
-                    custom_id = orjson.loads(self.store.read_line(batch, index)).get("custom_id")
+                for raw in self.store.read_lines(batch, batch.leftovers):
+                    custom_id = orjson.loads(raw).get("custom_id")
                     line = {"id": _id("batch_req_"), "custom_id": custom_id, "response": None,
                             "error": {"code": "batch_expired",
                                       "message": "This request could not be executed before the completion window "
