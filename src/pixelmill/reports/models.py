@@ -12,6 +12,9 @@ def _price(spec: ModelSpec) -> str:
     if p.per_image:
         low, high = min(p.per_image.values()), max(p.per_image.values())
         return f"${low:.3f}-${high:.3f}/image"
+    if p.per_megapixel is not None:
+        first = f"${p.first_megapixel:g} first MP, then " if p.first_megapixel is not None else ""
+        return f"{first}${p.per_megapixel:g}/MP"
     if p.image_out is not None:
         return f"${p.image_out:g}/1M image tokens out"
     return "unknown"
@@ -35,16 +38,18 @@ def print_models(family: str | None = None) -> None:
     for column in ("model", "provider", "tasks", "sizes / ratios", "n", "qualities", "max input images",
                    "price", "status", "aliases"):
         view.add_column(column)
-    provider_of = {"openai": "openai, azure", "gemini": "gemini", "diffusers": "diffusers"}
+    provider_of = {"openai": "openai, azure", "gemini": "gemini", "diffusers": "diffusers", "fal": "fal",
+                   "bfl": "bfl", "replicate": "replicate", "hf": "hf, hf-endpoint"}
     for spec in table.specs.values():
-        if family and family not in (spec.family, *provider_of[spec.family].split(", ")):
+        providers = provider_of.get(spec.family, spec.family)
+        if family and family not in (spec.family, *providers.split(", ")):
             continue
         sizes = ", ".join(spec.sizes) if spec.sizes else ", ".join(spec.aspect_ratios)
         if spec.size_rule == "free":
             sizes += " (+ any WxH in limits)"
         if spec.image_sizes:
             sizes += f" @ {'/'.join(spec.image_sizes)}"
-        view.add_row(spec.name, provider_of[spec.family], ", ".join(spec.tasks), sizes, str(spec.n_max),
+        view.add_row(spec.name, providers, ", ".join(spec.tasks), sizes, str(spec.n_max),
                      ", ".join(spec.qualities) or "-", str(spec.max_input_images), _price(spec),
                      _status(spec, today), ", ".join(spec.aliases) or "-")
     console = Console()
