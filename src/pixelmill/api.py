@@ -114,7 +114,8 @@ def run_config(
                 notice(f"stopping: waiting for the calls in flight to finish ({name} again to stop at once)")
                 runners[0].stop(f"interrupted ({name}): run the same command again to continue")
             else:
-                notice("stopping now: calls in flight are abandoned and will be sent again by a re-run")
+                notice("stopping now: calls in flight are abandoned and will be sent again by a re-run (remote jobs "
+                       "stay journaled: a re-run collects them)")
                 runners[0].stop_now(f"interrupted ({name} twice): run the same command again to continue")
 
         # SIGHUP (the terminal closed, an ssh session dropped) drains like SIGTERM: calls in flight were paid.
