@@ -15,8 +15,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from bench.jobs_kill import drill
+
 from pixelmill.testing import Emulator, EmulatorConfig, ThreadRunner
 from tests.runs import read_output, write_jsonl
 
