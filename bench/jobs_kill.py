@@ -2,6 +2,7 @@
 resumed to the end; the emulator counts the jobs created per row.
 
     PYTHONPATH=src python -m bench.jobs_kill [--rows 200] [--concurrency 16] [--latency 2] [--kills 5] [--seed 1]
+        [--submit-latency 0.3]
 
 What must hold (checked, and printed): every row done; no row submitted twice except rows whose submit was in
 flight at a kill (its intent journaled, its answer not: the journal notes each as a lost submit); at most one
@@ -47,15 +48,16 @@ def _command(src: Path, out: Path, emu: Emulator, concurrency: int) -> list[str]
 
 
 def drill(workdir: Path, *, rows: int = 200, concurrency: int = 16, latency: float = 2.0, kills: int = 5,
-          seed: int = 1, wait: tuple[float, float] = (0.0, 3.0)) -> dict[str, Any]:
+          seed: int = 1, wait: tuple[float, float] = (0.0, 3.0), submit_latency: float = 0.0) -> dict[str, Any]:
     """Run the drill in `workdir`: each of `kills` runs is SIGKILLed `wait` seconds (uniform) after its first
-    submit reached the emulator, then one run goes to the end."""
+    submit reached the emulator, then one run goes to the end. `submit_latency`: seconds each answer (a
+    submit's too) takes, so that kills find submits in flight."""
     rng = random.Random(seed)
     src = workdir / "in.jsonl"
     src.write_bytes(b"".join(orjson.dumps({"prompt": f"drill row {i}"}) + b"\n" for i in range(rows)))
     out = workdir / "out"
     env = {**os.environ, "FAL_KEY": KEY}
-    emu = Emulator(EmulatorConfig(job_latency=latency, job_jitter=0.25))
+    emu = Emulator(EmulatorConfig(job_latency=latency, job_jitter=0.25, latency=submit_latency))
     with ThreadRunner(emu):
         command = _command(src, out, emu, concurrency)
         in_flight = 0  # submits whose intent was journaled and answer not, at each kill
@@ -111,10 +113,11 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=2.0)
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--submit-latency", type=float, default=0.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         figures = drill(Path(tmp), rows=args.rows, concurrency=args.concurrency, latency=args.latency,
-                        kills=args.kills, seed=args.seed)
+                        kills=args.kills, seed=args.seed, submit_latency=args.submit_latency)
     for key, value in figures.items():
         print(f"{key}: {value}")
     ok = (figures["done"] == args.rows and not figures["twice_without_lost_submit"]

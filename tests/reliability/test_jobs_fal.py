@@ -57,12 +57,14 @@ def no_key_anywhere(emu: Emulator, out: Path, *texts: bytes) -> None:
 
 
 def test_sigkill_at_random_moments_then_resume_submits_twice_only_what_was_in_flight(tmp_path: Path) -> None:
-    figures = drill(tmp_path, rows=40, concurrency=8, latency=0.5, kills=3, seed=7, wait=(0.0, 1.5))
+    figures = drill(tmp_path, rows=40, concurrency=8, latency=0.5, kills=3, seed=7, wait=(0.0, 1.5),
+                    submit_latency=0.2)
     assert figures["done"] == 40
     assert figures["twice_without_lost_submit"] == []
     assert figures["extra_submits"] <= figures["submits_in_flight_at_kills"]
     assert figures["max_submits_per_row"] <= 2
     assert figures["key_on_media"] == 0 and figures["key_in_files"] == []
+    assert figures["live_jobs_at_kills"] > 0  # the kills found jobs to collect
 
 
 def test_ctrl_c_collects_the_jobs_in_flight_and_a_rerun_submits_none_again(emu: Emulator, tmp_path: Path) -> None:
