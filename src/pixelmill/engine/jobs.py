@@ -268,7 +268,9 @@ class JobSender:
             add_unanswered(book.state.info, 1, held.reserved)
             return Failure(result_lost(handle, error), submits)
         held.settle(0.0)  # failed on the provider's side (or refused): not billed
-        delay = None if self.stopping.is_set() else next_delay(self.policy, retry, error, self.sender.rng)
+        delay = next_delay(self.policy, retry, error, self.sender.rng)
+        if delay is not None and self.stopping.is_set():
+            raise Stopped()  # would be submitted again, but the run is stopping: the row stays pending
         if delay is None:
             return Failure(error, submits)
         book.failed_job(f"job {handle.id}: {error}")
