@@ -41,6 +41,17 @@ class RunStats:
     failed_attempts: dict[str, int] = field(default_factory=dict)  # error kind -> attempts (retried ones too)
     last_failure: str | None = None  # the latest failed attempt's error (messages never hold a key)
     recent: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT_CALLS))  # latest attempts: a 429?
+    # Remote jobs (engine/jobs.py): submitted by this run (resubmits and found lost submits included), being
+    # polled now, submitted again after failing on the provider's side, found by listing after a lost submit,
+    # still running at their deadline, polls made; and, at the end, jobs left running (journaled: a re-run
+    # collects them).
+    jobs_submitted: int = 0
+    jobs_live: int = 0
+    jobs_resubmitted: int = 0
+    jobs_recovered: int = 0
+    jobs_waiting: int = 0
+    polls: int = 0
+    jobs_left: int = 0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 # The providers that serve each family's models (`--provider` filters on these).
-PROVIDERS = {"openai": ("openai", "azure"), "gemini": ("gemini",), "diffusers": ("diffusers",)}
+PROVIDERS = {"openai": ("openai", "azure"), "gemini": ("gemini",), "diffusers": ("diffusers",), "fal": ("fal",),
+             "replicate": ("replicate",), "bfl": ("bfl",), "hf": ("hf", "hf-endpoint")}
 COLUMNS = ("model", "provider", "tasks", "sizes / ratios", "n", "qualities", "max input images", "price", "status",
            "aliases", "presets")
 # Below this width per column besides the model's, the table's words break mid-way: blocks read better.
@@ -58,6 +59,9 @@ def _price(spec: ModelSpec) -> str:
     if p.per_image:
         low, high = min(p.per_image.values()), max(p.per_image.values())
         return f"${low:.3f}-${high:.3f}/image"
+    if p.per_megapixel is not None:
+        first = f"${p.first_megapixel:g} first MP, then " if p.first_megapixel is not None else ""
+        return f"{first}${p.per_megapixel:g}/MP"
     if p.image_out is not None:
         return f"${p.image_out:g}/1M image tokens out"
     return "unknown"
