@@ -125,6 +125,9 @@ FAL_IMAGE_SIZES = {
 # An output whose size the parameters do not say (an aspect ratio alone): about one megapixel as expected,
 # and the model's largest free size (else 4 MP, FLUX.2's limit) as the most it can be.
 DEFAULT_MEGAPIXELS = 1.0
+# A billed megapixel is 1024x1024 pixels: fal and BFL both price a 1024x1024 image as one megapixel (BFL's "1 MP
+# text-to-image" examples; fal's "$0.025 per megapixel" for a square_hd image), not as two started ones.
+MEGAPIXEL = 1024 * 1024
 MAX_MEGAPIXELS = 4.0
 
 
@@ -154,10 +157,10 @@ def _per_megapixel(spec: ModelSpec, params: dict[str, Any], images: int, input_i
     assert per_mp is not None
     pixels = output_pixels(params)
     if pixels is not None:
-        expected_mp = high_mp = pixels[0] * pixels[1] / M
+        expected_mp = high_mp = pixels[0] * pixels[1] / MEGAPIXEL
     else:
         expected_mp = DEFAULT_MEGAPIXELS
-        high_mp = spec.free_size.max_pixels / M if spec.free_size else MAX_MEGAPIXELS
+        high_mp = spec.free_size.max_pixels / MEGAPIXEL if spec.free_size else MAX_MEGAPIXELS
 
     def one(mp: float, inputs_mp: float) -> float:
         started = max(1, math.ceil(mp - 1e-9))  # each megapixel started counts as one
