@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -24,9 +25,10 @@ from pixelmill.testing import wire_errors as we
 from pixelmill.testing.config import EmulatorConfig
 from pixelmill.testing.exchange import observe
 from pixelmill.testing.images import ImageCache
+from pixelmill.testing.jobs import Job
 from pixelmill.testing.keys import wants_gemini
 from pixelmill.testing.log import RequestRecord
-from pixelmill.testing.routes import gemini, openai
+from pixelmill.testing.routes import bfl, fal, gemini, hf, openai, replicate
 from pixelmill.testing.state import EmulatorState
 
 
@@ -45,15 +47,47 @@ def check_loopback(host: str) -> None:
 
 
 def build_app(state: EmulatorState) -> web.Application:
-    """The aiohttp app: every API's routes over `state`, the one path two APIs share, and a catch-all 404."""
+    """The aiohttp app: every API's routes over `state`, the paths APIs share, and a catch-all 404."""
     app = web.Application(middlewares=[observe(state)], client_max_size=256 * 1024 * 1024)
     openai_routes = openai.register(app, state)
     gemini_routes = gemini.register(app, state)
     # `GET /v1/models` is OpenAI's and (since google-genai 3.x defaults to v1) Gemini's: the key tells which.
     app.router.add_get("/v1/models", _by_key(openai=openai_routes.models, gemini=gemini_routes.list_models))
     app.router.add_get("/v1/models/{target}", _by_key(openai=openai_routes.model, gemini=gemini_routes.get_model))
+    # Replicate (`/v1/predictions`, `/v1/models/{o}/{n}/predictions`) and BFL (`/v1/flux-*`, `/v1/get_result`)
+    # share `/v1/` with OpenAI by paths no other API uses.
+    replicate.register(app, state)
+    bfl.register(app, state)
+    app.router.add_get("/_emulator/submits", _submits(state))
+    hf.register(app, state)
+    fal_routes = fal.register(app, state)
+    # fal submits at `/{model id}`, any depth: a POST no other API owns is fal's when it says so (`fal.wants`).
+    app.router.add_post("/{tail:.+}", _when(fal.wants, fal_routes.submit))
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
+
+
+def _submits(state: EmulatorState) -> Handler:
+    """`GET /_emulator/submits[?family=fal][&by=prompt|model]`: jobs created per prompt (or model), for drills
+    that run `pixelmill emulate` in its own process. Carries no key and reveals only prompts sent to it."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        family = request.query.get("family")
+        by = request.query.get("by", "prompt")
+        if (family is not None and family not in state.jobs) or by not in ("prompt", "model"):
+            return web.json_response({"error": "family is one of fal, replicate, bfl; by is prompt or model"},
+                                     status=400)
+        queues = [state.jobs[family]] if family else list(state.jobs.values())
+        return web.json_response(dict(Counter(str(getattr(job, by)) for q in queues for job in q.jobs())))
+
+    return handler
+
+
+def _when(wants: Callable[[web.Request], bool], handler: Handler) -> Handler:
+    async def route(request: web.Request) -> web.StreamResponse:
+        return await (handler if wants(request) else _not_found)(request)
+
+    return route
 
 
 def _by_key(*, openai: Handler, gemini: Handler) -> Handler:
@@ -161,6 +195,15 @@ class Emulator:
     def azure_endpoint(self) -> str:
         return self.url
 
+    @property
+    def jobs_base_url(self) -> str:
+        """The `--base-url` of fal (queue.fal.run), Replicate, BFL and the HF router: the emulator's root."""
+        return self.url
+
+    def hf_endpoint_url(self, name: str = "endpoint") -> str:
+        """A dedicated Hugging Face Inference Endpoint's URL (`hf-endpoint`'s `--base-url`)."""
+        return f"{self.url}/hf-endpoint/{name}"
+
     # ------------------------------------------------------------ the log
 
     @property
@@ -175,8 +218,22 @@ class Emulator:
         return len(self.state.log.select(**filters))
 
     def reset_log(self) -> None:
-        """Forget the log, `max_in_flight`, the `fail_after` count and the rate-limit window."""
+        """Forget the log, `max_in_flight`, the `fail_after` count, the rate-limit window, the remote jobs and
+        their media (their handles then answer "not found"), the HF cold starts and the BFL credits spent."""
         self.state.reset_log()
+
+    # ------------------------------------------------------------ remote jobs (fal, Replicate, BFL)
+
+    def jobs(self, family: str | None = None) -> list[Job]:
+        """The remote jobs created (accepted submits: the ones that are paid), oldest first."""
+        families = [family] if family is not None else list(self.state.jobs)
+        return [job for name in families for job in self.state.jobs[name].jobs()]
+
+    def submits(self, family: str | None = None, by: str = "prompt") -> Counter[str]:
+        """Jobs created per prompt (or per `model`): the drills' "no row submitted twice" counter. Unlike
+        `count(endpoint="submit")` it counts only submits that created a job, whether or not the client got the
+        answer (a `reset` submit counts; a 422 does not)."""
+        return Counter(str(getattr(job, by)) for job in self.jobs(family))
 
     # ------------------------------------------------------------ lifecycle
 
