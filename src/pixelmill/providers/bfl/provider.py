@@ -20,6 +20,7 @@ Reads top to bottom: credentials and base URL, submit, poll (status, then the sa
   is read when `status` is absent (the AI SDK accepts both).
 - Cost: the submit's `cost` (credits, 1 credit = 1 cent) is kept in the handle and reported as
   `usage["cost_usd"]`, which `models/cost.py` prefers to the table.
+- A sample URL that answers 403/404/410 has expired: `ResultLost`.
 - No cancel call exists (none documented): `cancel` says so. A submit whose answer is lost is an
   `UnknownOutcome` (BFL lists no tasks, so it can only be recorded as possibly billed).
 """
@@ -62,6 +63,7 @@ from pixelmill.providers.bfl.params import model_inputs, plan_bfl
 from pixelmill.providers.boundary import malformed, number, obj, scrub_error, scrub_result, text
 from pixelmill.providers.http import EMULATOR_HEADER, HttpClient
 from pixelmill.providers.jobwire import (
+    MediaGone,
     fetch_media,
     first,
     job_base_url,
@@ -240,9 +242,15 @@ class BflProvider(JobProvider):
         sample = text(result.get("sample"))
         if sample is None:
             raise malformed(label, "a Ready task without `result.sample`", handle.id)
-        data, mime = await fetch_media(self._http, sample, time_limit=120.0,
-                                       max_bytes=self.settings.max_download_bytes, trusted_origin=self.base_url,
-                                       label=label, request_id=handle.id)
+        try:
+            data, mime = await fetch_media(self._http, sample, time_limit=120.0,
+                                           max_bytes=self.settings.max_download_bytes,
+                                           trusted_origin=self.base_url, label=label, request_id=handle.id)
+        except MediaGone as exc:
+            return JobStatus("failed", detail="Ready", error=ResultLost(
+                f"{label}: task {handle.id} was paid, but its sample URL has expired (HTTP {exc.http_status}; BFL "
+                "keeps samples 10 minutes): its result is lost; --retry-failed pays for a new one",
+                http_status=exc.http_status, request_id=handle.id))
         extra: dict[str, Any] = {"request_id": handle.id}
         seed = number(result.get("seed"))
         if seed is not None:
