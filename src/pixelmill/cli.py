@@ -260,6 +260,28 @@ def gallery(
     typer.echo(f"gallery: {result.path} ({result.cards} rows, {result.images} thumbnails)")
 
 
+@app.command()
+def cancel(
+    rundir: Annotated[Path, typer.Argument(help="The run directory (the --output of the run).", show_default=False)],
+) -> None:
+    """Cancel a run's live remote jobs (fal, Replicate, ...): their rows go back to pending, and running the same
+    command again submits them anew. Jobs that had already finished are kept, for that re-run to collect. Keys
+    come from the environment, as for the run; refused while a run is using RUNDIR (stop it first)."""
+    import asyncio
+
+    from pixelmill.engine.cancel import cancel_run
+    from pixelmill.errors import ConfigError
+
+    try:
+        report = asyncio.run(cancel_run(rundir, os.environ))
+    except ConfigError as exc:
+        _error(str(exc))
+        raise typer.Exit(EXIT_CONFIG) from None
+    for line in report.lines():
+        typer.echo(line)
+    raise typer.Exit(report.exit_code)
+
+
 def main() -> None:
     """Console entry point."""
     if os.environ.get("PIXELMILL_TRACEBACK"):
