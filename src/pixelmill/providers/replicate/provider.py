@@ -73,6 +73,7 @@ _VERSION = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 _PENDING = frozenset({"starting", "processing"})
 _TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
+_EXPIRED = "output_expired"
 _NSFW = re.compile(r"nsfw|safety|sensitive", re.IGNORECASE)
 # Bounds: a prediction's JSON (logs included), a page of the list, seconds for a poll and a media download.
 _PREDICTION_BYTES = 4 << 20
@@ -159,14 +160,12 @@ class ReplicateProvider(JobProvider):
         return {"Authorization": f"Bearer {self._key}"}
 
     def spec_for(self, model: str) -> ModelSpec:
-        route(model)  # a name Replicate cannot have is refused before anything is sent
         table = builtin_table()
         spec = table.get(model) or table.get(model.partition(":")[0])  # a pinned version of a listed model
-        if spec is None:
-            return permissive_spec(model, "replicate")
-        if spec.family != "replicate":
+        if spec is not None and spec.family != "replicate":
             raise ConfigError(f"{model} is a {spec.family} model, not a Replicate one: use --provider {spec.family}")
-        return spec
+        route(model)  # a name Replicate cannot have is refused before anything is sent
+        return spec if spec is not None else permissive_spec(model, "replicate")
 
     def plan(self, spec: ModelSpec, params: ImageParams, task: Task) -> WirePlan:
         return plan_replicate(spec, params, task)
@@ -254,9 +253,12 @@ class ReplicateProvider(JobProvider):
             # Finished inside the create call: its media are fetched without asking the API again; if that fails
             # (expired, a broken answer), the API says how the prediction stands now.
             try:
-                return await self._status(done, handle, spec, label, bool(handle.data.get("emulated")))
-            except (TransientError, ResultLost):
-                handle.data.pop("done", None)
+                status = await self._status(done, handle, spec, label, bool(handle.data.get("emulated")))
+            except TransientError:
+                status = None
+            if status is not None and not (isinstance(status.error, ResultLost) and status.error.code == _EXPIRED):
+                return status
+            handle.data.pop("done", None)
         reply = await self._http.send("GET", handle.urls.get("get") or f"{self.base_url}/predictions/{handle.id}",
                                       headers=self._headers(), time_limit=_POLL_TIMEOUT,
                                       max_bytes=_PREDICTION_BYTES, label=label)
@@ -319,10 +321,10 @@ class ReplicateProvider(JobProvider):
                     trusted_origin=self.base_url)
             except TransientError as exc:
                 if exc.http_status in (404, 410):
-                    raise ResultLost(f"{label}: its output answers HTTP {exc.http_status} (Replicate deletes "
-                                     "outputs an hour after the run): the job was paid and its result is lost; "
-                                     "--retry-failed submits it again (and pays again)",
-                                     request_id=handle.id, code="output_expired") from None
+                    return JobStatus("failed", detail="expired", error=ResultLost(
+                        f"{label}: its output answers HTTP {exc.http_status} (Replicate deletes outputs an hour "
+                        "after the run): the job was paid and its result is lost; --retry-failed submits it again "
+                        "(and pays again)", request_id=handle.id, code=_EXPIRED))
                 raise
             images.append(GeneratedImage(data, mime))
         extra: dict[str, Any] = {"prediction": handle.id}
