@@ -30,7 +30,10 @@ FAULTS: tuple[str, ...] = (
     "no_image",  # Gemini: 200, finishReason NO_IMAGE, no image
     "text_only",  # Gemini: 200, finishReason STOP, a text part only
     "auth",  # 401 invalid_api_key (Azure 401; Gemini 400 API_KEY_INVALID)
-    "quota",  # OpenAI 429 insufficient_quota (no Retry-After); Gemini 429 RESOURCE_EXHAUSTED, daily quota
+    "quota",  # OpenAI 429 insufficient_quota (no Retry-After); Gemini 429 RESOURCE_EXHAUSTED, daily quota;
+    # Replicate and BFL 402 (no credit), fal 403 (exhausted balance)
+    "job_failed",  # remote jobs (fal, Replicate, BFL): the submit succeeds, the job ends failed (fal COMPLETED
+    # with error/error_type, Replicate `failed`, BFL `Error`); the other APIs ignore it
 )
 
 # Not a failure: Gemini answers carry thought parts (with draft images) before the final image.
@@ -69,6 +72,22 @@ class EmulatorConfig(BaseModel):
     image_bytes: int | None = Field(default=None, ge=0)  # pad every image to about this many bytes
     gemini_mime: str = "image/png"  # what Gemini answers carry (the API does not let the client choose)
     max_log: int = Field(default=50_000, ge=0)  # oldest log entries are dropped past this (0: no limit)
+    # Remote jobs (fal queue, Replicate, BFL): how long a job runs once started, with a uniform relative jitter
+    # (0.25: between 0.75x and 1.25x); `[[latency:S]]` in the prompt sets one job's run time instead.
+    job_latency: float = Field(default=0.2, ge=0)
+    job_jitter: float = Field(default=0.0, ge=0, le=1)
+    job_queue_time: float = Field(default=0.0, ge=0)  # time each job waits queued before it may start
+    # Every retention of the real APIs times this factor: fal results 1 h after completion (6 min when 10 KB or
+    # more), fal media (its lifecycle header, else 7 days), Replicate data 1 h, BFL sample URLs 10 min.
+    # 0.001 expires a fal result 3.6 s after completion.
+    retention_scale: float = Field(default=1.0, gt=0)
+    fal_concurrency: int | None = Field(default=40, ge=1)  # fal: IN_PROGRESS requests at once; the rest queue
+    bfl_active_limit: int = Field(default=24, ge=1)  # BFL: active tasks before a 429 (6 for flux-kontext-max)
+    bfl_credits: float | None = Field(default=None, ge=0)  # BFL credits left (None: unlimited); 402 when short
+    # The host BFL `polling_url`s name (a sibling of the submit host, as api.us1.bfl.ai is of api.bfl.ai);
+    # None: `localhost` for a submit to 127.0.0.1 and `127.0.0.1` for a submit to `localhost`.
+    bfl_polling_host: str | None = None
+    hf_cold_start: float = Field(default=0.0, ge=0)  # HF: 503 "currently loading" for this long after the first call
 
     @field_validator("faults")
     @classmethod

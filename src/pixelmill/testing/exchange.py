@@ -26,7 +26,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from pixelmill.testing import wire_errors as we
 from pixelmill.testing.faults import Decision, Markers
-from pixelmill.testing.log import RequestRecord, public_headers
+from pixelmill.testing.log import RequestRecord, carries_key, public_headers
 from pixelmill.testing.state import EmulatorState
 
 # The emulator's mark on every answer (read by providers/http.py as EMULATOR_HEADER).
@@ -81,6 +81,7 @@ def observe(state: EmulatorState) -> Middleware:
             content_type=request.content_type,
             bytes_in=request.content_length or 0,
             headers=public_headers(request.headers),
+            key_sent=carries_key(request.headers, request.query),
         )
         ex = Exchange(record)
         request[EXCHANGE] = ex
@@ -108,9 +109,16 @@ def error_response(record: RequestRecord, err: we.WireError) -> web.Response:
     record.status = err.status
     record.error_code = err.code
     inner = err.body.get("error")
-    if isinstance(inner, dict):
+    detail = err.body.get("detail")
+    if isinstance(inner, str):  # Hugging Face
+        record.error_message = inner
+    elif isinstance(inner, dict):
         message = inner.get("message")
         record.error_message = message if isinstance(message, str) else None
+    elif isinstance(detail, str):  # fal, Replicate and FastAPI-style bodies
+        record.error_message = detail
+    elif isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        record.error_message = str(detail[0].get("msg"))
     body = orjson.dumps(err.body)
     record.bytes_out = len(body)
     headers = {"x-request-id": record.id, **err.headers}
@@ -231,3 +239,15 @@ def _send_truncated(request: web.Request, body: bytes, headers: dict[str, str]) 
     ]
     transport.write("\r\n".join(head).encode("latin-1") + body[: len(body) // 2])
     transport.close()
+
+
+def media_response(state: EmulatorState, request: web.Request, family: str, gone_status: int = 404,
+                   gone_body: str = "The requested media has expired or never existed") -> web.StreamResponse:
+    """A media object on a CDN-like path: no key asked for (the log's `key_sent` says whether one came)."""
+    record = tag(request, family, "media")
+    found = state.media.get(request.match_info["name"])
+    if found is None:
+        record.status = gone_status
+        return web.Response(status=gone_status, text=gone_body)
+    record.bytes_out = len(found.data)
+    return web.Response(body=found.data, content_type=found.mime)

@@ -11,15 +11,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-_SECRET_HEADERS = frozenset({"authorization", "api-key", "x-goog-api-key", "cookie", "proxy-authorization"})
+_SECRET_HEADERS = frozenset({"authorization", "api-key", "x-goog-api-key", "x-key", "cookie", "proxy-authorization"})
 
 
 @dataclass(slots=True)
 class RequestRecord:
     id: str  # the x-request-id the emulator answered with
     seq: int  # 1-based order of arrival
-    family: str  # openai | azure | gemini | files | other
-    endpoint: str  # generations | edits | variations | models | generateContent | files | unknown
+    family: str  # openai | azure | gemini | fal | replicate | bfl | hf | files | media | other
+    # generations | edits | variations | models | generateContent | files | unknown; remote jobs: submit | status |
+    # result | cancel | list | media (the CDN-like media paths)
+    endpoint: str
     method: str
     path: str  # without the query string (which may hold ?key=)
     started: float  # monotonic seconds when the request arrived
@@ -42,6 +44,8 @@ class RequestRecord:
     thoughts: int = 0  # Gemini thought parts returned
     latency: float = 0.0  # the delay the emulator applied on purpose
     auth: str = "missing"  # missing | valid | invalid
+    key_sent: bool = False  # the request carried a credential (any key header, `?key=`): media must not
+    job: str | None = None  # remote jobs: the job (fal request, Replicate prediction, BFL task) it concerns
     content_type: str | None = None
     bytes_in: int = 0
     bytes_out: int = 0
@@ -57,6 +61,11 @@ Filter = Callable[[Any], bool] | object
 
 def public_headers(headers: Any) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in _SECRET_HEADERS}
+
+
+def carries_key(headers: Any, query: Any) -> bool:
+    """Whether a request carries a credential anywhere the APIs put one."""
+    return any(k.lower() in _SECRET_HEADERS and k.lower() != "cookie" for k in headers) or "key" in query
 
 
 class RequestLog:

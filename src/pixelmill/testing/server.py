@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -24,9 +25,10 @@ from pixelmill.testing import wire_errors as we
 from pixelmill.testing.config import EmulatorConfig
 from pixelmill.testing.exchange import observe
 from pixelmill.testing.images import ImageCache
+from pixelmill.testing.jobs import Job
 from pixelmill.testing.keys import wants_gemini
 from pixelmill.testing.log import RequestRecord
-from pixelmill.testing.routes import gemini, openai
+from pixelmill.testing.routes import fal, gemini, openai, replicate
 from pixelmill.testing.state import EmulatorState
 
 
@@ -45,15 +47,26 @@ def check_loopback(host: str) -> None:
 
 
 def build_app(state: EmulatorState) -> web.Application:
-    """The aiohttp app: every API's routes over `state`, the one path two APIs share, and a catch-all 404."""
+    """The aiohttp app: every API's routes over `state`, the paths APIs share, and a catch-all 404."""
     app = web.Application(middlewares=[observe(state)], client_max_size=256 * 1024 * 1024)
     openai_routes = openai.register(app, state)
     gemini_routes = gemini.register(app, state)
     # `GET /v1/models` is OpenAI's and (since google-genai 3.x defaults to v1) Gemini's: the key tells which.
     app.router.add_get("/v1/models", _by_key(openai=openai_routes.models, gemini=gemini_routes.list_models))
     app.router.add_get("/v1/models/{target}", _by_key(openai=openai_routes.model, gemini=gemini_routes.get_model))
+    replicate.register(app, state)
+    fal_routes = fal.register(app, state)
+    # fal submits at `/{model id}`, any depth: a POST no other API owns is fal's when it says so (`fal.wants`).
+    app.router.add_post("/{tail:.+}", _when(fal.wants, fal_routes.submit))
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
+
+
+def _when(wants: Callable[[web.Request], bool], handler: Handler) -> Handler:
+    async def route(request: web.Request) -> web.StreamResponse:
+        return await (handler if wants(request) else _not_found)(request)
+
+    return route
 
 
 def _by_key(*, openai: Handler, gemini: Handler) -> Handler:
@@ -175,8 +188,22 @@ class Emulator:
         return len(self.state.log.select(**filters))
 
     def reset_log(self) -> None:
-        """Forget the log, `max_in_flight`, the `fail_after` count and the rate-limit window."""
+        """Forget the log, `max_in_flight`, the `fail_after` count, the rate-limit window, the remote jobs and
+        their media (their handles then answer "not found"), the HF cold starts and the BFL credits spent."""
         self.state.reset_log()
+
+    # ------------------------------------------------------------ remote jobs (fal, Replicate, BFL)
+
+    def jobs(self, family: str | None = None) -> list[Job]:
+        """The remote jobs created (accepted submits: the ones that are paid), oldest first."""
+        families = [family] if family is not None else list(self.state.jobs)
+        return [job for name in families for job in self.state.jobs[name].jobs()]
+
+    def submits(self, family: str | None = None, by: str = "prompt") -> Counter[str]:
+        """Jobs created per prompt (or per `model`): the drills' "no row submitted twice" counter. Unlike
+        `count(endpoint="submit")` it counts only submits that created a job, whether or not the client got the
+        answer (a `reset` submit counts; a 422 does not)."""
+        return Counter(str(getattr(job, by)) for job in self.jobs(family))
 
     # ------------------------------------------------------------ lifecycle
 

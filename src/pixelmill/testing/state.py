@@ -3,9 +3,9 @@
 `EmulatorState` owns the config (replaced as a whole on every change, so a reader on another thread sees the old
 config or the new one, never half of each), the model table, the request log and its sequence numbers, the
 in-flight counts, the seeded fault dice and the count of admitted requests that `fail_after` reads, the rate-limit
-window, the image cache, the files that DALL·E `url` answers point at, and the secret that signs Gemini thought
-signatures. Route modules import this module; they never import the server (which builds the app around one
-state) nor each other.
+window, the image cache, the files that DALL·E `url` answers point at, the secret that signs Gemini thought
+signatures, the remote jobs of fal, Replicate and BFL (`jobs.JobQueue`) and the media their results name. Route
+modules import this module; they never import the server (which builds the app around one state) nor each other.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from typing import Any
 
 from pixelmill.models.table import ModelTable, builtin_table
 from pixelmill.testing.config import EmulatorConfig
-from pixelmill.testing.faults import FaultDice
+from pixelmill.testing.faults import FaultDice, Markers
 from pixelmill.testing.images import ImageCache
+from pixelmill.testing.jobs import JobQueue
 from pixelmill.testing.log import RequestLog, RequestRecord
+from pixelmill.testing.media import MediaStore
 from pixelmill.testing.ratelimit import SlidingWindow
 
 FILES_KEPT = 20_000  # DALL·E url answers: the oldest files are forgotten past this (their URLs then 404)
@@ -37,6 +39,16 @@ class EmulatorState:
         self.in_flight = 0
         self.max_in_flight = 0
         self.files: dict[str, tuple[bytes, str]] = {}  # DALL·E url answers: name -> (bytes, mime)
+        # Remote jobs, one queue per API (routes install the finisher that builds each API's result), and the
+        # media their results point at. fal queues past its concurrency limit; BFL refuses past its own (429).
+        self.jobs: dict[str, JobQueue] = {
+            "fal": JobQueue(lambda: self._config.fal_concurrency),
+            "replicate": JobQueue(lambda: None),
+            "bfl": JobQueue(lambda: None),
+        }
+        self.media = MediaStore()
+        self.hf_first_call: dict[str, float] = {}  # HF model or endpoint -> monotonic time of its first call
+        self.bfl_spent = 0.0  # credits BFL tasks have cost (against `bfl_credits`)
 
     @property
     def config(self) -> EmulatorConfig:
@@ -57,8 +69,14 @@ class EmulatorState:
         return new
 
     def reset_log(self) -> None:
-        """Forget the log, `max_in_flight`, the `fail_after` count and the rate-limit window."""
+        """Forget the log, `max_in_flight`, the `fail_after` count, the rate-limit window, the remote jobs and
+        their media, the HF cold starts and the BFL credits spent."""
         self.log.clear()
+        for queue in self.jobs.values():
+            queue.clear()
+        self.media.clear()
+        self.hf_first_call.clear()
+        self.bfl_spent = 0.0
         self.max_in_flight = self.in_flight
         self.admitted = 0
         self.window.reset()
@@ -76,6 +94,15 @@ class EmulatorState:
         self.in_flight += 1
         if self.in_flight > self.max_in_flight:
             self.max_in_flight = self.in_flight
+
+    def job_latency(self, markers: Markers) -> float:
+        """A new remote job's run time: the prompt's `[[latency:S]]`, else `job_latency` with its jitter."""
+        if markers.latency is not None:
+            return markers.latency
+        config = self._config
+        if config.job_jitter > 0:
+            return max(0.0, config.job_latency * (1 + config.job_jitter * (2 * self.dice.uniform() - 1)))
+        return config.job_latency
 
     def next_seq(self) -> int:
         self.seq += 1

@@ -345,3 +345,68 @@ def _duration(seconds: float) -> str:
     if float(seconds).is_integer():
         return f"{int(seconds)}s"
     return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+# ---------------------------------------------------------------- fal (FastAPI-style `detail`)
+
+
+def fal_validation(loc: list[str | int], msg: str, type: str, **extra: Any) -> WireError:
+    """fal's model/validation error: 422 `{"detail": [{loc, msg, type, ...}]}` (the reference's §3.6)."""
+    item = {"loc": ["body", *loc], "msg": msg, "type": type, **extra}
+    return WireError(422, {"detail": [item]}, code=type, headers={"X-Fal-Retryable": "false"})
+
+
+def fal_request_error(status: int, detail: str, error_type: str) -> WireError:
+    """fal's request/infrastructure error: `{"detail", "error_type"}` and the same category in a header."""
+    return WireError(status, {"detail": detail, "error_type": error_type}, code=error_type,
+                     headers={"X-Fal-Error-Type": error_type})
+
+
+def fal_auth(present: bool) -> WireError:
+    # UNCONFIRMED body: fal's 401 is not documented in the reference; this is the shape of its other errors.
+    detail = "Invalid Key Authorization header format. Use 'Key <key>'." if not present else \
+        "Cannot access application: invalid key"
+    return WireError(401, {"detail": detail}, code="unauthorized")
+
+
+def fal_server(status: int) -> WireError:
+    kind = {500: "internal_error", 502: "runner_disconnected", 503: "runner_scheduling_failure",
+            504: "request_timeout"}.get(status, "internal_error")
+    return fal_request_error(status, "The request could not be processed: upstream error", kind)
+
+
+# ---------------------------------------------------------------- Replicate (RFC 7807 problem details)
+
+
+def replicate_problem(status: int, title: str, detail: str, **headers: str) -> WireError:
+    body = {"type": f"https://replicate.com/docs/reference/http#{status}", "title": title, "status": status,
+            "detail": detail}
+    return WireError(status, body, code=title.lower().replace(" ", "_"), headers=dict(headers))
+
+
+def replicate_rate_limit(retry_after: float | None) -> WireError:
+    # The reference's 429 body is a bare `detail` text; whether a Retry-After header comes with it is UNCONFIRMED.
+    seconds = max(1, math.ceil(retry_after or 30))
+    headers = {"Retry-After": str(seconds)} if retry_after is not None else {}
+    return WireError(429, {"detail": f"Request was throttled. Your rate limit resets in ~{seconds}s."},
+                     code="throttled", headers=headers)
+
+
+# ---------------------------------------------------------------- BFL
+
+
+def bfl_error(status: int, detail: str, code: str | None = None, **extra: Any) -> WireError:
+    return WireError(status, {"detail": detail, **extra}, code=code or str(status))
+
+
+def bfl_validation(loc: list[str | int], msg: str, type: str) -> WireError:
+    # UNCONFIRMED: BFL's API is FastAPI-generated, so its 422 is presumably FastAPI's `detail[]`.
+    return WireError(422, {"detail": [{"loc": ["body", *loc], "msg": msg, "type": type}]}, code=type)
+
+
+# ---------------------------------------------------------------- Hugging Face
+
+
+def hf_error(status: int, message: str, **extra: Any) -> WireError:
+    # Router error bodies are UNCONFIRMED; the serverless API's `{"error": ...}` shape is used throughout.
+    return WireError(status, {"error": message, **extra}, code=str(status))
