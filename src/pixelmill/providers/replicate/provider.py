@@ -6,9 +6,10 @@ lost submit by listing.
   The table's FLUX models are mapped input by input (params.py); other models take `--param` as given.
 - Key: `--api-key` > REPLICATE_API_TOKEN > DF_API_KEY, sent as `Authorization: Bearer`. Base URL: `--base-url`
   > REPLICATE_BASE_URL > DF_BASE_URL > https://api.replicate.com, with or without `/v1`.
-- `Prefer: wait=5`: a fast model (flux-schnell answers in about a second) finishes inside the create call
-  and needs no poll; a slower one comes back `starting`/`processing` after 5 s and is polled. The wait stays
-  short because a create whose answer is lost is found again only by listing (`recover`): the window is small.
+- `Prefer: wait=5` (the `prefer_wait` option changes it): a fast model (flux-schnell answers in about a
+  second) finishes inside the create call and needs no poll; a slower one comes back `starting`/`processing`
+  after 5 s and is polled. The wait stays short because a create whose answer is lost is found again only by
+  listing (`recover`): the window is small.
 - The create's answer is the handle either way, returned at once so that the engine journals it before
   anything else happens. A prediction that was already finished is carried in the handle (`data["done"]`),
   so the first `poll` fetches its media without asking again; if those fetches fail, it asks the API.
@@ -150,6 +151,8 @@ class ReplicateProvider(JobProvider):
             raise ConfigError("the base URL carries a user and password: Replicate takes a token; drop them")
         self._http = HttpClient(self.name, connect_timeout=settings.connect_timeout,
                                 max_connections=int(settings.options.get("max_connections", 1024)))
+        # `prefer_wait` (an option of the model's entry in a pipeline file): seconds the create may wait, 1-60.
+        self.wait = max(1, min(60, int(settings.options.get("prefer_wait", WAIT_SECONDS))))
 
     # ------------------------------------------------------------ configuration
 
@@ -196,11 +199,11 @@ class ReplicateProvider(JobProvider):
         body: dict[str, Any] = {"input": self._input(request, spec)}
         if version is not None:
             body["version"] = version
-        headers = {**self._headers(), "Content-Type": "application/json", "Prefer": f"wait={WAIT_SECONDS}",
+        headers = {**self._headers(), "Content-Type": "application/json", "Prefer": f"wait={self.wait}",
                    "Cancel-After": CANCEL_AFTER}
         label = f"replicate {request.model}"
         reply = await self._http.send("POST", self.base_url + path, data=orjson.dumps(body), headers=headers,
-                                      time_limit=max(request.timeout, WAIT_SECONDS + 10.0),
+                                      time_limit=max(request.timeout, self.wait + 10.0),
                                       max_bytes=_PREDICTION_BYTES, label=label)
         if not 200 <= reply.status < 300:
             raise error_from_reply(reply, self._ctx(label, request.model, "create"))
