@@ -93,3 +93,17 @@ def test_prices_per_image() -> None:
         assert spec is not None
         cost = expected_cost(spec, plan(model).params, 2)
         assert cost is not None and cost.high == pytest.approx(2 * price)
+
+
+def test_models_listing_shows_replicate_and_hf(capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pixelmill models --provider replicate|hf-endpoint` (a KeyError on a family it did not know before)."""
+    from pixelmill.reports.models import print_models
+
+    monkeypatch.setenv("COLUMNS", "250")
+    print_models("replicate")
+    shown = capsys.readouterr().out
+    assert SCHNELL in shown and "$0.003" in shown and "FLUX.1-dev" not in shown
+    print_models("hf-endpoint")
+    shown = capsys.readouterr().out
+    assert "FLUX.1-dev:hf-inference" in shown and SCHNELL not in shown

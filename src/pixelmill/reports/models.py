@@ -35,16 +35,18 @@ def print_models(family: str | None = None) -> None:
     for column in ("model", "provider", "tasks", "sizes / ratios", "n", "qualities", "max input images",
                    "price", "status", "aliases"):
         view.add_column(column)
-    provider_of = {"openai": "openai, azure", "gemini": "gemini", "diffusers": "diffusers"}
+    provider_of = {"openai": "openai, azure", "gemini": "gemini", "diffusers": "diffusers",
+                   "replicate": "replicate", "hf": "hf, hf-endpoint"}
     for spec in table.specs.values():
-        if family and family not in (spec.family, *provider_of[spec.family].split(", ")):
+        providers = provider_of.get(spec.family, spec.family)  # a family with one provider of its own name
+        if family and family not in (spec.family, *providers.split(", ")):
             continue
         sizes = ", ".join(spec.sizes) if spec.sizes else ", ".join(spec.aspect_ratios)
         if spec.size_rule == "free":
             sizes += " (+ any WxH in limits)"
         if spec.image_sizes:
             sizes += f" @ {'/'.join(spec.image_sizes)}"
-        view.add_row(spec.name, provider_of[spec.family], ", ".join(spec.tasks), sizes, str(spec.n_max),
+        view.add_row(spec.name, providers, ", ".join(spec.tasks), sizes, str(spec.n_max),
                      ", ".join(spec.qualities) or "-", str(spec.max_input_images), _price(spec),
                      _status(spec, today), ", ".join(spec.aliases) or "-")
     console = Console()
