@@ -214,3 +214,18 @@ def test_kontext_edit_keeps_the_input_shape(emulator_thread: Emulator) -> None:
     image = json.loads(_http("GET", answer["response_url"])[2])["images"][0]
     assert image["width"] / image["height"] == pytest.approx(2, rel=0.05)
     assert emulator_thread.records(endpoint="submit")[0].input_images == 1
+
+
+async def test_async_sdk_submit_result_cancel(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fal_client.client, "QUEUE_URL_FORMAT", emulator.url + "/")
+    client = fal_client.AsyncClient(key=KEY)
+    handle = await client.submit("fal-ai/fast-lightning-sdxl", {"prompt": "async", "num_images": 3, "format": "png",
+                                                               "num_inference_steps": "2"})
+    result = await handle.get()
+    assert len(result["images"]) == 3 and result["images"][0]["content_type"] == "image/png"
+    assert isinstance(await client.status("fal-ai/fast-lightning-sdxl", handle.request_id), fal_client.Completed)
+    emulator.configure(job_latency=30)
+    slow = await client.submit(MODEL, {"prompt": "slow"})
+    await slow.cancel()
+    done = await slow.status()
+    assert isinstance(done, fal_client.Completed) and done.error_type == "request_cancelled"

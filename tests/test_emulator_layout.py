@@ -40,7 +40,7 @@ def test_routes_share_state_not_each_other() -> None:
 
 def test_validation_is_per_api_and_below_the_routes() -> None:
     graph = _graph()
-    for api in ("openai", "gemini"):
+    for api in ("openai", "gemini", "fal", "replicate", "bfl"):
         validation = f"{PACKAGE}.validation.{api}"
         assert validation in graph[f"{PACKAGE}.routes.{api}"]
         upward = {d for d in graph[validation] if d.startswith((f"{PACKAGE}.routes", f"{PACKAGE}.server"))}

@@ -34,7 +34,7 @@ from pixelmill.writing.journal import Journal
 from pixelmill.writing.lock import RunLock
 from pixelmill.writing.output import OutputCounts, write_output
 
-EXIT_OK, EXIT_FAILED_ROWS, EXIT_CONFIG, EXIT_ABORTED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED_ROWS, EXIT_CONFIG, EXIT_ABORTED, EXIT_UNCOLLECTED = 0, 1, 2, 3, 4
 # The signals that stop a run cleanly, with the names its messages give them.
 _STOP_SIGNALS = ((signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM"), (signal.SIGHUP, "SIGHUP"))
 
@@ -51,6 +51,8 @@ class RunReport:
     def exit_code(self) -> int:
         if self.aborted is not None:
             return EXIT_ABORTED
+        if self.stats.jobs_left:  # remote jobs still running at their deadline: a re-run collects them
+            return EXIT_UNCOLLECTED
         return EXIT_FAILED_ROWS if self.counts.failed else EXIT_OK
 
 
@@ -112,7 +114,8 @@ def run_config(
                 notice(f"stopping: waiting for the calls in flight to finish ({name} again to stop at once)")
                 runners[0].stop(f"interrupted ({name}): run the same command again to continue")
             else:
-                notice("stopping now: calls in flight are abandoned and will be sent again by a re-run")
+                notice("stopping now: calls in flight are abandoned and will be sent again by a re-run (remote jobs "
+                       "stay journaled: a re-run collects them)")
                 runners[0].stop_now(f"interrupted ({name} twice): run the same command again to continue")
 
         # SIGHUP (the terminal closed, an ssh session dropped) drains like SIGTERM: calls in flight were paid.

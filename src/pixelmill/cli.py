@@ -126,15 +126,23 @@ def emulate(
     sigma: Annotated[float, typer.Option(help="Lognormal sigma of the latency (0: fixed).")] = 0.0,
     rpm: Annotated[float | None, typer.Option(help="Rate limit: requests per minute (429 beyond).")] = None,
     ipm: Annotated[float | None, typer.Option(help="Rate limit: images per minute (429 beyond).")] = None,
+    job_latency: Annotated[float, typer.Option(help="Remote jobs (fal, Replicate, BFL): run time of a job, seconds.")] = 0.2,
+    job_jitter: Annotated[float, typer.Option(help="Remote jobs: relative jitter of the run time (0.25: +-25%).")] = 0.0,
+    retention_scale: Annotated[float, typer.Option(help="Remote jobs: factor on every result lifetime (fal 1 h, "
+                                                   "Replicate 1 h, BFL 10 min); 0.001 expires them in seconds.")] = 1.0,
+    fal_concurrency: Annotated[int, typer.Option(help="fal: requests running at once; the rest wait IN_QUEUE.")] = 40,
 ) -> None:
-    """Serve the local API emulator (OpenAI, Azure and Gemini wire formats) until stopped. Loopback only."""
+    """Serve the local API emulator until stopped (OpenAI, Azure, Gemini; fal queue, Replicate, BFL, Hugging Face).
+    Loopback only; docs/emulator.md lists the routes and controls."""
     from pixelmill.testing import EmulatorConfig, serve
 
     config = EmulatorConfig(latency=latency, latency_sigma=sigma, rpm=int(rpm) if rpm else None, ipm=int(ipm) if ipm else None,
-                            serve_retired=True)
+                            serve_retired=True, job_latency=job_latency, job_jitter=job_jitter,
+                            retention_scale=retention_scale, fal_concurrency=fal_concurrency)
     # Printed once bound, from the emulator itself: with --port 0 only it knows the port.
     serve(config, host="127.0.0.1", port=port, on_ready=lambda emu: typer.echo(
-        f"pixelmill emulator on {emu.url} (OpenAI base URL {emu.openai_base_url}); Ctrl-C stops it"))
+        f"pixelmill emulator on {emu.url} (OpenAI base URL {emu.openai_base_url}; fal, Replicate, BFL and "
+        f"Hugging Face base URL {emu.url}); Ctrl-C stops it"))
 
 
 @app.command()
@@ -250,6 +258,28 @@ def gallery(
         _error(str(exc))
         raise typer.Exit(EXIT_CONFIG) from None
     typer.echo(f"gallery: {result.path} ({result.cards} rows, {result.images} thumbnails)")
+
+
+@app.command()
+def cancel(
+    rundir: Annotated[Path, typer.Argument(help="The run directory (the --output of the run).", show_default=False)],
+) -> None:
+    """Cancel a run's live remote jobs (fal, Replicate, ...): their rows go back to pending, and running the same
+    command again submits them anew. Jobs that had already finished are kept, for that re-run to collect. Keys
+    come from the environment, as for the run; refused while a run is using RUNDIR (stop it first)."""
+    import asyncio
+
+    from pixelmill.engine.cancel import cancel_run
+    from pixelmill.errors import ConfigError
+
+    try:
+        report = asyncio.run(cancel_run(rundir, os.environ))
+    except ConfigError as exc:
+        _error(str(exc))
+        raise typer.Exit(EXIT_CONFIG) from None
+    for line in report.lines():
+        typer.echo(line)
+    raise typer.Exit(report.exit_code)
 
 
 def main() -> None:

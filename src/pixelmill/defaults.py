@@ -18,13 +18,17 @@ DEFAULT_MODEL: dict[str, str | None] = {
     "gemini": "gemini-3.1-flash-image",
     "emulator": MODEL,
     "diffusers": None,
+    "fal": "fal-ai/flux/dev",
+    "bfl": "flux-pro-1.1",
 }
 
 # The output field a step writes when none is named (the seed documents' names).
 DEFAULT_OUTPUT_FIELD = {"generate": "images", "edit": "output_image", "auto": "images"}
 
 # Engine limits (config.Limits).
-CONCURRENCY = 16  # requests in flight
+# Requests (remote jobs: jobs) in flight. 16 suits the job providers too: BFL refuses more than 24 active tasks
+# (429, retried), and fal queues what is over an account's limit (2 to 40 running) instead of failing it.
+CONCURRENCY = 16
 MAX_RETRIES = 5  # retries of transient errors per call; 429s are bounded by the deadline instead
 MAX_BILLED_RETRIES = 1  # retries of calls that may have been billed (answer lost or broken)
 TIMEOUT = 300.0  # seconds for one request, for a model whose table entry gives no `timeout` of its own

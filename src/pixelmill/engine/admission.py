@@ -17,6 +17,8 @@ pacing and 429 pause are the limiter's (engine/limiter.py), the budget policy th
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import TracebackType
 
 from pixelmill.engine.budget import Budget, CostKey
@@ -35,6 +37,17 @@ class Admission:
         """A ticket for one call of `images` images that the table says may cost up to `reserve` (its bills are
         learned under `key`: model and plan); enter it to be let in."""
         return Ticket(self, images, reserve, key)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """A concurrency slot alone, neither paced nor reserved: to collect a remote job an earlier run submitted
+        (its reservation is in the spend already, and polls are free), so that jobs in flight stay bounded by
+        --concurrency."""
+        await self.limiter.slots.acquire()
+        try:
+            yield
+        finally:
+            self.limiter.release()
 
 
 class Ticket:

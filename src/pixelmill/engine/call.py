@@ -51,13 +51,22 @@ class Stopped(PixelmillError):
     kind = "interrupted"
 
 
+class Held(Protocol):
+    """What holds a call's reservation: its `Ticket`, or a remote job an earlier run submitted (engine/jobs.py)."""
+
+    @property
+    def reserved(self) -> float: ...
+
+    def settle(self, actual: float, *, billed: bool = False) -> None: ...
+
+
 @dataclass(slots=True)
 class Answer:
     """A call's answer, with images; its ticket (slot and reservation) is held until the `async with` ends."""
 
     result: ImageResult
     attempts: int
-    ticket: Ticket
+    ticket: Held
 
     def settle(self, cost: float) -> None:
         """Settle the call's budget reservation with what it cost (its bill: the budget learns from it)."""

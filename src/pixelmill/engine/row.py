@@ -25,6 +25,7 @@ from pixelmill.engine.call import Failure, Sender, Stopped
 from pixelmill.engine.context import RunContext
 from pixelmill.engine.inputs import StepInputs, gather_inputs
 from pixelmill.engine.intents import RowBook, carried
+from pixelmill.engine.jobs import JobSender
 from pixelmill.engine.outcome import done_call, merge_result, restore_content
 from pixelmill.engine.plan import StepPlan
 from pixelmill.errors import (
@@ -40,7 +41,7 @@ from pixelmill.errors import (
 )
 from pixelmill.models.cost import actual_cost
 from pixelmill.params import WirePlan
-from pixelmill.providers.base import ChatTurn, ImageRequest, ImageResult, InputImage
+from pixelmill.providers.base import ChatTurn, ImageRequest, ImageResult, InputImage, is_job_provider
 from pixelmill.reading.records import Record
 from pixelmill.writing.journal import StepState
 from pixelmill.writing.store import DEFAULT_NAME, image_stem
@@ -64,6 +65,7 @@ class RowExecutor:
         self.ctx = ctx
         self.steps = steps
         self.sender = sender
+        self.jobs = JobSender(sender)  # the calls of remote-job providers (engine/jobs.py)
 
     async def run(self, row: Row) -> None:
         ctx = self.ctx
@@ -201,14 +203,19 @@ class RowExecutor:
                     row=index,
                     timeout=step.timeout,
                 )
-                book = RowBook(ctx.journal, step.config.name, row.slot, state)
-                async with self.sender.send(step, request, params, book) as answer:
+                book = RowBook(ctx.journal, step.config.name, row.slot, state, call_no)
+                if is_job_provider(step.provider):  # submit, journal the handle, poll (engine/jobs.py)
+                    sending = self.jobs.send(step, request, params, book)
+                else:
+                    sending = self.sender.send(step, request, params, book)
+                async with sending as answer:
                     if isinstance(answer, Failure):
                         return answer
                     result = answer.result
                     state.attempts += answer.attempts  # first: whatever happens next, the requests are recorded
                     # Settled before the images are written, so that a failed write cannot leave budget reserved.
-                    cost = actual_cost(step.spec, params, result.usage, len(result.images))
+                    cost = _bill(result) if _bill(result) is not None else \
+                        actual_cost(step.spec, params, result.usage, len(result.images))
                     answer.settle(cost or 0.0)
                     ctx.stats.spent += cost or 0.0
                     state.cost += cost or 0.0
@@ -330,6 +337,12 @@ class RowExecutor:
         self._save(step.config.name, slot, state)
         self.ctx.stats.count_failure(exc.kind)
         return state
+
+
+def _bill(result: ImageResult) -> float | None:
+    """What the provider said the call cost (`extra["cost_usd"]`: a remote job's bill), when it said."""
+    value = result.extra.get("cost_usd")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _log_turn(turn_log: list[dict[str, Any]], t: int, prompt: str, outputs: list[str], texts: list[str],

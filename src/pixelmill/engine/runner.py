@@ -13,6 +13,10 @@ Shape of a run:
   and then the journal says so, before its slot is given back;
 - an abort (auth, quota, missing model, budget, Ctrl-C, a full disk) stops new calls at once, lets calls in
   flight finish (bounded), and leaves the rest pending for a re-run;
+- remote jobs (engine/jobs.py): a stop submits nothing more and collects the jobs that finish within the drain
+  timeout; jobs still running stay journaled (their rows pending) and the run's last line says how many, for a
+  re-run to collect (never to submit again); a budget already spent does not keep a re-run from collecting them
+  (collecting is free: the jobs are in the spend already);
 - the disk: the image store sets a reserve of space aside before anything is sent (a disk already full stops
   the run there) and frees it when the disk fills up, so that what was paid is recorded (engine/row.py); the
   run's last line says how many paid answers could not be written (their rows are sent again by a re-run);
@@ -111,7 +115,7 @@ class Runner:
                             "they may have been billed and are charged at their reservation")
             self.stats.spent_before = journal.spent()
             budget = Budget(limits.max_cost, spent=self.stats.spent_before)
-            if budget.limit is not None and budget.spent >= budget.limit:
+            if budget.limit is not None and budget.spent >= budget.limit and not journal.live_jobs():
                 self.halt.stop(f"budget of ${budget.limit:.2f} already spent (${budget.spent:.4f}); raise "
                                "--max-cost to continue", "budget")
             else:
@@ -126,6 +130,7 @@ class Runner:
                                      limits.retry_base, limits.retry_cap)
                 sender = Sender(Admission(limiter, budget, self.halt.stopping), policy, self.stats)
                 await self._run_rows(ctx, RowExecutor(ctx, self.plan.steps, sender))
+                self.stats.jobs_left = len(journal.live_jobs())
                 if self.halt.kind == "budget":  # said once the calls in flight have settled: as the journal says
                     self.halt.reason = redact(budget.reached_message(), self.plan.secrets)
         except DiskFull as exc:
@@ -139,6 +144,7 @@ class Runner:
             journal.close()
         self._tell_files()
         self._tell_losses()
+        self._tell_jobs()
         return RunOutcome(self.halt.reason, self.halt.kind, self.stats)
 
     def _tell_files(self) -> None:
@@ -162,6 +168,19 @@ class Runner:
         if s.unrecorded:
             lost.append(f"{s.unrecorded} result(s) the journal could not record")
         self.halt.reason += f" ({' and '.join(lost)}: their rows stay pending and a re-run pays for them again)"
+
+    def _tell_jobs(self) -> None:
+        """Remote jobs still running at the end stay journaled: the run's last line says so, and how to go on."""
+        left = self.stats.jobs_left
+        if not left:
+            return
+        line = (f"{left} remote job{'s' if left != 1 else ''} still running {'stay' if left != 1 else 'stays'} "
+                "journaled: run the same command again to collect them (they are not submitted again), or "
+                f"`pixelmill cancel {self.config.output}` to cancel them")
+        if self.halt.reason is not None:
+            self.halt.reason += f"; {line}"
+        else:
+            self.notice(line)
 
     def stop(self, reason: str, kind: str = "interrupted") -> None:
         """Stop sending (Ctrl-C): calls in flight finish and are recorded; the rest stays pending."""

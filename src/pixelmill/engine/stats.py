@@ -29,6 +29,17 @@ class RunStats:
     # after the reserve was freed. Their rows stay pending: a re-run pays for those calls again.
     unstored: int = 0
     unrecorded: int = 0
+    # Remote jobs (engine/jobs.py): submitted by this run (resubmits and found lost submits included), being
+    # polled now, submitted again after failing on the provider's side, found by listing after a lost submit,
+    # still running at their deadline, polls made; and, at the end, jobs left running (journaled: a re-run
+    # collects them).
+    jobs_submitted: int = 0
+    jobs_live: int = 0
+    jobs_resubmitted: int = 0
+    jobs_recovered: int = 0
+    jobs_waiting: int = 0
+    polls: int = 0
+    jobs_left: int = 0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

@@ -39,6 +39,9 @@ class InputImage:
     name: str  # where it came from, for error messages and multipart file names ("photo.png", "images[1]")
     width: int = 0
     height: int = 0
+    # The https URL the row gave, when these bytes are exactly what it served: providers that fetch inputs
+    # themselves (fal) may send the URL instead of the bytes.
+    url: str | None = None
 
 
 @dataclass(slots=True)

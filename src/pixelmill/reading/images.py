@@ -15,6 +15,7 @@ or a socket fails its row instead of exhausting memory or hanging the run.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import stat
@@ -91,7 +92,10 @@ async def load_image(
     else:
         raise InputError(f"{field}: expected an image path, URL or data URL, got {type(ref).__name__}",
                          field=field)
-    return await asyncio.to_thread(inspect_image, data, name=name, field=field, max_bytes=policy.max_bytes)
+    image = await asyncio.to_thread(inspect_image, data, name=name, field=field, max_bytes=policy.max_bytes)
+    if isinstance(ref, str) and ref.lower().startswith("https://"):
+        image = dataclasses.replace(image, url=ref)
+    return image
 
 
 def confined_path(ref: str, *, field: str, policy: InputPolicy) -> Path:

@@ -12,6 +12,9 @@ def _price(spec: ModelSpec) -> str:
     if p.per_image:
         low, high = min(p.per_image.values()), max(p.per_image.values())
         return f"${low:.3f}-${high:.3f}/image"
+    if p.per_megapixel is not None:
+        first = f"${p.first_megapixel:g} first MP, then " if p.first_megapixel is not None else ""
+        return f"{first}${p.per_megapixel:g}/MP"
     if p.image_out is not None:
         return f"${p.image_out:g}/1M image tokens out"
     return "unknown"
@@ -35,10 +38,10 @@ def print_models(family: str | None = None) -> None:
     for column in ("model", "provider", "tasks", "sizes / ratios", "n", "qualities", "max input images",
                    "price", "status", "aliases"):
         view.add_column(column)
-    provider_of = {"openai": "openai, azure", "gemini": "gemini", "diffusers": "diffusers",
-                   "replicate": "replicate", "hf": "hf, hf-endpoint"}
+    provider_of = {"openai": "openai, azure", "gemini": "gemini", "diffusers": "diffusers", "fal": "fal",
+                   "bfl": "bfl", "replicate": "replicate", "hf": "hf, hf-endpoint"}
     for spec in table.specs.values():
-        providers = provider_of.get(spec.family, spec.family)  # a family with one provider of its own name
+        providers = provider_of.get(spec.family, spec.family)
         if family and family not in (spec.family, *providers.split(", ")):
             continue
         sizes = ", ".join(spec.sizes) if spec.sizes else ", ".join(spec.aspect_ratios)

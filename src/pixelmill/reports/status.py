@@ -1,6 +1,7 @@
 """`pixelmill status RUNDIR`, and the summary at the end of every run: per step done / failed / pending,
 spend against the budget, the calls that may have been billed without an answer (counted in the spend at their
-reservation), failure reasons grouped with counts and an example row, how the last run ended,
+reservation), remote jobs submitted and not yet collected (per step: how many, the oldest one's age), failure
+reasons grouped with counts and an example row, how the last run ended,
 and the command that resumes it. Everything is read from the journal (and the source, for its row count), so
 it works on finished, failed, interrupted and running runs alike, and never changes the run.
 """
@@ -35,6 +36,8 @@ class StepStatus:
     pending: int = 0
     images: int = 0
     spent: float = 0.0
+    live_jobs: int = 0  # remote jobs submitted and not yet collected (their rows are pending)
+    oldest_job: float | None = None  # when the oldest of them was submitted (epoch seconds)
 
 
 @dataclass(slots=True)
@@ -181,6 +184,11 @@ def _read(journal: Journal, rundir: Path, rows: int | None) -> RunStatus:
                 step.failed = int(n)
             step.spent += float(spent)
         step.images = _images(db, name)
+        for _, _, job_state in journal.live_jobs(name):
+            step.live_jobs += 1
+            submitted = float(job_state.info["job"].get("submitted") or 0.0) or None
+            if submitted is not None and (step.oldest_job is None or submitted < step.oldest_job):
+                step.oldest_job = submitted
         step.pending = max(0, total - step.done - step.failed)
         steps.append(step)
 
@@ -335,6 +343,7 @@ def describe(status: RunStatus, *, now: float | None = None) -> list[str]:
     lines.append(f"spent: ${status.spent:.4f}{budget}")
     if status.unanswered_calls:
         lines.append(unanswered_line(status.unanswered_calls, status.unanswered_cost) + " (counted in the spend)")
+    lines += _live_jobs_lines(status, now)
     if status.failures:
         lines.append(f"failures ({sum(g.count for g in status.failures)} row-steps):")
         for group in status.failures:
@@ -346,6 +355,18 @@ def describe(status: RunStatus, *, now: float | None = None) -> list[str]:
     if status.output is not None:
         lines.append(f"output: {status.output}")
     return lines
+
+
+def _live_jobs_lines(status: RunStatus, now: float) -> list[str]:
+    """Remote jobs submitted and not yet collected: per step, how many and how old the oldest is."""
+    steps = [s for s in status.steps if s.live_jobs]
+    if not steps:
+        return []
+    total = sum(s.live_jobs for s in steps)
+    parts = [f"{s.name}: {s.live_jobs}" + (f", the oldest submitted {_ago(now - s.oldest_job)} ago"
+                                           if s.oldest_job else "") for s in steps]
+    return [f"live remote jobs: {total} ({'; '.join(parts)}), counted in the spend at their reservation: running "
+            f"the same command again collects them; `pixelmill cancel {status.rundir}` cancels them"]
 
 
 def unanswered_line(calls: int, cost: float) -> str:

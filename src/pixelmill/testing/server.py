@@ -28,7 +28,7 @@ from pixelmill.testing.images import ImageCache
 from pixelmill.testing.jobs import Job
 from pixelmill.testing.keys import wants_gemini
 from pixelmill.testing.log import RequestRecord
-from pixelmill.testing.routes import fal, gemini, openai, replicate
+from pixelmill.testing.routes import bfl, fal, gemini, hf, openai, replicate
 from pixelmill.testing.state import EmulatorState
 
 
@@ -54,12 +54,33 @@ def build_app(state: EmulatorState) -> web.Application:
     # `GET /v1/models` is OpenAI's and (since google-genai 3.x defaults to v1) Gemini's: the key tells which.
     app.router.add_get("/v1/models", _by_key(openai=openai_routes.models, gemini=gemini_routes.list_models))
     app.router.add_get("/v1/models/{target}", _by_key(openai=openai_routes.model, gemini=gemini_routes.get_model))
+    # Replicate (`/v1/predictions`, `/v1/models/{o}/{n}/predictions`) and BFL (`/v1/flux-*`, `/v1/get_result`)
+    # share `/v1/` with OpenAI by paths no other API uses.
     replicate.register(app, state)
+    bfl.register(app, state)
+    app.router.add_get("/_emulator/submits", _submits(state))
+    hf.register(app, state)
     fal_routes = fal.register(app, state)
     # fal submits at `/{model id}`, any depth: a POST no other API owns is fal's when it says so (`fal.wants`).
     app.router.add_post("/{tail:.+}", _when(fal.wants, fal_routes.submit))
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
+
+
+def _submits(state: EmulatorState) -> Handler:
+    """`GET /_emulator/submits[?family=fal][&by=prompt|model]`: jobs created per prompt (or model), for drills
+    that run `pixelmill emulate` in its own process. Carries no key and reveals only prompts sent to it."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        family = request.query.get("family")
+        by = request.query.get("by", "prompt")
+        if (family is not None and family not in state.jobs) or by not in ("prompt", "model"):
+            return web.json_response({"error": "family is one of fal, replicate, bfl; by is prompt or model"},
+                                     status=400)
+        queues = [state.jobs[family]] if family else list(state.jobs.values())
+        return web.json_response(dict(Counter(str(getattr(job, by)) for q in queues for job in q.jobs())))
+
+    return handler
 
 
 def _when(wants: Callable[[web.Request], bool], handler: Handler) -> Handler:
@@ -173,6 +194,15 @@ class Emulator:
     @property
     def azure_endpoint(self) -> str:
         return self.url
+
+    @property
+    def jobs_base_url(self) -> str:
+        """The `--base-url` of fal (queue.fal.run), Replicate, BFL and the HF router: the emulator's root."""
+        return self.url
+
+    def hf_endpoint_url(self, name: str = "endpoint") -> str:
+        """A dedicated Hugging Face Inference Endpoint's URL (`hf-endpoint`'s `--base-url`)."""
+        return f"{self.url}/hf-endpoint/{name}"
 
     # ------------------------------------------------------------ the log
 

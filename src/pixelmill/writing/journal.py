@@ -11,7 +11,14 @@ Tables:
   `unanswered: {calls, cost_usd_max}`), and the row's `pixelmill` metadata as JSON.
 - `intents`: one row per (step, entry) whose call is in flight: the amount it reserved of the budget. Written
   before the call is sent, deleted in the transaction that records its outcome (`save`), so that a call whose
-  answer a kill lost is still charged: the next run charges what is left at its reservation (`adopt_intents`).
+  answer a kill lost is still charged: the next run charges what is left at its reservation (`adopt_intents`),
+  and notes on the row when it was sent (`lost_submits`: a remote job's submit can then be looked for by
+  listing the provider's jobs, engine/jobs.py).
+- remote jobs (submit-and-poll providers): a job submitted and not yet collected is journaled on its row's step
+  (`pixelmill.job`: the provider's handle, the call number and the amount it reserved) by the save that also
+  resolves the submit's intent; `results.live` holds that reservation, so a live job counts in the spend until
+  its outcome is recorded, across runs (`live_jobs` lists them: a re-run polls them, `pixelmill cancel`
+  cancels them).
 
 Each run reads the source afresh (`begin_read`) and claims an entry for every row it reads (`claim`; the output
 writer claims the rest when a run stopped early, then `end_read` forgets the positions of rows no longer in the
@@ -22,7 +29,8 @@ in the output; a row whose id stayed but whose content changed has its results s
 Journals of the first layout (rows keyed by position) are adopted row by row when content and position agree.
 
 Commits happen per finished call, after the images are on disk: a kill loses at most the calls in flight, and
-their intents keep their cost in the spend. `spent` = results' cost + unanswered + spend set aside + intents.
+their intents keep their cost in the spend. `spent` = results' cost + unanswered + live jobs' reservations + spend
+set aside + intents.
 A write that fails for the disk's sake (full, quota, read-only, I/O error) raises `DiskFull`, the transaction
 rolled back, so that the run can stop sending and record what it has once space is freed (writing/store.py keeps
 a reserve for that).
@@ -63,6 +71,7 @@ CREATE TABLE IF NOT EXISTS results (
     info TEXT NOT NULL DEFAULT '{}',
     updated REAL NOT NULL,
     unanswered REAL NOT NULL DEFAULT 0,
+    live REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (step, row)
 );
 CREATE INDEX IF NOT EXISTS results_status ON results (step, status);
@@ -81,10 +90,12 @@ _COLUMNS = {
     "meta": ("key", "value"),
     "records": ("row", "key", "digest", "identity", "position", "claimed"),
     "results": ("step", "row", "status", "attempts", "calls_done", "outputs", "cost", "info", "updated",
-                "unanswered"),
+                "unanswered", "live"),
     "intents": ("step", "row", "reserved", "sent"),
 }
 UNANSWERED = "unanswered"  # a row's `pixelmill` field: {calls, cost_usd_max}
+JOB = "job"  # a row's `pixelmill` field while its remote job is live: {id, urls, submitted, data, call, reserved}
+LOST_SUBMITS = "lost_submits"  # a row's `pixelmill` field: [{sent, reserved, call}] of calls a kill left unanswered
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +155,8 @@ class Journal:
             self.db.execute("PRAGMA busy_timeout=10000")
             self.db.executescript(_SCHEMA)
             self._adopt_first_layout()
-            self._add_unanswered_column()
+            self._add_column("unanswered")
+            self._add_column("live")
             self.db.executescript(_INDEXES)
             for table, columns in _COLUMNS.items():  # a file of another program passes CREATE IF NOT EXISTS
                 self.db.execute(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0")
@@ -171,11 +183,12 @@ class Journal:
         self.db.execute("UPDATE records SET position = row")
         self.db.execute("COMMIT")
 
-    def _add_unanswered_column(self) -> None:
-        """Journals written before calls of unknown outcome were charged have no `unanswered` column."""
+    def _add_column(self, name: str) -> None:
+        """Journals written before calls of unknown outcome were charged have no `unanswered` column; before
+        remote jobs, no `live` column."""
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
-        if columns and "unanswered" not in columns:
-            self.db.execute("ALTER TABLE results ADD COLUMN unanswered REAL NOT NULL DEFAULT 0")
+        if columns and name not in columns:
+            self.db.execute(f"ALTER TABLE results ADD COLUMN {name} REAL NOT NULL DEFAULT 0")
 
     @classmethod
     def open(cls, rundir: Path) -> Journal:
@@ -366,7 +379,7 @@ class Journal:
 
     def _set_aside(self, slot: int, digest: str) -> None:
         """The entry's results no longer belong to its row (same id, other content): keep what they cost."""
-        cost = self.db.execute("SELECT COALESCE(SUM(cost + unanswered), 0) FROM results WHERE row = ?",
+        cost = self.db.execute("SELECT COALESCE(SUM(cost + unanswered + live), 0) FROM results WHERE row = ?",
                                (slot,)).fetchone()[0]
         if cost:
             before = float(self.get_meta("spent_set_aside") or 0.0)
@@ -406,9 +419,11 @@ class Journal:
     def _write(self, step: str, row: int, state: StepState) -> None:
         unanswered = state.info.get(UNANSWERED)
         charged = float(unanswered.get("cost_usd_max", 0.0)) if isinstance(unanswered, dict) else 0.0
+        job = state.info.get(JOB)
+        live = float(job.get("reserved", 0.0)) if isinstance(job, dict) else 0.0
         self.db.execute(
             "INSERT OR REPLACE INTO results (step, row, status, attempts, calls_done, outputs, cost, info, updated,"
-            " unanswered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " unanswered, live) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 step,
                 row,
@@ -420,6 +435,7 @@ class Journal:
                 orjson.dumps(state.info, default=str).decode(),
                 time.time(),
                 charged,
+                live,
             ),
         )
 
@@ -437,16 +453,19 @@ class Journal:
 
     def adopt_intents(self) -> int:
         """Charge the calls an earlier run sent and never recorded (it was killed) at their reservation, on their
-        rows (`unanswered`), in one transaction. Returns how many there were."""
+        rows (`unanswered`), in one transaction; each is noted on its row with the time it was sent
+        (`lost_submits`), so that a remote job's submit can be looked for later. Returns how many there were."""
         db = self.db
-        left = db.execute("SELECT step, row, reserved FROM intents").fetchall()
+        left = db.execute("SELECT step, row, reserved, sent FROM intents").fetchall()
         if not left:
             return 0
         db.execute("BEGIN")
         try:
-            for step, row, reserved in left:
+            for step, row, reserved, sent in left:
                 state = self.states(step, [row]).get(row) or StepState()
                 add_unanswered(state.info, 1, float(reserved))
+                state.info.setdefault(LOST_SUBMITS, []).append(
+                    {"sent": float(sent), "reserved": float(reserved), "call": state.calls_done})
                 self._write(step, row, state)
             db.execute("DELETE FROM intents")
             db.execute("COMMIT")
@@ -468,11 +487,29 @@ class Journal:
 
     def spent(self) -> float:
         """Everything this RUNDIR has spent, across resumes (what `--max-cost` is measured against), the results
-        of rows since changed or deleted included, and calls that may have been billed without an answer at
-        their reservation (those recorded on rows, and intents not yet resolved)."""
-        results = float(self.db.execute("SELECT COALESCE(SUM(cost + unanswered), 0) FROM results").fetchone()[0])
+        of rows since changed or deleted included, calls that may have been billed without an answer at
+        their reservation (those recorded on rows, and intents not yet resolved), and remote jobs submitted and
+        not yet collected, at their reservation."""
+        results = float(self.db.execute(
+            "SELECT COALESCE(SUM(cost + unanswered + live), 0) FROM results").fetchone()[0])
         intents = float(self.db.execute("SELECT COALESCE(SUM(reserved), 0) FROM intents").fetchone()[0])
         return results + intents + float(self.get_meta("spent_set_aside") or 0.0)
+
+    def live(self) -> float:
+        """The reservations of the remote jobs submitted and not yet collected (part of `spent`)."""
+        return float(self.db.execute("SELECT COALESCE(SUM(live), 0) FROM results").fetchone()[0])
+
+    def live_jobs(self, step: str | None = None) -> list[tuple[str, int, StepState]]:
+        """(step, entry, state) of every row-step whose remote job is live (submitted, not yet collected)."""
+        query = "SELECT step, row, status, attempts, calls_done, outputs, cost, info FROM results WHERE " \
+                "info LIKE '%\"job\":%'" + (" AND step = ?" if step is not None else "") + " ORDER BY step, row"
+        out = []
+        for name, row, status, attempts, calls, outputs, cost, info in self.db.execute(
+                query, (step,) if step is not None else ()):
+            state = StepState(status, attempts, calls, orjson.loads(outputs), cost, orjson.loads(info))
+            if isinstance(state.info.get(JOB), dict):
+                out.append((str(name), int(row), state))
+        return out
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}

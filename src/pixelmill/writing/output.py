@@ -21,7 +21,7 @@ from pixelmill.reading.images import data_url
 from pixelmill.reading.records import Record, read_records
 from pixelmill.writing.journal import Journal, RowIdentity, StepState
 
-_PRIVATE = ("calls", "_usages", "target", "sizes")  # journal bookkeeping, not for the user
+_PRIVATE = ("calls", "_usages", "target", "sizes", "lost_submits")  # journal bookkeeping, not for the user
 CHUNK = 256  # rows looked up in the journal at a time
 
 
