@@ -1,7 +1,8 @@
 """Money: what a call cost, and what a call may cost before it is sent.
 
-- `actual_cost`: from the usage the provider reported (tokens x the table's prices) when it reported usage,
-  else from the table (per-image price, or the documented tokens of the size and quality sent).
+- `actual_cost`: the charge the provider reported (`usage["cost_usd"]`, BFL), else from the usage it reported
+  (tokens x the table's prices), else from the table (per-image price, or the documented tokens of the size and
+  quality sent).
 - `expected_cost`: the range one call may cost, for `estimate` (low and expected) and for the budget, which
   reserves `high` before each call: `high` is an upper bound of what the call can be billed, so that a budget
   is never passed by the calls in flight.
@@ -75,8 +76,13 @@ def expected_cost(spec: ModelSpec, params: dict[str, Any], images: int, prompt_c
 
 def actual_cost(spec: ModelSpec, params: dict[str, Any], usage: dict[str, Any] | None, images: int) -> float | None:
     """What a finished call cost: from the usage it reported when the model is token-billed, else from the
-    table for the `images` it returned. None when the table has no price for the model."""
+    table for the `images` it returned. None when the table has no price for the model. A charge the provider
+    reported itself (`usage["cost_usd"]`: BFL's submit answers `cost` in credits) is taken as it is."""
     price = spec.price
+    reported = usage.get("cost_usd") if usage else None
+    if isinstance(reported, int | float) and not isinstance(reported, bool) and math.isfinite(reported) \
+            and reported >= 0:
+        return float(reported)
     if usage and price.image_out is not None:
         if "output_tokens" in usage:
             return _openai_usage_cost(spec, usage)
@@ -119,6 +125,9 @@ FAL_IMAGE_SIZES = {
 # An output whose size the parameters do not say (an aspect ratio alone): about one megapixel as expected,
 # and the model's largest free size (else 4 MP, FLUX.2's limit) as the most it can be.
 DEFAULT_MEGAPIXELS = 1.0
+# A billed megapixel is 1024x1024 pixels: fal and BFL both price a 1024x1024 image as one megapixel (BFL's "1 MP
+# text-to-image" examples; fal's "$0.025 per megapixel" for a square_hd image), not as two started ones.
+MEGAPIXEL = 1024 * 1024
 MAX_MEGAPIXELS = 4.0
 
 
@@ -148,10 +157,10 @@ def _per_megapixel(spec: ModelSpec, params: dict[str, Any], images: int, input_i
     assert per_mp is not None
     pixels = output_pixels(params)
     if pixels is not None:
-        expected_mp = high_mp = pixels[0] * pixels[1] / M
+        expected_mp = high_mp = pixels[0] * pixels[1] / MEGAPIXEL
     else:
         expected_mp = DEFAULT_MEGAPIXELS
-        high_mp = spec.free_size.max_pixels / M if spec.free_size else MAX_MEGAPIXELS
+        high_mp = spec.free_size.max_pixels / MEGAPIXEL if spec.free_size else MAX_MEGAPIXELS
 
     def one(mp: float, inputs_mp: float) -> float:
         started = max(1, math.ceil(mp - 1e-9))  # each megapixel started counts as one

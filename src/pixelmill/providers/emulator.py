@@ -1,8 +1,10 @@
 """`--provider emulator`: the built-in emulator (`pixelmill.testing`), a registered provider like the others.
 
 Nothing rewrites a configuration for it: a step names `provider: emulator` (its model, or any fallback), the
-planner asks this provider for the wire that serves the model (`for_model`: Gemini's for Gemini models, OpenAI's
-for the rest), and that wire talks to the emulator over real HTTP on loopback. The emulator starts when the first
+planner asks this provider for the wire that serves the model (`for_model`: Gemini's for Gemini models; fal's,
+Black Forest Labs', Replicate's and Hugging Face's for their families' models, each the provider registered under
+that entry-point name, pointed at the emulator's root; OpenAI's for the rest), and that wire talks to the emulator
+over real HTTP on loopback. The emulator starts when the first
 call is sent (planning, `estimate` and the checks before a run start nothing), is shared by every step of the
 process, and stops when the last provider using it is closed. Rows record `emulator` as their provider, so a
 rehearsal is never taken for a paid run.
@@ -13,12 +15,23 @@ This is the one product module that imports the emulator.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pixelmill.models.table import ModelSpec, builtin_table, permissive_spec
-from pixelmill.providers.base import ImageRequest, ImageResult, Provider, ProviderSettings, Task
+from pixelmill.providers.base import (
+    ImageRequest,
+    ImageResult,
+    JobHandle,
+    JobProvider,
+    JobStatus,
+    Provider,
+    ProviderSettings,
+    Task,
+    provider_class,
+)
 from pixelmill.providers.gemini.provider import GeminiProvider, api_base
 from pixelmill.providers.openai.provider import OpenAIProvider, normalize_base_url
 
@@ -29,6 +42,8 @@ if TYPE_CHECKING:
 # The emulator's key: it checks that one is sent, not which. A user's real key is never sent to it.
 EMULATOR_KEY = "sk-emulator"
 LATENCY = 0.05  # seconds per answer: quick, yet long enough for progress, Ctrl-C and pacing to be seen
+# Model families served by a remote-job (or Hugging Face) wire on the emulator: family -> entry-point name.
+JOB_FAMILIES = {"fal": "fal", "bfl": "bfl", "replicate": "replicate", "hf": "hf"}
 
 
 class _SharedEmulator:
@@ -74,7 +89,7 @@ class _EmulatedWire(Provider):
     def _point_at(self, emulator: Emulator) -> None:
         raise NotImplementedError
 
-    async def call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
+    async def _started(self) -> None:
         if self._emulator is None:
             if self._starting is None:
                 self._starting = asyncio.Lock()
@@ -83,6 +98,9 @@ class _EmulatedWire(Provider):
                     emulator = await asyncio.to_thread(_SHARED.acquire)
                     self._point_at(emulator)
                     self._emulator = emulator
+
+    async def call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
+        await self._started()
         return await super().call(request, spec)  # type: ignore[safe-super]  # the wire provider's
 
     async def aclose(self) -> None:
@@ -100,6 +118,47 @@ class _EmulatedOpenAI(_EmulatedWire, OpenAIProvider):
 class _EmulatedGemini(_EmulatedWire, GeminiProvider):
     def _point_at(self, emulator: Emulator) -> None:
         self.base_url = api_base(emulator.gemini_base_url)
+
+
+class _EmulatedRoot(_EmulatedWire):
+    """A wire whose base URL is the emulator's root (fal, BFL, Replicate, the HF router): the base URL is what the
+    wire's own constructor makes of `jobs_base_url` (BFL adds `/v1`, ...)."""
+
+    _wire: ClassVar[type[Provider]]
+    settings: ProviderSettings
+
+    def _point_at(self, emulator: Emulator) -> None:
+        pointed = self._wire(dataclasses.replace(self.settings, base_url=emulator.jobs_base_url), {})
+        self.base_url = pointed.base_url  # type: ignore[attr-defined]  # every wire here has one
+
+
+class _EmulatedJobs(_EmulatedRoot):
+    """A remote-job wire on the emulator: each of its calls starts the emulator first, like `call`."""
+
+    async def submit(self, request: ImageRequest, spec: ModelSpec) -> JobHandle:
+        await self._started()
+        return await super().submit(request, spec)  # type: ignore[misc,no-any-return]  # the wire's
+
+    async def poll(self, handle: JobHandle, spec: ModelSpec) -> JobStatus:
+        await self._started()
+        return await super().poll(handle, spec)  # type: ignore[misc,no-any-return]
+
+    async def cancel(self, handle: JobHandle, spec: ModelSpec) -> str:
+        await self._started()
+        return await super().cancel(handle, spec)  # type: ignore[misc,no-any-return]
+
+    async def recover(self, request: ImageRequest, spec: ModelSpec, since: float) -> JobHandle | None:
+        await self._started()
+        return await super().recover(request, spec, since)  # type: ignore[misc,no-any-return]
+
+
+def emulated_wire(family: str) -> type[Provider]:
+    """The class that serves `family`'s models on the emulator: the provider registered for the family, with the
+    emulator's lazy start and base URL mixed in before it."""
+    wire = provider_class(JOB_FAMILIES[family])
+    mixin = _EmulatedJobs if issubclass(wire, JobProvider) else _EmulatedRoot
+    attributes: dict[str, Any] = {"_wire": wire, "__module__": __name__}
+    return type(f"_Emulated{wire.__name__}", (mixin, wire), attributes)
 
 
 class EmulatorProvider(Provider):
@@ -123,9 +182,13 @@ class EmulatorProvider(Provider):
         return builtin_table().get(model) or permissive_spec(model, "openai")
 
     def for_model(self, spec: ModelSpec) -> Provider:
-        family = "gemini" if spec.family == "gemini" else "openai"
+        family = spec.family if spec.family in ("gemini", *JOB_FAMILIES) else "openai"
         if family not in self._wires:
-            wire = _EmulatedGemini if family == "gemini" else _EmulatedOpenAI
+            wire: type[Provider]
+            if family in JOB_FAMILIES:
+                wire = emulated_wire(family)
+            else:
+                wire = _EmulatedGemini if family == "gemini" else _EmulatedOpenAI
             self._wires[family] = wire(self._wire_settings, {})
         return self._wires[family]
 

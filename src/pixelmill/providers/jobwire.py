@@ -10,6 +10,7 @@ Public API (small and stable):
     provider_url(url, base) -> bool       (may this URL from an answer carry the key? see the rule below)
     data_uri(image)                                  -> "data:image/png;base64,..."
     await fetch_media(http, url, time_limit=..., max_bytes=..., trusted_origin=..., label=...) -> (bytes, mime)
+                                                     (a URL answering 403/404/410: MediaGone, a ResultLost)
     submit_answer(reply, label=...)                  -> dict   (a 2xx whose body is no JSON object: UnknownOutcome)
     poll_answer(reply, label=...)                    -> dict   (not JSON: TransientError; polls are free)
     quiet_poll(exc)                                  -> TransientError (a poll's transport failure, never billed)
@@ -39,12 +40,12 @@ from urllib.parse import urlsplit
 import orjson
 import pybase64
 
-from pixelmill.errors import ConfigError, TransientError, UnknownOutcome, redact_clip
+from pixelmill.errors import ConfigError, ResultLost, TransientError, UnknownOutcome, redact_clip
 from pixelmill.providers.base import InputImage, ProviderSettings
 from pixelmill.providers.boundary import code, seq, text
 from pixelmill.providers.http import HttpClient, Reply, decode_base64, parse_json, sniff_image_mime
 
-__all__ = ["Detail", "data_uri", "detail_fields", "fetch_media", "first", "job_base_url", "poll_answer",
+__all__ = ["Detail", "MediaGone", "data_uri", "detail_fields", "fetch_media", "first", "job_base_url", "poll_answer",
            "provider_url", "quiet_poll", "resolve_key", "submit_answer"]
 
 _MAX_MESSAGE = 400
@@ -144,8 +145,22 @@ async def fetch_media(http: HttpClient, url: str, *, time_limit: float, max_byte
             raise TransientError(f"{label}: the answer's data URI holds {len(data)} bytes that are not an image",
                                  maybe_billed=True, request_id=request_id)
         return data, mime
-    return await http.download_image(url, time_limit=time_limit, max_bytes=max_bytes,
-                                     trusted_origin=trusted_origin)
+    try:
+        return await http.download_image(url, time_limit=time_limit, max_bytes=max_bytes,
+                                         trusted_origin=trusted_origin)
+    except TransientError as exc:
+        if exc.http_status in _GONE:
+            raise MediaGone(f"{label}: the generated image's URL answered HTTP {exc.http_status}: it has expired",
+                            http_status=exc.http_status, request_id=request_id) from None
+        raise
+
+
+class MediaGone(ResultLost):
+    """A generated image whose URL no longer serves it (403, 404, 410: a signed URL or media lifetime that ran out):
+    the job was paid and its result is lost. The provider words the message for its job."""
+
+
+_GONE = frozenset({403, 404, 410})
 
 
 def submit_answer(reply: Reply, *, label: str, request_id: str | None = None) -> dict[str, Any]:

@@ -23,7 +23,8 @@ Reads top to bottom: credentials and base URL, submit, poll (status, then the re
   fetched at once. `has_nsfw_concepts[i]` true drops image i (fal sends a black image in its place); a job whose
   every image was dropped is `Refused(reason="nsfw_concepts")`; dropped images are counted in
   `extra["nsfw_dropped"]`. FAILED / CANCELED (seen in third-party schemas only) and unknown statuses end the job.
-- A 404 or 410 on the status or result URL: fal no longer knows the job or its result expired: `ResultLost`.
+- A 404 or 410 on the status or result URL (fal no longer knows the job, or its result expired), or media URLs
+  that answer 403/404/410 (their lifetime ran out): `ResultLost`.
 - Transport failures of a submit whose request was sent are `UnknownOutcome` (fal lists no requests, so such a
   submit cannot be recovered, only recorded as possibly billed); those of polls are plain `TransientError`.
 """
@@ -66,6 +67,7 @@ from pixelmill.providers.fal.errors import error_from_reply, job_error, request_
 from pixelmill.providers.fal.params import model_inputs, plan_fal
 from pixelmill.providers.http import EMULATOR_HEADER, HttpClient
 from pixelmill.providers.jobwire import (
+    MediaGone,
     data_uri,
     fetch_media,
     first,
@@ -272,6 +274,9 @@ class FalProvider(JobProvider):
             result = await self._result(answer, handle, asked, label)
         except Refused as exc:  # the job ended: no image to give (a broken answer raises, and is polled again)
             return JobStatus("failed", detail="COMPLETED", error=exc)
+        except MediaGone as exc:
+            return JobStatus("failed", detail="COMPLETED", error=_lost(label, handle, exc.http_status or 404,
+                                                                       "its images' URLs have expired"))
         if reply.headers.get(EMULATOR_HEADER) or handle.data.get("emulated"):
             result.extra["emulated"] = strip_userinfo(self.base_url)
         return JobStatus("done", result=result, detail="COMPLETED")
