@@ -140,9 +140,10 @@ def emulate(
                             serve_retired=True, job_latency=job_latency, job_jitter=job_jitter,
                             retention_scale=retention_scale, fal_concurrency=fal_concurrency)
     # Printed once bound, from the emulator itself: with --port 0 only it knows the port.
+    # The first line's shape is kept as it was (scripts and tests read it); the job APIs get a line of their own.
     serve(config, host="127.0.0.1", port=port, on_ready=lambda emu: typer.echo(
-        f"pixelmill emulator on {emu.url} (OpenAI base URL {emu.openai_base_url}; fal, Replicate, BFL and "
-        f"Hugging Face base URL {emu.url}); Ctrl-C stops it"))
+        f"pixelmill emulator on {emu.url} (OpenAI base URL {emu.openai_base_url}); Ctrl-C stops it\n"
+        f"fal, Replicate, BFL and Hugging Face: --base-url {emu.jobs_base_url} (docs/emulator.md)"))
 
 
 @app.command()
