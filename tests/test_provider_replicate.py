@@ -53,6 +53,7 @@ class Script:
     create_headers: dict[str, str] = field(default_factory=dict)
     cut: bool = False  # create the prediction, then close the connection without answering
     media_gone: bool = False  # the output URL answers 404
+    poll_reset: bool = False  # the first GETs of the prediction close the connection without answering
 
 
 class ReplicateServer(LocalServer):
@@ -129,6 +130,11 @@ class ReplicateServer(LocalServer):
             return web.json_response({"detail": "Not found.", "status": 404}, status=404)
         script = self.scripts.get(prediction["input"].get("prompt", ""), Script())
         seen = self.gets[prediction["id"]] = self.gets.get(prediction["id"], 0) + 1
+        if script.poll_reset and seen <= 2:  # aiohttp retries a GET once on a reused connection that closed
+            assert request.transport is not None
+            request.transport.close()
+            await asyncio.sleep(0.05)
+            return web.Response()
         if prediction["status"] in ("starting", "processing"):
             if seen > script.polls_pending:
                 self._finish(prediction)
@@ -410,9 +416,24 @@ async def test_a_cut_create_is_an_unknown_outcome_recovered_by_listing(
 async def test_a_create_answered_with_a_broken_body_is_an_unknown_outcome(
         server: ReplicateServer, provider: ReplicateProvider) -> None:
     server.scripts["broken"] = Script(create_status=201, create_body="not a prediction")
+    server.scripts["no id"] = Script(create_status=201, create_body={"status": "starting"})
     spec = provider.spec_for("black-forest-labs/flux-schnell")
-    with pytest.raises(UnknownOutcome, match="no prediction id"):
+    with pytest.raises(UnknownOutcome, match="handle is unknown"):
         await provider.submit(request_for("black-forest-labs/flux-schnell", "broken"), spec)
+    with pytest.raises(UnknownOutcome, match="no prediction id"):
+        await provider.submit(request_for("black-forest-labs/flux-schnell", "no id"), spec)
+
+
+async def test_a_poll_whose_answer_is_lost_is_not_an_unknown_outcome(
+        server: ReplicateServer, provider: ReplicateProvider) -> None:
+    """A poll creates nothing: a reset there is a plain TransientError (never charged as maybe billed)."""
+    server.scripts["flaky"] = Script(polls_pending=1, poll_reset=True)
+    spec = provider.spec_for("black-forest-labs/flux-schnell")
+    handle = await provider.submit(request_for("black-forest-labs/flux-schnell", "flaky"), spec)
+    with pytest.raises(TransientError) as caught:
+        await provider.poll(handle, spec)
+    assert not isinstance(caught.value, UnknownOutcome) and not caught.value.maybe_billed
+    assert (await provider.poll(handle, spec)).state in ("pending", "done")
 
 
 # ---------------------------------------------------------------- configuration

@@ -35,6 +35,7 @@ from pixelmill.providers.boundary import answer_limit, malformed, scrub_error, s
 from pixelmill.providers.hf.errors import ErrorContext, error_from_reply
 from pixelmill.providers.hf.params import hub_id, plan_hf
 from pixelmill.providers.http import EMULATOR_HEADER, HttpClient, sniff_image_mime
+from pixelmill.providers.jobwire import first
 from pixelmill.providers.openai.params import check_prompt
 
 __all__ = ["DEFAULT_ROUTE", "HfEndpointProvider", "HfProvider", "split_route"]
@@ -56,13 +57,6 @@ def split_route(model: str) -> tuple[str, str]:
     return hub, route or DEFAULT_ROUTE
 
 
-def _first(*values: str | None) -> str | None:
-    for value in values:
-        if value and value.strip():
-            return value.strip()
-    return None
-
-
 def _http_url(url: str, what: str) -> str:
     url = url.strip().rstrip("/")
     parts = urlsplit(url)
@@ -80,7 +74,7 @@ class HfProvider(Provider):
 
     def __init__(self, settings: ProviderSettings, env: Mapping[str, str]) -> None:
         super().__init__(settings, env)
-        self._key = _first(settings.api_key, env.get("HF_TOKEN"), env.get("DF_API_KEY"))
+        self._key = first(settings.api_key, env.get("HF_TOKEN"), env.get("DF_API_KEY"))
         if self._key is None and self.key_required:
             raise ConfigError(f"no token for {self.name}: set HF_TOKEN (or DF_API_KEY) to a token from "
                               "huggingface.co/settings/tokens with Inference Providers permission")
@@ -91,7 +85,7 @@ class HfProvider(Provider):
                                 max_connections=int(settings.options.get("max_connections", 1024)))
 
     def _base_url(self, settings: ProviderSettings, env: Mapping[str, str]) -> str:
-        url = _http_url(_first(settings.base_url, env.get("DF_BASE_URL")) or DEFAULT_ROUTER, "the router URL")
+        url = _http_url(first(settings.base_url, env.get("DF_BASE_URL")) or DEFAULT_ROUTER, "the router URL")
         return url.removesuffix("/models").removesuffix("/" + DEFAULT_ROUTE)  # given with the route: accepted
 
     def _url(self, model: str) -> str:
@@ -161,7 +155,7 @@ class HfEndpointProvider(HfProvider):
     key_required: ClassVar[bool] = False
 
     def _base_url(self, settings: ProviderSettings, env: Mapping[str, str]) -> str:
-        url = _first(settings.base_url, env.get("DF_BASE_URL"))
+        url = first(settings.base_url, env.get("DF_BASE_URL"))
         if url is None:
             raise ConfigError("hf-endpoint needs the endpoint's URL: pass --base-url "
                               "https://<name>.<region>.<vendor>.endpoints.huggingface.cloud")

@@ -18,15 +18,16 @@ lost submit by listing.
   orphan stops well inside the hour Replicate keeps outputs, instead of running (and, on time-billed models,
   billing) on. A prediction not started by then ends `aborted` (not charged), one running ends `canceled`.
 - Statuses: `starting`/`processing` pending; `succeeded` done (an output array, or one URI for
-  flux-1.1-pro); `succeeded` with `data_removed` or a null output, or media that answer 404/410, is
-  `ResultLost` (outputs are deleted an hour after the run); `failed` is `Refused` when the model's error says
-  NSFW, else a `TransientError` (billed for its run time on time-billed models, not on per-image ones);
-  `canceled` and `aborted` are `TransientError`s that say whether they may have been billed.
+  flux-1.1-pro); `succeeded` with `data_removed` or a null output, or media that answer 403/404/410
+  (`jobwire.MediaGone`), is `ResultLost` (outputs are deleted an hour after the run); `failed` is `Refused`
+  when the model's error says NSFW, else a `TransientError` (billed for its run time on time-billed models,
+  not on per-image ones); `canceled` and `aborted` are `TransientError`s that say whether they may have been billed.
 - Media are fetched WITHOUT the key, as every provider's are (the issue's rule), although Replicate's API
   docstring says to send it to `replicate.delivery`: its files are served from signed paths that work
   without it, and a key must never reach a host that is not the API. Poll, cancel and list URLs from the
-  answers (`urls.get`, `urls.cancel`, `next`) carry the key, so they are followed as given only on the base
-  URL's own origin; otherwise the same resource is asked at the base URL.
+  answers (`urls.get`, `urls.cancel`, `next`) carry the key, so they are followed as given only when
+  `jobwire.provider_url` says they are the provider's own API; otherwise the same resource is asked at the
+  base URL. Polls, cancels and lists create nothing: a lost answer there is a plain `TransientError`.
 - A 2xx create whose body cannot be read is an `UnknownOutcome` (the prediction exists): the engine then calls
   `recover`, which lists `GET /v1/predictions` newest first and takes the prediction of the same model or
   version and the same input created since the submit (a minute of clock skew allowed).
@@ -40,14 +41,13 @@ import re
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import orjson
-import pybase64
 
 from pixelmill.errors import ConfigError, ProviderError, Refused, ResultLost, TransientError, UnknownOutcome
 from pixelmill.models.table import ModelSpec, builtin_table, permissive_spec
-from pixelmill.netpolicy import same_origin, strip_userinfo, userinfo_secrets
+from pixelmill.netpolicy import strip_userinfo, userinfo_secrets
 from pixelmill.params import ImageParams, WirePlan
 from pixelmill.providers.base import (
     GeneratedImage,
@@ -60,7 +60,19 @@ from pixelmill.providers.base import (
     Task,
 )
 from pixelmill.providers.boundary import number, obj, scrub_error, scrub_result, seq, text
-from pixelmill.providers.http import EMULATOR_HEADER, HttpClient, Reply, parse_json
+from pixelmill.providers.http import EMULATOR_HEADER, HttpClient, Reply
+from pixelmill.providers.jobwire import (
+    MediaGone,
+    data_uri,
+    fetch_media,
+    first,
+    job_base_url,
+    poll_answer,
+    provider_url,
+    quiet_poll,
+    resolve_key,
+    submit_answer,
+)
 from pixelmill.providers.openai.params import check_prompt
 from pixelmill.providers.replicate.errors import ErrorContext, Stage, error_from_reply
 from pixelmill.providers.replicate.params import check_inputs, image_field, plan_replicate
@@ -89,11 +101,7 @@ _MAX_PAGES = 20
 def normalize_base_url(url: str) -> str:
     """`https://api.replicate.com`, `.../v1` and `.../v1/` all become `https://api.replicate.com/v1`; a gateway
     prefix (`https://router.huggingface.co/replicate`) gets `/v1` too."""
-    url = url.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise ConfigError(f"base URL {url!r} is not like https://api.replicate.com (an http(s) URL, no query)")
-    return url if parts.path.endswith("/v1") else url + "/v1"
+    return job_base_url(url, provider="replicate", example="https://api.replicate.com", version="v1")
 
 
 def route(model: str) -> tuple[str, str | None, str | None]:
@@ -108,13 +116,6 @@ def route(model: str) -> tuple[str, str | None, str | None]:
         return "/predictions", name, version
     owner, _, short = name.partition("/")
     return f"/models/{quote(owner, safe='')}/{quote(short, safe='')}/predictions", name, None
-
-
-def _first(*values: str | None) -> str | None:
-    for value in values:
-        if value and value.strip():
-            return value.strip()
-    return None
 
 
 def _epoch(value: Any) -> float | None:
@@ -139,13 +140,10 @@ class ReplicateProvider(JobProvider):
 
     def __init__(self, settings: ProviderSettings, env: Mapping[str, str]) -> None:
         super().__init__(settings, env)
-        key = _first(settings.api_key, env.get("REPLICATE_API_TOKEN"), env.get("DF_API_KEY"))
-        if key is None:
-            raise ConfigError("no API token for replicate: set REPLICATE_API_TOKEN (or DF_API_KEY) to a token from "
-                              "replicate.com/account/api-tokens")
-        self._key = key
+        self._key = resolve_key(settings, env, ("REPLICATE_API_TOKEN", "DF_API_KEY"), provider="replicate",
+                                where="tokens are at replicate.com/account/api-tokens")
         self.base_url = normalize_base_url(
-            _first(settings.base_url, env.get("REPLICATE_BASE_URL"), env.get("DF_BASE_URL")) or DEFAULT_BASE_URL
+            first(settings.base_url, env.get("REPLICATE_BASE_URL"), env.get("DF_BASE_URL")) or DEFAULT_BASE_URL
         )
         if userinfo_secrets(self.base_url):
             raise ConfigError("the base URL carries a user and password: Replicate takes a token; drop them")
@@ -174,16 +172,16 @@ class ReplicateProvider(JobProvider):
         return plan_replicate(spec, params, task)
 
     def _own(self, url: str | None, fallback: str) -> str:
-        """A URL from an answer, if it is on the base URL's origin (it will carry the key); else `fallback`."""
-        return url if url and same_origin(url, self.base_url) else fallback
+        """A URL from an answer, if it is the provider's own API (it will carry the key: `jobwire.provider_url`);
+        else `fallback`, the same resource at the base URL."""
+        return url if url and provider_url(url, self.base_url) else fallback
 
     # ------------------------------------------------------------ submit
 
     def _input(self, request: ImageRequest, spec: ModelSpec) -> dict[str, Any]:
         wire: dict[str, Any] = {"prompt": request.prompt, **request.params}
         if request.task == "edit" and request.images:
-            image = request.images[0]
-            wire[image_field(spec)] = f"data:{image.mime};base64,{pybase64.b64encode(image.data).decode()}"
+            wire[image_field(spec)] = data_uri(request.images[0])
         return wire
 
     async def submit(self, request: ImageRequest, spec: ModelSpec) -> JobHandle:
@@ -207,10 +205,7 @@ class ReplicateProvider(JobProvider):
                                       max_bytes=_PREDICTION_BYTES, label=label)
         if not 200 <= reply.status < 300:
             raise error_from_reply(reply, self._ctx(label, request.model, "create"))
-        try:
-            prediction = obj(parse_json(reply.body, label=label, http_status=reply.status))
-        except TransientError as exc:
-            raise UnknownOutcome(f"{exc}: the prediction was created and its answer is unreadable") from None
+        prediction = submit_answer(reply, label=label)
         handle = self._handle(prediction, name, version, request, reply)
         if handle is None:
             raise UnknownOutcome(f"{label}: the create answer (HTTP {reply.status}) has no prediction id: the "
@@ -262,16 +257,15 @@ class ReplicateProvider(JobProvider):
             if status is not None and not (isinstance(status.error, ResultLost) and status.error.code == _EXPIRED):
                 return status
             handle.data.pop("done", None)
-        reply = await self._http.send("GET", handle.urls.get("get") or f"{self.base_url}/predictions/{handle.id}",
-                                      headers=self._headers(), time_limit=_POLL_TIMEOUT,
-                                      max_bytes=_PREDICTION_BYTES, label=label)
+        reply = await self._free("GET", handle.urls.get("get") or f"{self.base_url}/predictions/{handle.id}",
+                                 label)
         if reply.status != 200:
             error = error_from_reply(reply, self._ctx(label, str(handle.data.get("model") or handle.id), "poll",
                                                       handle.id))
             if isinstance(error, ResultLost):
                 return JobStatus("failed", error=error, detail="unknown")
             raise error
-        prediction = obj(parse_json(reply.body, label=label, http_status=200))
+        prediction = poll_answer(reply, label=label, request_id=handle.id)
         return await self._status(prediction, handle, spec, label, bool(reply.headers.get(EMULATOR_HEADER)))
 
     async def _status(self, prediction: dict[str, Any], handle: JobHandle, spec: ModelSpec, label: str,
@@ -319,16 +313,14 @@ class ReplicateProvider(JobProvider):
         images: list[GeneratedImage] = []
         for url in urls[:asked]:
             try:
-                data, mime = await self._http.download_image(
-                    url, time_limit=_MEDIA_TIMEOUT, max_bytes=self.settings.max_download_bytes,
-                    trusted_origin=self.base_url)
-            except TransientError as exc:
-                if exc.http_status in (404, 410):
-                    return JobStatus("failed", detail="expired", error=ResultLost(
+                data, mime = await fetch_media(self._http, url, time_limit=_MEDIA_TIMEOUT,
+                                               max_bytes=self.settings.max_download_bytes,
+                                               trusted_origin=self.base_url, label=label, request_id=handle.id)
+            except MediaGone as exc:
+                return JobStatus("failed", detail="expired", error=ResultLost(
                         f"{label}: its output answers HTTP {exc.http_status} (Replicate deletes outputs an hour "
                         "after the run): the job was paid and its result is lost; --retry-failed submits it again "
                         "(and pays again)", request_id=handle.id, code=_EXPIRED))
-                raise
             images.append(GeneratedImage(data, mime))
         extra: dict[str, Any] = {"prediction": handle.id}
         metrics = obj(prediction.get("metrics"))
@@ -347,14 +339,13 @@ class ReplicateProvider(JobProvider):
     async def cancel(self, handle: JobHandle, spec: ModelSpec) -> str:
         label = f"replicate prediction {handle.id}"
         url = handle.urls.get("cancel") or f"{self.base_url}/predictions/{handle.id}/cancel"
-        reply = await self._http.send("POST", url, headers=self._headers(), time_limit=_POLL_TIMEOUT,
-                                      max_bytes=_PREDICTION_BYTES, label=label)
+        reply = await self._free("POST", url, label)
         if reply.status == 404:
             return "not_found"
         if reply.status != 200:
             raise scrub_error(error_from_reply(reply, self._ctx(label, handle.id, "cancel", handle.id)),
                               self.secrets())
-        status = text(obj(parse_json(reply.body, label=label, http_status=200)).get("status"))
+        status = text(poll_answer(reply, label=label, request_id=handle.id).get("status"))
         if status == "canceled":
             return "cancelled"
         if status in _TERMINAL:
@@ -369,11 +360,10 @@ class ReplicateProvider(JobProvider):
         label = f"replicate {request.model} (recovering a lost create)"
         url = f"{self.base_url}/predictions"
         for _ in range(_MAX_PAGES):
-            reply = await self._http.send("GET", url, headers=self._headers(), time_limit=_POLL_TIMEOUT,
-                                          max_bytes=_PAGE_BYTES, label=label)
+            reply = await self._free("GET", url, label, max_bytes=_PAGE_BYTES)
             if reply.status != 200:
                 raise scrub_error(error_from_reply(reply, self._ctx(label, request.model, "list")), self.secrets())
-            page = obj(parse_json(reply.body, label=label, http_status=200))
+            page = poll_answer(reply, label=label)
             for prediction in seq(page.get("results")):
                 prediction = obj(prediction)
                 created = _epoch(prediction.get("created_at"))
@@ -388,6 +378,15 @@ class ReplicateProvider(JobProvider):
             if not url:
                 return None
         return None
+
+    async def _free(self, method: str, url: str, label: str, *, max_bytes: int = _PREDICTION_BYTES) -> Reply:
+        """A call that creates nothing and costs nothing (poll, cancel, list): a lost answer is a plain
+        `TransientError`, never an unknown outcome."""
+        try:
+            return await self._http.send(method, url, headers=self._headers(), time_limit=_POLL_TIMEOUT,
+                                         max_bytes=max_bytes, label=label)
+        except TransientError as exc:
+            raise quiet_poll(exc) from exc
 
     def _ctx(self, label: str, model: str, stage: Stage, prediction: str | None = None) -> ErrorContext:
         return ErrorContext(label=label, model=model, stage=stage, secrets=self.secrets(), prediction=prediction)
