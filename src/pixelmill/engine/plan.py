@@ -75,8 +75,11 @@ def call_deadline(limits: Limits, timeouts: list[float]) -> float:
 
 
 def images_per_call(params: Mapping[str, Any]) -> int:
-    """How many images one call with these wire parameters asks for."""
-    return int(params.get("n", params.get("num_images_per_prompt", 1)) or 1)
+    """How many images one call with these wire parameters asks for (`num_outputs`: Replicate's name)."""
+    for key in ("n", "num_images_per_prompt", "num_outputs"):
+        if key in params:
+            return int(params[key] or 1)
+    return 1
 
 
 @dataclass(slots=True)
