@@ -61,6 +61,18 @@ def test_a_closed_port_stops_in_seconds_with_a_handful_of_attempts(tmp_path: Pat
     assert set(statuses(tmp_path / "run")) == {"pending"}  # never sent or stopped: not failed
 
 
+def test_a_closed_port_stops_a_remote_job_run_too(tmp_path: Path) -> None:
+    # fal's submits go through the job path (engine/jobs.py), not the call path: the watch must see them too.
+    url = f"http://127.0.0.1:{closed_port()}"
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(ROWS))
+    result = cli("generate", src, "-o", tmp_path / "run", "--provider", "fal", "--model", "fal-ai/flux/schnell",
+                 "--base-url", url, "--concurrency", "4", "--max-retries", "2", env={"FAL_KEY": "fal-test-key"})
+    assert result.code == 3, result.output
+    assert f"calls to {url} could not connect (connection refused); check --base-url" in result.output
+    assert requests_made(result.output) <= 12
+    assert set(statuses(tmp_path / "run")) == {"pending"}
+
+
 def test_an_unknown_host_stops_with_the_host_named(tmp_path: Path) -> None:
     url = "http://nonexistent.invalid/v1"  # RFC 6761: never resolves
     src = write_jsonl(tmp_path / "in.jsonl", prompts(ROWS))

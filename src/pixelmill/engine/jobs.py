@@ -170,6 +170,9 @@ class JobSender:
                         return
                     continue  # the job failed on the provider's side and the policy sends it again
                 if failure is not None:
+                    watch = self.sender.watch
+                    if watch is not None and watch.gave_up(target, failure):
+                        raise Stopped()  # the run stops for this very reason: the row stays pending
                     yield Failure(failure, submits)
                     return
                 assert delay is not None
@@ -190,6 +193,7 @@ class JobSender:
         try:
             handle = await provider.submit(request, target.spec)
         except ProviderError as exc:
+            self.sender._observe(target, exc, submits)  # a wrong base URL stops the run (engine/systematic.py)
             if maybe_billed(exc):  # sent, answer lost: the job may exist; look for it before charging it
                 found = await self._recover(provider, target, request, sent_wall)
                 if found is not None:
@@ -210,6 +214,7 @@ class JobSender:
         finally:
             self.stats.in_flight -= 1
         self.admission.limiter.on_answer(None, sent)  # an answer: the pace may probe up (engine/ratefinder.py)
+        self.sender._observe(target, None, submits)
         book.submitted(handle, ticket.reserved, submits)
         self._started()
         return handle, None, None
