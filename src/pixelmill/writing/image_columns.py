@@ -120,7 +120,7 @@ def layout_of(config: RunConfig, *, embed: bool | None = None) -> ImageLayout:
     outputs = [ImageColumn(step.out_field, rundir) for step in config.steps]
     written = {c.name for c in outputs}
     policy = InputPolicy(base_dir=config.source.parent, allowed_paths=config.allowed_paths)
-    inputs = []
+    inputs: list[ImageColumn] = []
     for step in config.steps:
         name = step.image_field or ("images" if step.task != "generate" else None)
         if name is not None and name not in written and name not in {c.name for c in inputs}:
