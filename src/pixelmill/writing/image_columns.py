@@ -69,15 +69,27 @@ class ImageColumn:
             if self.policy is None:
                 path = (self.base / ref).resolve()
                 if embed:
-                    return {"bytes": path.read_bytes(), "path": ref}
+                    return {"bytes": path.read_bytes(), "path": self._name(ref, path)}
             else:
                 policy = self.policy
                 path = confined_path(ref, field=self.name, policy=policy)
                 if embed:
-                    return {"bytes": read_confined(ref, field=self.name, policy=policy), "path": ref}
+                    return {"bytes": read_confined(ref, field=self.name, policy=policy),
+                            "path": self._name(ref, path)}
         except (InputError, OSError):
             return None
         return {"bytes": None, "path": str(path)} if path.is_file() else None
+
+    def _name(self, ref: str, path: Path) -> str:
+        """The `path` of an embedded image: the reference as the row wrote it when relative, else relative to
+        the column's folder (or the bare file name), so that no absolute local path travels with the bytes (an
+        output read back from a referenced Parquet holds absolute paths)."""
+        if not Path(ref).is_absolute():
+            return ref
+        try:
+            return path.relative_to(self.base.resolve()).as_posix()
+        except ValueError:
+            return path.name
 
     def cell(self, value: Any, embed: bool) -> Any:
         """The column's value for one row: a list of structs (a list column) or one struct."""
