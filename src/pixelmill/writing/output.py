@@ -4,6 +4,10 @@ The source is read again a chunk at a time, each row's results looked up in the 
 (memory flat in the dataset's size), and every input row is written: unchanged, plus its output field(s) and the
 `pixelmill` object. The file is written under a temporary name and renamed, so a crash never leaves a half output;
 on a full disk the temporary is removed, the previous output stays as it was, and `DiskFull` says so.
+
+JSONL runs also get `metadata.jsonl` (`imagefolder.py`), written in the same pass. Parquet and HF take the rows
+with their image paths and write the images as `Image` structs themselves (`image_columns.py`), embedding the bytes
+with `--embed-images`; JSONL embeds data URLs. Every format and how to load it: docs/outputs.md.
 """
 
 from __future__ import annotations
