@@ -196,7 +196,10 @@ def write_parquet_from(target: Path, make_rows: Callable[[], Iterable[dict[str, 
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
             for batch in _image_batches(_rows(make_rows(), as_text - types.keys(), layout), images, embed):
-                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                table = pa.Table.from_pylist(batch, schema=schema)
+                batch.clear()  # its bytes are in the table now: not held while the next batch is read
+                writer.write_table(table)
+                del table
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a half output holds space, and is never the output
