@@ -126,7 +126,9 @@ def test_output_options_embed_limit_output_field_and_parquet(emulator_thread: Em
     table = pq.read_table(tmp_path / "b" / "output.parquet").to_pylist()
     assert [r["prompt"] for r in table] == [r["prompt"] for r in prompts(4)]
     assert orjson.loads(table[0]["pixelmill"])["status"] == "done"
-    assert table[0]["images"] == ["images/generate/row000000_0.png"]
+    # An `Image` struct (issue 15): referenced by absolute path, so `datasets` decodes it from any directory.
+    assert table[0]["images"] == [{"bytes": None,
+                                   "path": str((tmp_path / "b" / "images/generate/row000000_0.png").resolve())}]
 
 
 def test_transparent_webp_keeps_alpha_and_real_extension(emulator_thread: Emulator, tmp_path: Path) -> None:

@@ -351,6 +351,28 @@ def cancel(
     raise typer.Exit(report.exit_code)
 
 
+@app.command()
+def push(
+    rundir: Annotated[Path, typer.Argument(help="The run directory (the --output of the run).", show_default=False)],
+    repo_id: Annotated[str, typer.Argument(metavar="OWNER/NAME", help="The dataset on the Hub.", show_default=False)],
+    public: Annotated[bool, typer.Option("--public", help="Make a new dataset public [default: private].")] = False,
+) -> None:
+    """Publish a run as a Hugging Face Hub dataset: its rows with the images embedded (Parquet) and a dataset card
+    (models, parameters, counts, cost). The token comes from HF_TOKEN or `hf auth login`."""
+    from pixelmill.errors import ConfigError, PublishError
+    from pixelmill.reports.publish import push_run
+
+    try:
+        result = push_run(rundir, repo_id, public=public)
+    except ConfigError as exc:
+        _error(str(exc))
+        raise typer.Exit(EXIT_CONFIG) from None
+    except PublishError as exc:
+        _error(str(exc))
+        raise typer.Exit(3) from None
+    typer.echo(f"pushed {result.rows} rows to {result.url} ({'private' if result.private else 'public'})")
+
+
 def main() -> None:
     """Console entry point."""
     if os.environ.get("PIXELMILL_TRACEBACK"):

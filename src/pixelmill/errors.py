@@ -26,6 +26,7 @@ SystematicFailure          the first calls of a step all failed the same way, fo
 DiskFull                   an image or the journal cannot be written (no space, quota, read-only, I/O error):
                            the run stops sending (exit 3); rows not done stay pending
 InternalError              an unexpected exception while handling one row (a bug, an odd value): that row fails
+PublishError               `pixelmill push`: the Hub refused the upload or could not be reached (exit 3)
 ```
 
 Every message says what to do next. Messages never contain API keys: providers build them from response
@@ -264,6 +265,13 @@ def disk_full(exc: OSError, what: str) -> DiskFull:
         return DiskFull(f"cannot write {what} ({exc.strerror}): make the disk writable and run the same command "
                         "again")
     return DiskFull(f"disk full ({exc.strerror}) writing {what}: free space and run the same command again")
+
+
+class PublishError(PixelmillError):
+    """`pixelmill push` could not publish: the Hub refused (no or wrong token, no right on the namespace) or could
+    not be reached. Nothing of the run changes; the message says what the Hub said and what to do."""
+
+    kind = "publish"
 
 
 class InternalError(PixelmillError):

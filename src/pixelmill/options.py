@@ -136,8 +136,8 @@ class JobOptions:
                                  run_only=True)
     report_broken: bool = option(False, "Done rows whose image files are missing or broken are only reported "
                                         "(pixelmill.broken_files), not sent again.", panel=RUN, run_only=True)
-    embed_images: bool = option(False, "Images as data URLs in the output instead of file paths.", panel=OUTPUT,
-                                run_only=True)
+    embed_images: bool = option(False, "Images in the output instead of file paths: data URLs in JSONL, bytes "
+                                "in Parquet and HF.", panel=OUTPUT, run_only=True)
     allow_private_urls: bool = option(False, "Let input image URLs point at private or loopback addresses.",
                                       panel=INPUT, run_only=True)
     allow_path: list[Path] | None = option(
@@ -186,7 +186,8 @@ class PipelineOptions:
                                         "again.", panel=RUN)
     report_broken: bool = option(False, "Done rows whose image files are missing or broken are only reported.",
                                  panel=RUN)
-    embed_images: bool = option(False, "Images as data URLs in the output.", panel=OUTPUT)
+    embed_images: bool = option(False, "Images in the output: data URLs in JSONL, bytes in Parquet and HF.",
+                                panel=OUTPUT)
     allow_private_urls: bool = option(False, "Let input image URLs point at private addresses.", panel=INPUT)
     allow_path: list[Path] | None = option(
         None, "A folder (besides the source's) whose image files rows may name (repeatable).", panel=INPUT)

@@ -117,6 +117,13 @@ def confined_path(ref: str, *, field: str, policy: InputPolicy) -> Path:
     return resolved
 
 
+def read_confined(ref: str, *, field: str, policy: InputPolicy) -> bytes:
+    """The bytes of a local image reference, read under the same rules as an input image (confined, a regular
+    file, within the size limit), without an event loop: for writers that embed the images a run read."""
+    return _read_regular_file(confined_path(ref, field=field, policy=policy), ref, field, policy.max_bytes,
+                              time.monotonic() + policy.file_timeout)
+
+
 async def _read_file(path: Path, ref: str, *, field: str, policy: InputPolicy) -> bytes:
     deadline = time.monotonic() + policy.file_timeout
     try:

@@ -292,6 +292,11 @@ def _output_path(rundir: Path, config: RunConfig | None) -> Path | None:
     return None
 
 
+def output_path(rundir: Path, config: RunConfig | None) -> Path | None:
+    """The run's output dataset (output.jsonl, .parquet or .hf; the configured format first), or None."""
+    return _output_path(rundir, config)
+
+
 def _meta_json(journal: Journal, key: str) -> dict[str, Any]:
     raw = journal.get_meta(key)
     if raw is None:

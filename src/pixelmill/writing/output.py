@@ -4,6 +4,10 @@ The source is read again a chunk at a time, each row's results looked up in the 
 (memory flat in the dataset's size), and every input row is written: unchanged, plus its output field(s) and the
 `pixelmill` object. The file is written under a temporary name and renamed, so a crash never leaves a half output;
 on a full disk the temporary is removed, the previous output stays as it was, and `DiskFull` says so.
+
+JSONL runs also get `metadata.jsonl` (`imagefolder.py`), written in the same pass. Parquet and HF take the rows
+with their image paths and write the images as `Image` structs themselves (`image_columns.py`), embedding the bytes
+with `--embed-images`; JSONL embeds data URLs. Every format and how to load it: docs/outputs.md.
 """
 
 from __future__ import annotations
@@ -123,39 +127,46 @@ def _write_output(config: RunConfig, journal: Journal) -> tuple[Path, OutputCoun
     counts = OutputCounts()
     rundir = config.output
     rundir.mkdir(parents=True, exist_ok=True)
+    # Parquet and HF take the images as `Image` structs, embedded as bytes by their writer: rows keep the paths.
+    plain = config.model_copy(update={"embed_images": False})
+    passes: list[OutputCounts] = []
+
+    def rows() -> Iterator[dict[str, Any]]:
+        passes.append(OutputCounts())
+        return output_rows(plain, journal, passes[-1])
+
     if config.format == "parquet":
+        from pixelmill.writing.image_columns import layout_of
         from pixelmill.writing.parquet import write_parquet_from
 
         target = rundir / "output.parquet"
-        passes: list[OutputCounts] = []
-
-        def rows() -> Iterator[dict[str, Any]]:
-            passes.append(OutputCounts())
-            return output_rows(config, journal, passes[-1])
-
-        write_parquet_from(target, rows)
+        write_parquet_from(target, rows, layout_of(config))
         return target, passes[-1]
     if config.format == "hf":
         from pixelmill.writing.hf import write_hf
-
-        hf_passes: list[OutputCounts] = []
-
-        def hf_rows() -> Iterator[dict[str, Any]]:
-            hf_passes.append(OutputCounts())
-            rows_config = config.model_copy(update={"embed_images": False})
-            return output_rows(rows_config, journal, hf_passes[-1])
+        from pixelmill.writing.image_columns import layout_of
 
         target = rundir / "output.hf"
-        write_hf(target, rundir, [s.out_field for s in config.steps], config.embed_images, hf_rows)
-        return target, hf_passes[-1]
+        write_hf(target, rundir, layout_of(config), rows)
+        return target, passes[-1]
+    from pixelmill.writing.imagefolder import imagefolder_row
+
     target = rundir / "output.jsonl"
-    tmp = target.with_name(f".{target.name}.tmp")
+    metadata = rundir / "metadata.jsonl"
+    fields = [step.out_field for step in config.steps]
+    steps = tuple(s.name for s in config.steps) if config.pipeline else None
+    tmp, tmp_meta = target.with_name(f".{target.name}.tmp"), metadata.with_name(f".{metadata.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            for row in output_rows(config, journal, counts):
+        with open(tmp, "wb") as f, open(tmp_meta, "wb") as meta:
+            for row in output_rows(plain, journal, counts):
+                meta.write(jsonio.dumps(imagefolder_row(row, fields, steps), newline=True))
+                if config.embed_images:
+                    row.update({name: [_embed(rundir, p) for p in row[name]] for name in fields if name in row})
                 f.write(jsonio.dumps(row, newline=True))
+        os.replace(tmp_meta, metadata)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a half output holds space, and is never the output
+        tmp_meta.unlink(missing_ok=True)
         raise
     return target, counts
