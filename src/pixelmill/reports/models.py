@@ -58,7 +58,7 @@ def _price(spec: ModelSpec) -> str:
     p = spec.price
     if p.per_image:
         low, high = min(p.per_image.values()), max(p.per_image.values())
-        return f"${low:.3f}-${high:.3f}/image"
+        return f"${low:.3f}/image" if low == high else f"${low:.3f}-${high:.3f}/image"
     if p.per_megapixel is not None:
         first = f"${p.first_megapixel:g} first MP, then " if p.first_megapixel is not None else ""
         return f"{first}${p.per_megapixel:g}/MP"
