@@ -1,9 +1,11 @@
 """A run with a progress display: what the command line, the demo and the DataFlow compatibility layer show
 while a run goes on (a live display on a terminal, plain lines otherwise), then the summary and the command that
-resumes the run (kept in the journal for `status`)."""
+resumes the run (kept in the journal for `status`), and when images were made the command that reviews them
+(`pixelmill gallery`: the page is written on demand, not after every run, since its thumbnails take time)."""
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING
 
 from pixelmill.api import RunReport, run_config
@@ -35,4 +37,6 @@ def run_with_progress(
         remember_command(config.output, command_line(config))
     if summary:
         progress.summary(report, config)
+        if not quiet and report.counts.done:
+            progress.say(f"review: pixelmill gallery {shlex.quote(str(config.output))}")
     return report

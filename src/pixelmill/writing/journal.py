@@ -115,6 +115,16 @@ class Entry:
     key: str
 
 
+@dataclass(frozen=True, slots=True)
+class Place:
+    """A row's identity (`id:...`, `content:...`), the file key of its entry, and the time its results last
+    changed (key and time None when the journal has no entry for it)."""
+
+    identity: str
+    key: str | None = None
+    updated: float | None = None
+
+
 @dataclass(slots=True)
 class StepState:
     status: str = "pending"
@@ -474,13 +484,23 @@ class Journal:
         intents = float(self.db.execute("SELECT COALESCE(SUM(reserved), 0) FROM intents").fetchone()[0])
         return results + intents + float(self.get_meta("spent_set_aside") or 0.0)
 
+    def places(self, identities: list[str]) -> dict[str, Place]:
+        """identity -> its entry's file key and the time its results last changed (None before any), for the
+        identities the journal knows (where identical rows share one, the entry that stands first)."""
+        out: dict[str, Place] = {}
+        query = ("SELECT r.identity, r.key, MAX(s.updated) FROM records r LEFT JOIN results s ON s.row = r.row "
+                 "WHERE r.identity IN ({}) GROUP BY r.row ORDER BY r.position IS NULL, r.position DESC")
+        for identity, key, updated in self._select_in(query, identities):
+            out[identity] = Place(identity, key, None if updated is None else float(updated))
+        return out
+
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for step, status, n in self.db.execute("SELECT step, status, COUNT(*) FROM results GROUP BY step, status"):
             out.setdefault(step, {})[status] = n
         return out
 
-    def _select_in(self, query: str, values: list[int], prefix: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+    def _select_in(self, query: str, values: list[Any], prefix: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         out: list[tuple[Any, ...]] = []
         prefix = tuple(prefix)
         for start in range(0, len(values), 500):
