@@ -304,17 +304,18 @@
   document.addEventListener("keydown", function (event) {
     if (event.ctrlKey || event.metaKey || event.altKey) { return; }
     var typing = /^(INPUT|SELECT|TEXTAREA)$/.test(event.target.tagName || "");
+    var key = event.key.length === 1 ? event.key.toLowerCase() : event.key;  // K and k alike
     if (current >= 0) {
       var act = { ArrowRight: function () { move(1); }, ArrowLeft: function () { move(-1); }, Escape: closeLightbox,
         k: function () { setMark(rows[view[current]], "keep"); },
         x: function () { setMark(rows[view[current]], "reject"); },
-        u: function () { setMark(rows[view[current]], ""); } }[event.key];
+        u: function () { setMark(rows[view[current]], ""); } }[key];
       if (act) { event.preventDefault(); act(); }
-    } else if (!typing && event.key === "/") {
+    } else if (!typing && key === "/") {
       event.preventDefault();
       search.focus();
-    } else if (!typing && (event.key === "+" || event.key === "-")) {
-      sizeInput.value = String(Number(sizeInput.value) + (event.key === "+" ? 20 : -20));
+    } else if (!typing && (key === "+" || key === "=" || key === "-")) {
+      sizeInput.value = String(Number(sizeInput.value) + (key === "-" ? -20 : 20));
       sizeInput.dispatchEvent(new Event("input"));
     }
   });
