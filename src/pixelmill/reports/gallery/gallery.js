@@ -167,14 +167,16 @@
     meta.appendChild(el("span", "badge " + r.s, r.s));
     meta.appendChild(el("span", "name", r.n));
     meta.appendChild(el("span", "cost", "$" + r.c.toFixed(4)));
-    if (r.id) {
+    if (r.id) {  // over the images' top right corner, leaving the line below to the id
+      var over = el("div", "marks-over");
+      node.appendChild(over);
       ["keep", "reject"].forEach(function (m) {
         var b = el("button", "mk " + m + (markOf(r) === m ? " on" : ""), m === "keep" ? "\u2713" : "\u2715");
         b.type = "button";
         b.setAttribute("data-mark", m);
         b.title = m === "keep" ? "Keep (K)" : "Reject (X)";
         b.setAttribute("aria-pressed", markOf(r) === m ? "true" : "false");
-        meta.appendChild(b);
+        over.appendChild(b);
       });
     }
     node.appendChild(meta);
