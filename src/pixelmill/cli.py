@@ -312,10 +312,10 @@ def gallery(
     rundir: Annotated[Path, typer.Argument(help="The run directory (the --output of the run).", show_default=False)],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="The page [default: RUNDIR/gallery.html].")] = None,
     thumbnails: Annotated[str, typer.Option(help="auto, embed (one file) or files (a folder beside the page).")] = "auto",
-    max_rows: Annotated[int, typer.Option(help="Cards on the page at most (the first rows).")] = 5000,
+    max_rows: Annotated[int, typer.Option(help="Cards on the page at most (the first rows).")] = 50_000,
 ) -> None:
-    """One self-contained HTML page of the run: thumbnails beside prompts, model, cost and status; filters and
-    search that work offline."""
+    """One self-contained HTML page to review the run offline: thumbnails at a density you choose, a lightbox,
+    filters (status, error kind, step, model), sort (row, cost, time), keep/reject marks exported for `export`."""
     from pixelmill.errors import ConfigError
     from pixelmill.reports.gallery.page import write_gallery
 
@@ -371,6 +371,44 @@ def push(
         _error(str(exc))
         raise typer.Exit(3) from None
     typer.echo(f"pushed {result.rows} rows to {result.url} ({'private' if result.private else 'public'})")
+
+
+@app.command()
+def export(
+    rundir: Annotated[Path, typer.Argument(help="The run directory (the --output of the run).", show_default=False)],
+    keep: Annotated[Path, typer.Option("--keep", help="The marks file the gallery exported (JSONL).",
+                                       show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="A new or empty folder for the kept rows.",
+                                         show_default=False)],
+    unmarked: Annotated[str, typer.Option(help="Rows without a mark: drop, or keep (then only rejects go).")] = "drop",
+    link: Annotated[bool, typer.Option("--link", help="Hard-link the images instead of copying them.")] = False,
+) -> None:
+    """The rows marked keep in the gallery, with their images, as an output of their own (rows found by identity)."""
+    from pixelmill.errors import ConfigError
+    from pixelmill.reports.status import load_config, open_journal
+    from pixelmill.writing.export import export_kept, read_marks
+
+    try:
+        if unmarked not in ("drop", "keep"):
+            raise ConfigError(f"--unmarked {unmarked!r}: use drop or keep")
+        marks = read_marks(keep)
+        journal = open_journal(rundir)
+        try:
+            config = load_config(journal)
+            if config is None:
+                raise ConfigError(f"{rundir}: the journal holds no readable configuration; run the job again")
+            result = export_kept(config, journal, rundir, marks, output, unmarked=unmarked,  # type: ignore[arg-type]
+                                 link=link)
+        finally:
+            journal.close()
+    except ConfigError as exc:
+        _error(str(exc))
+        raise typer.Exit(EXIT_CONFIG) from None
+    if result.unmatched:
+        sys.stderr.write(f"pixelmill: notice: {result.unmatched} of {len(marks)} marks name no row of {rundir} "
+                         "(marks of another run, or rows since removed from the source): left out\n")
+    typer.echo(f"export: {result.kept} of {result.rows} rows kept, {result.files} images "
+               f"{'linked' if link else 'copied'}: {result.output}")
 
 
 def main() -> None:

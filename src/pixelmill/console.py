@@ -1,6 +1,7 @@
 """A run with a progress display: what the command line, the demo and the DataFlow compatibility layer show
 while a run goes on (a live display on a terminal, plain lines otherwise), then the summary and the command that
-resumes the run (kept in the journal for `status`).
+resumes the run (kept in the journal for `status`), and when images were made the command that reviews them
+(`pixelmill gallery`: the page is written on demand, not after every run, since its thumbnails take time).
 
 `quiet` (`-q`) also silences the progress bars of the libraries a run may use (`datasets` reading a source or
 writing `--format hf`, `huggingface_hub` downloads, diffusers' steps: all tqdm), for the run's duration; the
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -47,6 +49,8 @@ def run_with_progress(
         remember_command(config.output, command_line(config))
     if summary:
         progress.summary(report, config)
+        if not quiet and report.counts.done:
+            progress.say(f"review: pixelmill gallery {shlex.quote(str(config.output))}")
     return report
 
 

@@ -1,6 +1,7 @@
 """The gallery escapes everything that comes from the data: prompts, ids, error messages, image references and
 the run's own folder name show as text, never as markup, script or a link with a scheme. The page runs one
-script, its own, allowed by hash in its Content-Security-Policy."""
+script, its own, allowed by hash in its Content-Security-Policy; the rows it shows are one inert JSON block
+(`type="application/json"`, never run) with no `<`, `>` or `&` in it, which the script sets as text."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import base64
 import hashlib
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from pixelmill.reports.gallery.assets import SCRIPT
@@ -41,18 +44,34 @@ class Page(HTMLParser):
         self.attrs: list[tuple[str, str, str]] = []
         self.text: list[str] = []
         self.scripts: list[str] = []
-        self._in_script = False
+        self.data: list[str] = []
+        self._in: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append(tag)
         self.attrs += [(tag, name, value or "") for name, value in attrs]
-        self._in_script = tag == "script"
+        if tag == "script":
+            self._in = self.data if dict(attrs).get("type") == "application/json" else self.scripts
 
     def handle_endtag(self, tag: str) -> None:
-        self._in_script = False
+        self._in = None
 
     def handle_data(self, data: str) -> None:
-        (self.scripts if self._in_script else self.text).append(data)
+        (self._in if self._in is not None else self.text).append(data)
+
+
+def shown_by_script(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(the texts the page script sets from the rows, the image `src`/`href` values it sets)."""
+    texts: list[str] = []
+    links: list[str] = []
+    for row in rows:
+        texts += [row["n"], *(p[1] for p in row["p"]), *row["er"], *row["no"]]
+        for stage in row["g"]:
+            texts.append(stage["l"])
+            for image in stage["im"]:
+                texts.append(image["x"] or "")
+                links += [v for v in (image["t"], image["h"]) if v]
+    return texts, links
 
 
 def hostile_runs(emu: Emulator, tmp_path: Path) -> list[Path]:
@@ -80,7 +99,10 @@ def test_gallery_shows_hostile_data_as_text(emulator_thread: Emulator, tmp_path:
         page.feed(html)
         page.close()
 
-        assert page.tags.count("script") == 1 and "".join(page.scripts) == SCRIPT
+        assert page.tags.count("script") == 2 and "".join(page.scripts) == SCRIPT
+        block = "".join(page.data)
+        assert not {"<", ">", "&"} & set(block)  # nothing in it can end the block or start markup
+        texts, links = shown_by_script(orjson.loads(block)["rows"])
         assert page.tags.count("style") == 1
         assert not {"iframe", "svg", "object", "embed", "base", "form", "frame", "link"} & set(page.tags)
         for tag, name, value in page.attrs:
@@ -88,12 +110,15 @@ def test_gallery_shows_hostile_data_as_text(emulator_thread: Emulator, tmp_path:
             if name in ("href", "src"):
                 head = value.split("/", 1)[0]
                 assert value.startswith("data:image/webp;base64,") or ":" not in head, (tag, name, value)
+        for value in links:  # what the script will set as an image's src, or a full image's
+            head = value.split("/", 1)[0]
+            assert value.startswith("data:image/webp;base64,") or ":" not in head, value
         [csp] = [v for _, n, v in page.attrs if n == "content" and "script-src" in v]
         digest = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
         assert f"script-src 'sha256-{digest}'" in csp and "default-src 'none'" in csp
 
         # The hostile values are on the page, as text a reader sees (escaped, not dropped).
-        shown = "".join(page.text) + " ".join(v for _, n, v in page.attrs if n in ("title", "data-search"))
+        shown = "".join(page.text) + " ".join(texts)
         assert run.name in shown
         if run.name == RUN_NAME:
             for value in [*HOSTILE_PROMPTS[:3], *HOSTILE_IDS[:4]]:

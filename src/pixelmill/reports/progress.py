@@ -186,6 +186,10 @@ class Progress:
         else:
             self._say(f"notice: {text}")
 
+    def say(self, *lines: str) -> None:
+        """Lines after the summary (best effort, as every line of the display)."""
+        self._say(*lines)
+
     def _say(self, *lines: str) -> None:
         """Write lines to the stream, best effort: a terminal that closed (SIGHUP), a pipe whose reader left or a
         full disk must not end a run or change its exit status."""

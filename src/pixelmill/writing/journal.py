@@ -133,6 +133,16 @@ class Entry:
     key: str
 
 
+@dataclass(frozen=True, slots=True)
+class Place:
+    """A row's identity (`id:...`, `content:...`), the file key of its entry, and the time its results last
+    changed (key and time None when the journal has no entry for it)."""
+
+    identity: str
+    key: str | None = None
+    updated: float | None = None
+
+
 @dataclass(slots=True)
 class StepState:
     status: str = "pending"
@@ -700,6 +710,16 @@ class Journal:
             state = StepState(status, attempts, calls, orjson.loads(outputs), cost, orjson.loads(info))
             if isinstance(state.info.get(JOB), dict):
                 out.append((str(name), int(row), state))
+        return out
+
+    def places(self, identities: list[str]) -> dict[str, Place]:
+        """identity -> its entry's file key and the time its results last changed (None before any), for the
+        identities the journal knows (where identical rows share one, the entry that stands first)."""
+        out: dict[str, Place] = {}
+        query = ("SELECT r.identity, r.key, MAX(s.updated) FROM records r LEFT JOIN results s ON s.row = r.row "
+                 "WHERE r.identity IN ({}) GROUP BY r.row ORDER BY r.position IS NULL, r.position DESC")
+        for identity, key, updated in self._select_in(query, identities):
+            out[identity] = Place(identity, key, None if updated is None else float(updated))
         return out
 
     def counts(self) -> dict[str, dict[str, int]]:
