@@ -11,7 +11,9 @@ The order of things, each step journaled before the next (the journal discipline
    answer may be a paid job);
 2. the moment the submit answers, its handle is journaled on the row's step with the amount it reserved, in the
    transaction that resolves the intent (`book.submitted`); only then is it polled;
-3. polls are spaced by the provider's `poll_delay` (0.5 s growing to 5 s) and are free: a poll that fails
+3. polls are spaced by the provider's `poll_delay` (0.5 s growing to 5 s) until a few of the model's jobs have
+   ended, then by a schedule learned from them (engine/polling.py: the first poll a little before the usual
+   end, then small steps), and are free: a poll that fails
    (`TransientError`, a 429) is polled again; the job keeps its concurrency slot and its budget reservation
    until its outcome is recorded (`--concurrency` bounds jobs in flight; pacing, --rpm/--ipm, applies to submits);
 4. the outcome: `done` is an `Answer` stored and journaled like any call's; `failed` is the retry policy's:
@@ -42,6 +44,7 @@ from typing import Any, Protocol
 from pixelmill.engine.budget import Budget
 from pixelmill.engine.call import Answer, CallBook, Failure, Held, Sender, Stopped, maybe_billed, plan_key
 from pixelmill.engine.plan import StepPlan, images_per_call
+from pixelmill.engine.polling import PollClock
 from pixelmill.engine.retry import RetryState, next_delay
 from pixelmill.engine.stats import RunStats
 from pixelmill.errors import (
@@ -119,6 +122,7 @@ class JobSender:
         self.sender = sender
         self.admission = sender.admission
         self.policy = sender.policy
+        self.clock = PollClock()  # when to poll each model's jobs, learned as they end (engine/polling.py)
         self.stats = sender.stats
         self.stopping = sender.stopping
 
@@ -285,18 +289,25 @@ class JobSender:
         return None
 
     async def _poll(self, target: StepPlan, handle: JobHandle) -> JobStatus:
-        """Poll until the job is no longer pending. Polls that fail are polled again (they are free); the call's
+        """Poll until the job is no longer pending, at the times the run's `PollClock` gives (engine/polling.py:
+        learned from the model's jobs that ended). Polls that fail are polled again (they are free); the call's
         deadline bounds the wait."""
         provider = target.provider
         assert isinstance(provider, JobProvider)
         started = time.monotonic()
+        model = target.spec.name
+        # Seconds since the submit, by the handle's wall clock (a job of an earlier run: polled at once).
+        elapsed = max(0.0, time.time() - handle.submitted) if handle.submitted else None
+        delays = self.clock.delays(model, provider.poll_delay, elapsed=elapsed)
         polls = 0
         pause = 0.0
+        pending_at: float | None = None  # seconds after the submit of the latest poll that found it pending
         while True:
-            await asyncio.sleep(max(pause, provider.poll_delay(polls)))
+            await asyncio.sleep(max(pause, next(delays)))
             polls += 1
             pause = 0.0
             self.stats.polls += 1
+            asked = time.monotonic()
             try:
                 status = await provider.poll(handle, target.spec)
             except RateLimited as exc:
@@ -306,8 +317,12 @@ class JobSender:
                 continue
             except ProviderError as exc:  # auth, quota, a rejection of the poll itself: the job's outcome
                 return JobStatus("failed", error=exc)
+            since_submit = None if elapsed is None else elapsed + asked - started
             if status.state != "pending":
+                if status.state == "done" and pending_at is not None and since_submit is not None:
+                    self.clock.learn(model, pending_at, since_submit)
                 return status
+            pending_at = since_submit
             if time.monotonic() - started > self.policy.deadline:
                 self.stats.jobs_waiting += 1
                 raise JobStillRunning(f"job {handle.id} still running after {self.policy.deadline:.0f} s")

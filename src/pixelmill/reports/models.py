@@ -140,7 +140,8 @@ def _print_rich(rows: list[ModelRow], console: Console) -> None:
     # Borders and padding take 3 characters a column; the model column is never narrower than its longest name.
     if console.width < name_width + 4 + (len(COLUMNS) - 1) * (_MIN_COLUMN + 3):
         for row in rows:
-            console.print(Text(row.cells[0], style="bold"), overflow="fold")
+            # Whole even when longer than the terminal (the terminal wraps it, the text stays one line for grep).
+            console.print(Text(row.cells[0], style="bold"), soft_wrap=True)
             fields = Table.grid(padding=(0, 1))
             fields.add_column(no_wrap=True, style="dim")
             fields.add_column(overflow="fold")
