@@ -234,7 +234,8 @@ def test_the_run_summary_names_the_gallery(emulator_thread: Emulator, tmp_path: 
     assert f"pixelmill: review: pixelmill gallery '{out}'" in result.output  # quoted: the path has a space
     quiet = cli("generate", src, "-o", out, "--base-url", emulator_thread.openai_base_url, "--quiet")
     assert quiet.code == 0 and "review:" not in quiet.output
-    nothing = write_jsonl(tmp_path / "bad.jsonl", [{"caption": "no prompt"}])
+    # A prompt field that is there but blank: the row fails on its own (a field in no row stops before sending).
+    nothing = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "   "}])
     failed = cli("generate", nothing, "-o", tmp_path / "bad", "--base-url", emulator_thread.openai_base_url)
     assert failed.code == 1 and "review:" not in failed.output  # no image to review
 

@@ -87,6 +87,25 @@ def test_export_of_a_parquet_run(emulator_thread: Emulator, tmp_path: Path) -> N
     assert [r["id"] for r in table] == ["bowl"] and (tmp_path / "kept" / "images" / "generate" / "bowl_0.png").is_file()
 
 
+def test_export_of_a_parquet_run_whose_source_is_gone(emulator_thread: Emulator, tmp_path: Path) -> None:
+    # Without the source, rows come from output.parquet, whose images are `Image` structs: the page and the
+    # export must still see the files, and the exported Parquet must hold images of the export's own folder.
+    src = write_jsonl(tmp_path / "in.jsonl", ROWS[:3])
+    run = tmp_path / "run"
+    assert run_api(emulator_thread, src, run, quality="low", id_field="id", format="parquet").exit_code == 0
+    src.unlink()
+    rows = page_rows(run)
+    assert all(row["s"] == "done" for row in rows.values()), rows
+    marks = marks_file(tmp_path / "marks.jsonl", [(rows["bowl"], "keep")])
+    result = cli("export", run, "--keep", marks, "-o", tmp_path / "kept")
+    assert result.code == 0, result.output
+    (kept,) = pq.read_table(tmp_path / "kept" / "output.parquet").to_pylist()
+    (image,) = kept["images"]
+    assert Path(image["path"]) == (tmp_path / "kept" / "images" / "generate" / "bowl_0.png").resolve()
+    assert Path(image["path"]).read_bytes() == (run / "images" / "generate" / "bowl_0.png").read_bytes()
+    assert orjson.loads(kept["pixelmill"])["status"] == "done" and kept["pixelmill_status"] == "done"
+
+
 def test_export_refuses_what_it_cannot_do_cleanly(emulator_thread: Emulator, tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", ROWS[:2])
     run = tmp_path / "run"

@@ -52,13 +52,16 @@ def run_rows(config: RunConfig, journal: Journal, rundir: Path) -> Iterator[dict
     for name in ("output.jsonl", "output.parquet"):
         path = rundir / name
         if path.is_file():
-            yield from read_output(path)
+            yield from read_output(path, config)
             return
     raise ConfigError(f"the source {config.source} and the output in {rundir} are both missing; run the job "
                       "again to write the output")
 
 
-def read_output(path: Path) -> Iterator[dict[str, Any]]:
+def read_output(path: Path, config: RunConfig | None = None) -> Iterator[dict[str, Any]]:
+    """The rows of an output file as the output is built: a Parquet run's `Image` structs of its output fields
+    back to paths relative to RUNDIR (or data URLs where it embedded them), without the flat `pixelmill_*`
+    columns (writing/meta_columns.py: the writer adds them again)."""
     if path.suffix == ".jsonl":
         with path.open("rb") as f:
             for line in f:
@@ -67,11 +70,42 @@ def read_output(path: Path) -> Iterator[dict[str, Any]]:
         return
     import pyarrow.parquet as pq
 
+    from pixelmill.writing.image_columns import layout_of
+    from pixelmill.writing.meta_columns import meta_names
+
+    layout = layout_of(config) if config is not None else None
+    outputs = [c.name for c in layout.outputs] if layout is not None else []
+    flat = {name for name, _ in meta_names(layout.steps)} if layout is not None else set()
+    rundir = path.parent.resolve()
     for batch in pq.ParquetFile(path).iter_batches(batch_size=512):
         for row in batch.to_pylist():
             if isinstance(row.get("pixelmill"), str):
                 row["pixelmill"] = orjson.loads(row["pixelmill"])
+            for name in flat:
+                row.pop(name, None)
+            for name in outputs:
+                if isinstance(row.get(name), list):
+                    row[name] = [_reference(v, rundir) for v in row[name]]
             yield row
+
+
+def _reference(value: Any, rundir: Path) -> Any:
+    """An output image as the output rows hold it: a path relative to RUNDIR, or a data URL for embedded bytes
+    with no file of the run behind them."""
+    if not isinstance(value, dict):
+        return value
+    data, ref = value.get("bytes"), value.get("path")
+    if isinstance(ref, str):
+        path = Path(ref)
+        try:
+            return (path if path.is_absolute() else rundir / path).resolve().relative_to(rundir).as_posix()
+        except ValueError:
+            pass
+    if data:
+        from pixelmill.reading.images import data_url
+
+        return data_url(bytes(data))
+    return ref
 
 
 def identified_rows(config: RunConfig, journal: Journal,
@@ -228,10 +262,15 @@ def _copy_image(rundir: Path, target: Path, ref: Any, link: bool) -> bool:
 
 def _write_rows(config: RunConfig, target: Path, rows: Callable[[], Iterator[dict[str, Any]]]) -> Path:
     if config.format == "parquet":
+        from pixelmill.writing.image_columns import layout_of
         from pixelmill.writing.parquet import write_parquet_from
 
+        # As the run wrote it (`Image` structs, flat status columns), with the images of the export's own folder.
+        layout = layout_of(config)
+        for column in layout.outputs:
+            column.base = target.resolve()
         path = target / "output.parquet"
-        write_parquet_from(path, rows)
+        write_parquet_from(path, rows, layout)
         return path
     path = target / "output.jsonl"  # a saved HF dataset run exports as JSONL: the rows and their files
     tmp = path.with_name(f".{path.name}.tmp")
