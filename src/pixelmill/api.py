@@ -112,7 +112,9 @@ async def arun_config(
                 aborted, kind = (f"{aborted}; " if aborted else "") + f"the output was not written: {exc}", exc.kind
         finally:
             journal.close()
-    return RunReport(path, counts, outcome.stats, aborted, kind, config)
+    # Absolute paths: the report's rows stay readable after the caller changes its working directory.
+    where = config.model_copy(update={"output": config.output.absolute()})
+    return RunReport(path.absolute(), counts, outcome.stats, aborted, kind, where)
 
 
 def run_config(

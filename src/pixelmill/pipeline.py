@@ -30,6 +30,7 @@ steps:
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -168,6 +169,8 @@ def _source(value: Any, base: Path, where: _Where) -> tuple[Path, str | None]:
             raise where.error("needs a path", key="source.path")
         fmt = value.get("format")
         value = value["path"]
+    if isinstance(value, os.PathLike):  # a Path, in a pipeline given to the Python API
+        value = os.fspath(value)
     if not isinstance(value, str) or not value:
         raise where.error("must be a path, {path, format} or hf:name:split", key="source")
     if value.startswith("hf:"):
