@@ -86,3 +86,11 @@ def test_dict_errors_name_the_step_and_key(in_folder: Path) -> None:
         pixelmill.run(bad)
     with pytest.raises(ConfigError, match="unknown key"):
         pixelmill.Pipeline(source="in.jsonl").step(name="x", qualty="low").run()
+
+
+def test_the_pipeline_file_page_lists_every_key() -> None:
+    from pixelmill.pipeline import LIMIT_KEYS, REF_KEYS, STEP_KEYS, TOP_KEYS
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "pipeline-file.md").read_text(encoding="utf-8")
+    missing = [key for key in sorted(TOP_KEYS | STEP_KEYS | LIMIT_KEYS | REF_KEYS) if f"| `{key}` |" not in page]
+    assert missing == []
