@@ -66,3 +66,28 @@ def test_an_unknown_option_is_a_type_error(tmp_path: Path) -> None:
         pixelmill.generate([{"prompt": "x"}], output=tmp_path / "run", sizes="1024x1024")  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="quality"):
         pixelmill.run({"source": "x.jsonl", "steps": [{}]}, quality="high")  # type: ignore[call-arg]
+
+
+INTERRUPTED = """
+import asyncio, os, signal, sys, threading, pixelmill
+async def main():
+    threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    report = pixelmill.generate([{"prompt": f"p{i}"} for i in range(2000)], output=sys.argv[1],
+                                provider="emulator", concurrency=2)
+    print("report", report.exit_code, report.counts.pending > 0, report.aborted)
+asyncio.new_event_loop().run_until_complete(main())  # a loop that, like a kernel's, lets SIGINT raise
+"""
+
+
+def test_an_interrupt_inside_a_running_loop_stops_the_run_cleanly(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED, str(tmp_path / "run")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "report 3 True interrupted: run the same call again to continue" in done.stdout
+    assert "stopping: waiting for the calls in flight" not in done.stderr  # notices are the caller's to show

@@ -179,24 +179,28 @@ def _in_worker(main: Callable[[], Coroutine[Any, Any, RunReport]], runners: list
         loops.append(asyncio.get_running_loop())
         return await main()
 
+    finished = threading.Event()  # waited on rather than join(): an interrupted join can leave is_alive() wrong
+
     def target() -> None:
         try:
             box.append(asyncio.run(main_here()))
         except BaseException as exc:
             box.append(exc)
+        finally:
+            finished.set()
 
     worker = threading.Thread(target=target, name="pixelmill-run")
     worker.start()
     interrupts = 0
-    while worker.is_alive():
+    while not finished.is_set():
         try:
-            worker.join(TICK if on_tick is not None else None)
-            if on_tick is not None and worker.is_alive():
+            if not finished.wait(TICK) and on_tick is not None:
                 with contextlib.suppress(Exception):  # a display that fails never stops a run
                     on_tick()
         except KeyboardInterrupt:
             interrupts += 1
             _interrupt(loops, runners, notice, interrupts)
+    worker.join()
     if isinstance(box[0], asyncio.CancelledError) and interrupts:
         raise KeyboardInterrupt
     if isinstance(box[0], BaseException):
