@@ -3,7 +3,7 @@
 Top to bottom; a module imports its own layer and the layers below it, never one above:
 
     entry points     cli, __main__
-    front ends       the package itself (`import pixelmill`), api, console, demo, compat
+    front ends       the package itself (`import pixelmill`), api, report, console, demo, compat
     reports          reports/ (status, estimate, gallery, progress, model listing)
     options          options, pipeline (what a run is told, turned into a RunConfig)
     engine           engine/
@@ -29,7 +29,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pixelmill"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", ("pixelmill.cli", "pixelmill.__main__")),
-    ("front ends", ("pixelmill", "pixelmill.api", "pixelmill.console", "pixelmill.demo", "pixelmill.compat")),
+    ("front ends", ("pixelmill", "pixelmill.api", "pixelmill.report", "pixelmill.console", "pixelmill.demo",
+                    "pixelmill.compat")),
     ("reports", ("pixelmill.reports",)),
     ("options", ("pixelmill.options", "pixelmill.pipeline")),
     ("engine", ("pixelmill.engine",)),

@@ -1,6 +1,7 @@
 """pixelmill: datasets of prompts and images in, datasets of generated and edited images out.
 
-The public API is imported lazily, so `import pixelmill` (and `pixelmill --help`) stay fast.
+The public API (api.py, docs/python-api.md) is imported lazily, so `import pixelmill` (and `pixelmill --help`)
+stay fast.
 """
 
 from __future__ import annotations
@@ -10,15 +11,29 @@ from typing import TYPE_CHECKING, Any
 from pixelmill.version import VERSION
 
 __version__ = VERSION
-__all__ = ["RunConfig", "RunReport", "__version__", "arun", "edit", "generate", "run_config"]
+_API = ("Pipeline", "RunReport", "aedit", "agenerate", "arun", "arun_config", "edit", "generate", "run",
+        "run_config")
+__all__ = ["Pipeline", "RunConfig", "RunReport", "__version__", "aedit", "agenerate", "arun", "arun_config", "edit",
+           "generate", "run", "run_config"]
 
 if TYPE_CHECKING:
-    from pixelmill.api import RunReport, arun, edit, generate, run_config
+    from pixelmill.api import (
+        Pipeline,
+        RunReport,
+        aedit,
+        agenerate,
+        arun,
+        arun_config,
+        edit,
+        generate,
+        run,
+        run_config,
+    )
     from pixelmill.config import RunConfig
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("RunReport", "arun", "edit", "generate", "run_config"):
+    if name in _API:
         from pixelmill import api
 
         return getattr(api, name)

@@ -136,6 +136,9 @@ class RunConfig(BaseModel):
 
     source: Path
     source_format: str | None = None
+    # Where relative paths in the rows resolve; None: the source's folder. The Python API sets it (to the working
+    # directory) for an in-memory input, whose rows it spools into RUNDIR (reading/memory.py).
+    input_dir: Path | None = None
     output: Path
     steps: tuple[StepConfig, ...]
     pipeline: bool = False  # `run`: the pixelmill object is keyed by step name
@@ -174,6 +177,11 @@ class RunConfig(BaseModel):
             if name not in names:
                 raise ValueError(f"--restart-step {name}: no step of that name; the steps are {', '.join(names)}")
         return self
+
+    @property
+    def rows_dir(self) -> Path:
+        """The folder relative paths in the input rows resolve against."""
+        return self.input_dir if self.input_dir is not None else self.source.parent
 
     def fingerprint(self) -> dict[str, Any]:
         return {

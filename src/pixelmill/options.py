@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -49,12 +50,17 @@ def option(default: Any, help: str, *flags: str, panel: str | None = None, run_o
     return field(default=default, metadata={"help": help, "flags": flags, "panel": panel, "run_only": run_only})
 
 
+# The Python API's own option (the command line shows progress unless -q).
+PROGRESS_HELP = ("Python API: show progress while the run goes (an HTML display updated in place in a notebook, "
+                 "the terminal display elsewhere).")
+
+
 def _formats() -> str:
     *first, last = defaults.OUTPUT_FORMATS
     return f"{', '.join(first)} or {last}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobOptions:
     """The options of generate / edit / estimate, in command-line order."""
 
@@ -145,10 +151,12 @@ class JobOptions:
         run_only=True)
     models_file: Path | None = option(None, "A TOML model table laid over the built-in one.", panel=MODEL)
     # Limits fields with no flag (retry_base, retry_cap, drain_timeout): the Python API and tests.
-    engine: dict[str, Any] = field(default_factory=dict, metadata={"flag": False})
+    engine: dict[str, Any] = field(default_factory=dict, metadata={
+        "flag": False, "help": "Engine settings with no flag: retry_base, retry_cap, drain_timeout (seconds)."})
+    progress: bool = field(default=False, metadata={"flag": False, "help": PROGRESS_HELP})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PipelineOptions:
     """What `run PIPELINE.yaml` takes from the command line. None (or False) keeps the pipeline file's value."""
 
@@ -191,6 +199,7 @@ class PipelineOptions:
     allow_private_urls: bool = option(False, "Let input image URLs point at private addresses.", panel=INPUT)
     allow_path: list[Path] | None = option(
         None, "A folder (besides the source's) whose image files rows may name (repeatable).", panel=INPUT)
+    progress: bool = field(default=False, metadata={"flag": False, "help": PROGRESS_HELP})
 
 
 # The limits a pipeline run takes from the command line, by field name (they are also JobOptions fields).
@@ -224,8 +233,10 @@ def changed_options(options: Any) -> list[str]:
     return changed
 
 
-def build_config(task: str, input: Path, options: JobOptions) -> RunConfig:
-    """The RunConfig of generate/edit (pydantic errors become a ConfigError naming the flag)."""
+def build_config(task: str, input: Path, options: JobOptions, *, input_dir: Path | None = None) -> RunConfig:
+    """The RunConfig of generate/edit (pydantic errors become a ConfigError naming the flag). `input_dir`: the
+    input is the Python API's spool of in-memory rows (written when the run starts), whose relative paths
+    resolve there."""
     from pydantic import ValidationError
 
     from pixelmill.config import Limits, ModelRef, RunConfig, StepConfig
@@ -258,7 +269,7 @@ def build_config(task: str, input: Path, options: JobOptions) -> RunConfig:
             mask_field=o.mask_field, output_field=o.output_field, name_template=o.name_template, params=params,
         )
         config = RunConfig(
-            source=input, output=o.output or defaults.OUTPUT_ROOT / input.stem, steps=(step,),
+            source=input, input_dir=input_dir, output=o.output or defaults.OUTPUT_ROOT / input.stem, steps=(step,),
             limits=Limits(**{name: getattr(o, name) for name in LIMIT_OPTIONS}, **o.engine),
             id_field=o.id_field, format=o.format, limit=o.limit,  # type: ignore[arg-type]
             embed_images=o.embed_images, retry_failed=o.retry_failed, restart=o.restart,
@@ -275,15 +286,17 @@ def build_config(task: str, input: Path, options: JobOptions) -> RunConfig:
         from pixelmill.reading.records import template_fields
 
         template_fields(o.prompt_template)
-    if not input.exists() and not str(input).startswith("hf:"):
+    if input_dir is None and not input.exists() and not str(input).startswith("hf:"):
         raise ConfigError(f"input file {input} does not exist")
     builtin_table()  # fail early on a broken table
     return config
 
 
-def pipeline_config(path: Path, options: PipelineOptions | None = None) -> RunConfig:
-    """The RunConfig of a pipeline file with the command line's overrides."""
-    from pixelmill.pipeline import load_pipeline
+def pipeline_config(path: Path | Mapping[str, Any], options: PipelineOptions | None = None,
+                    **settings: Any) -> RunConfig:
+    """The RunConfig of a pipeline file (or of a mapping with the file's keys) with the command line's
+    overrides; `settings` are RunConfig fields the Python API sets (`source`, `input_dir` for in-memory rows)."""
+    from pixelmill.pipeline import load_pipeline, pipeline_from_mapping
 
     o = options or PipelineOptions()
     overrides = {
@@ -294,7 +307,10 @@ def pipeline_config(path: Path, options: PipelineOptions | None = None) -> RunCo
         "embed_images": o.embed_images or None, "allow_private_urls": o.allow_private_urls or None,
         "allowed_paths": tuple(o.allow_path) if o.allow_path else None,
         "limits": {name: getattr(o, name) for name in LIMIT_OPTIONS},
+        **settings,
     }
+    if isinstance(path, Mapping):
+        return pipeline_from_mapping(path, overrides)
     return load_pipeline(path, overrides)
 
 

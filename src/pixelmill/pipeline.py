@@ -30,7 +30,9 @@ steps:
 from __future__ import annotations
 
 import difflib
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +55,11 @@ _FIELD_REF = re.compile(r"^\{([^{}]+)\}$")
 
 
 class _Where:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, label: str) -> None:
+        self.label = label  # the file, or "pipeline" for a mapping given to the Python API
 
     def error(self, message: str, *, step: str | None = None, key: str | None = None) -> ConfigError:
-        where = [str(self.path)]
+        where = [self.label]
         if step is not None:
             where.append(f"step {step!r}")
         if key is not None:
@@ -78,13 +80,24 @@ def load_pipeline(path: Path, overrides: dict[str, Any] | None = None) -> RunCon
     limits, retry_failed, restart, ...) and beat the file."""
     import yaml
 
-    where = _Where(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"pipeline file {path} does not exist") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return _pipeline(raw, _Where(str(path)), path.parent, str(path), path.stem, overrides)
+
+
+def pipeline_from_mapping(raw: Mapping[str, Any], overrides: dict[str, Any] | None = None) -> RunConfig:
+    """A pipeline given as a mapping with the file's keys (the Python API: `pixelmill.run({...})`, `Pipeline`):
+    the same RunConfig the file would make, its relative paths resolved against the working directory. An
+    override `source` (the API's spool of in-memory rows) stands for the mapping's own."""
+    return _pipeline(dict(raw), _Where("pipeline"), Path(), None, "pipeline", overrides)
+
+
+def _pipeline(raw: Any, where: _Where, base: Path, origin: str | None, stem: str,
+              overrides: dict[str, Any] | None) -> RunConfig:
     if not isinstance(raw, dict):
         raise where.error("a pipeline file is a mapping with source, output and steps")
     if unknown := set(raw) - TOP_KEYS:
@@ -92,8 +105,11 @@ def load_pipeline(path: Path, overrides: dict[str, Any] | None = None) -> RunCon
     for key in ("source", "steps"):
         if key not in raw:
             raise where.error("missing", key=key)
-    base = path.parent
-    source, source_format = _source(raw["source"], base, where)
+    o = dict(overrides or {})
+    if "source" in o:
+        source, source_format = o.pop("source"), None
+    else:
+        source, source_format = _source(raw["source"], base, where)
     output = raw.get("output")
     aliases = _aliases(raw.get("models") or {}, where)
     limits = raw.get("limits") or {}
@@ -112,16 +128,15 @@ def load_pipeline(path: Path, overrides: dict[str, Any] | None = None) -> RunCon
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise where.error(f"step names must be unique; got {names}", key="steps")
-    o = dict(overrides or {})
     limits = {**limits, **{k: v for k, v in o.pop("limits", {}).items() if v is not None}}
     try:
         return RunConfig(
             source=source,
             source_format=source_format,
-            output=Path(o.pop("output", None) or (base / output if output else defaults.OUTPUT_ROOT / path.stem)),
+            output=Path(o.pop("output", None) or (base / output if output else defaults.OUTPUT_ROOT / stem)),
             steps=tuple(steps),
             pipeline=True,
-            origin=str(path),
+            origin=origin,
             limits=Limits(**limits),
             id_field=raw.get("id_field"),
             format=o.pop("format", None) or raw.get("format", "jsonl"),
@@ -154,6 +169,8 @@ def _source(value: Any, base: Path, where: _Where) -> tuple[Path, str | None]:
             raise where.error("needs a path", key="source.path")
         fmt = value.get("format")
         value = value["path"]
+    if isinstance(value, os.PathLike):  # a Path, in a pipeline given to the Python API
+        value = os.fspath(value)
     if not isinstance(value, str) or not value:
         raise where.error("must be a path, {path, format} or hf:name:split", key="source")
     if value.startswith("hf:"):

@@ -130,7 +130,7 @@ class Runner:
                 ctx = RunContext(
                     config=config, limits=limits, stats=self.stats, halt=self.halt, secrets=self.plan.secrets,
                     rundir=rundir, session=session, journal=journal, store=store,
-                    inputs=InputPolicy(base_dir=config.source.parent, allowed_paths=config.allowed_paths,
+                    inputs=InputPolicy(base_dir=config.rows_dir, allowed_paths=config.allowed_paths,
                                        allow_private_urls=config.allow_private_urls),
                 )
                 limiter = Limiter(self.plan.concurrency, limits.rpm, limits.ipm)

@@ -170,7 +170,7 @@ def _input_sources(config: RunConfig, row: dict[str, Any], image_field: str, pag
             if isinstance(part, dict) and ("image_url" in part or part.get("type") == "image"):
                 ref = part.get("image_url", part.get("image"))
                 refs.append(ref.get("url") if isinstance(ref, dict) else ref)
-    return [_input_source(config.source.parent, page_dir, ref) for ref in refs[:16]]
+    return [_input_source(config.rows_dir, page_dir, ref) for ref in refs[:16]]
 
 
 def _messages(row: dict[str, Any]) -> list[Any]:
