@@ -74,3 +74,39 @@ def test_the_emulator_provider_hands_job_models_to_their_wire(tmp_path: Path, mo
     out = read_output(tmp_path / "out")
     assert [r["pixelmill"]["status"] for r in out] == ["done", "done"]
     assert {r["pixelmill"]["provider"] for r in out} == {"emulator"}
+
+
+def test_an_emulator_job_of_a_killed_process_fails_at_once_on_resume(tmp_path: Path) -> None:
+    # `--provider emulator` runs its jobs in the run's own process: a re-run cannot collect them. It must say so
+    # at once (paid and lost: a rehearsal), not poll a port that is gone until the deadline.
+    import signal
+    import sqlite3
+    import time
+
+    from tests.runs import cli_process
+
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a slow lighthouse [[latency:60]]"}])
+    args = ("generate", src, "--provider", "emulator", "--model", "fal-ai/flux/schnell", "-o", tmp_path / "out", "-q",
+            "--deadline", "20")
+    process = cli_process(*args)
+    journal = tmp_path / "out" / ".pixelmill" / "journal.sqlite"
+    deadline = time.monotonic() + 60
+    live = 0
+    while time.monotonic() < deadline and not live:
+        time.sleep(0.2)
+        if journal.is_file():
+            with sqlite3.connect(journal) as db:
+                try:
+                    live = db.execute("SELECT COUNT(*) FROM results WHERE live > 0").fetchone()[0]
+                except sqlite3.OperationalError:  # the table is being made
+                    live = 0
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert live == 1, "the job was never journaled"
+    started = time.monotonic()
+    result = cli(*args)
+    assert time.monotonic() - started < 30
+    assert result.code == 1, result.output
+    (row,) = read_output(tmp_path / "out")
+    assert row["pixelmill"]["error"]["kind"] == "result_lost"
+    assert "emulator of an earlier process" in row["pixelmill"]["error"]["message"]

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pixelmill.errors import ResultLost
 from pixelmill.models.table import ModelSpec, builtin_table, permissive_spec
 from pixelmill.providers.base import (
     ImageRequest,
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 # The emulator's key: it checks that one is sent, not which. A user's real key is never sent to it.
 EMULATOR_KEY = "sk-emulator"
 LATENCY = 0.05  # seconds per answer: quick, yet long enough for progress, Ctrl-C and pacing to be seen
+# The handle's note of the emulator that runs a job (its URL: one per process).
+EMULATED_BY = "emulated_by"
 # Model families served by a remote-job (or Hugging Face) wire on the emulator: family -> entry-point name.
 JOB_FAMILIES = {"fal": "fal", "bfl": "bfl", "replicate": "replicate", "hf": "hf"}
 
@@ -137,15 +140,28 @@ class _EmulatedJobs(_EmulatedRoot):
 
     async def submit(self, request: ImageRequest, spec: ModelSpec) -> JobHandle:
         await self._started()
-        return await super().submit(request, spec)  # type: ignore[misc,no-any-return]  # the wire's
+        handle: JobHandle = await super().submit(request, spec)  # type: ignore[misc]  # the wire's
+        assert self._emulator is not None
+        handle.data[EMULATED_BY] = self._emulator.url  # which emulator holds the job (it lives in this process)
+        return handle
 
     async def poll(self, handle: JobHandle, spec: ModelSpec) -> JobStatus:
         await self._started()
+        if not self._holds(handle):
+            return JobStatus("failed", error=ResultLost(
+                "the job ran on the emulator of an earlier process (`--provider emulator` keeps its jobs in that "
+                "process's memory): its result is gone; a rehearsal, nothing was paid"))
         return await super().poll(handle, spec)  # type: ignore[misc,no-any-return]
 
     async def cancel(self, handle: JobHandle, spec: ModelSpec) -> str:
         await self._started()
+        if not self._holds(handle):
+            return "not_found"
         return await super().cancel(handle, spec)  # type: ignore[misc,no-any-return]
+
+    def _holds(self, handle: JobHandle) -> bool:
+        """Whether this process's emulator ran the job (a re-run starts an emulator of its own, on another port)."""
+        return self._emulator is not None and handle.data.get(EMULATED_BY) == self._emulator.url
 
     async def recover(self, request: ImageRequest, spec: ModelSpec, since: float) -> JobHandle | None:
         await self._started()
