@@ -104,6 +104,26 @@ def test_a_job_still_running_stays_journaled_and_a_rerun_collects_it_without_sub
     assert second.stats.spent == pytest.approx(0.0)  # nothing new was paid by the re-run
 
 
+def test_polls_that_keep_failing_end_at_the_deadline_with_the_job_journaled(jobs: JobServer, tmp_path: Path) -> None:
+    # Polls that fail are polled again (they are free), but the call's deadline still bounds them: before, a
+    # status endpoint down for good kept the run polling forever.
+    import threading
+
+    out = tmp_path / "out"
+    jobs.polls_fail = True
+    reports: list[Any] = []
+    worker = threading.Thread(target=lambda: reports.append(run(jobs, source(tmp_path, 2), out, deadline=1.0)),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert reports, "the run kept polling past its deadline"
+    assert reports[0].exit_code == 4 and reports[0].stats.jobs_left == 2
+    assert len(live(out)) == 2  # still journaled: a re-run collects them
+    jobs.polls_fail = False
+    assert run(jobs, source(tmp_path, 2), out).exit_code == 0
+    assert set(jobs.submits.values()) == {1}
+
+
 def test_a_result_that_expired_before_the_resume_fails_paid_and_lost_and_is_not_resubmitted(
         jobs: JobServer, tmp_path: Path) -> None:
     out = tmp_path / "out"

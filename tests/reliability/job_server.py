@@ -60,6 +60,7 @@ class JobServer(LocalServer):
     jobs: dict[str, Job] = field(default_factory=dict)
     submits: Counter[str] = field(default_factory=Counter)
     polls: int = 0
+    polls_fail: bool = False
     media_auth: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     seen_keys: list[str] = field(default_factory=list)
@@ -123,6 +124,8 @@ class JobServer(LocalServer):
 
     async def status(self, request: web.Request) -> web.Response:
         self.polls += 1
+        if self.polls_fail:  # an outage of the status endpoint: every poll answers 503
+            return web.json_response({"detail": "service unavailable"}, status=503)
         job = self._job(request)
         answer: dict[str, Any] = {"id": job.id, "status": job.state}
         if job.state == "done":

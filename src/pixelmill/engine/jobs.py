@@ -303,6 +303,9 @@ class JobSender:
         pause = 0.0
         pending_at: float | None = None  # seconds after the submit of the latest poll that found it pending
         while True:
+            if time.monotonic() - started > self.policy.deadline:  # polls failing or pending alike: bounded
+                self.stats.jobs_waiting += 1
+                raise JobStillRunning(f"job {handle.id} still running after {self.policy.deadline:.0f} s")
             await asyncio.sleep(max(pause, next(delays)))
             polls += 1
             pause = 0.0
@@ -323,9 +326,6 @@ class JobSender:
                     self.clock.learn(model, pending_at, since_submit)
                 return status
             pending_at = since_submit
-            if time.monotonic() - started > self.policy.deadline:
-                self.stats.jobs_waiting += 1
-                raise JobStillRunning(f"job {handle.id} still running after {self.policy.deadline:.0f} s")
 
     def _charge(self, held: Held, *, unanswered: bool) -> None:
         """Settle `held` at its reservation: the job may have been billed (and is still live, or lost)."""
