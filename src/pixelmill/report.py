@@ -109,9 +109,10 @@ def output_rows(path: Path) -> Iterator[dict[str, Any]]:
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
+        rundir = path.parent.resolve()
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
             for row in batch.to_pylist():
-                yield _object(row)
+                yield _object(_paths(row, rundir))
     elif path.suffix == ".jsonl":
         with path.open("rb") as f:
             for line in f:
@@ -133,6 +134,23 @@ def _saved_rows(path: Path) -> Iterator[dict[str, Any]]:
             data = data.cast_column(name, datasets.Sequence(datasets.Image(decode=False)))
     for row in data:
         yield _object(dict(row))
+
+
+def _paths(row: dict[str, Any], rundir: Path) -> dict[str, Any]:
+    """A Parquet row's `Image` structs (`{bytes, path}`: writing/image_columns.py) as the JSONL output holds
+    images: paths relative to the run directory (absolute outside it), data URLs for bytes without a file."""
+    from pixelmill.writing.export import image_reference
+
+    for name, value in row.items():
+        if isinstance(value, list) and value and all(_is_struct(v) for v in value):
+            row[name] = [image_reference(v, rundir) for v in value]
+        elif _is_struct(value):
+            row[name] = image_reference(value, rundir)
+    return row
+
+
+def _is_struct(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"bytes", "path"}
 
 
 def _object(row: dict[str, Any]) -> dict[str, Any]:

@@ -85,11 +85,11 @@ def read_output(path: Path, config: RunConfig | None = None) -> Iterator[dict[st
                 row.pop(name, None)
             for name in outputs:
                 if isinstance(row.get(name), list):
-                    row[name] = [_reference(v, rundir) for v in row[name]]
+                    row[name] = [image_reference(v, rundir) for v in row[name]]
             yield row
 
 
-def _reference(value: Any, rundir: Path) -> Any:
+def image_reference(value: Any, rundir: Path) -> Any:
     """An output image as the output rows hold it: a path relative to RUNDIR, or a data URL for embedded bytes
     with no file of the run behind them."""
     if not isinstance(value, dict):
