@@ -2,7 +2,7 @@
 
 - `emulator`: a fresh emulator on the test's own event loop (async tests).
 - `emulator_thread`: a shared emulator serving from a daemon thread (sync tests, SDK clients, the CLI); each
-  test gets it with the default config and an empty log.
+  test gets it with the default config, an empty log and no batches.
 - `make_emulator`: a factory of fresh threaded emulators with a given config (stopped after the test).
 """
 
@@ -33,6 +33,7 @@ def emulator_thread(_shared_emulator: Emulator) -> Iterator[Emulator]:
     emu = _shared_emulator
     emu.configure(**EmulatorConfig().model_dump())
     emu.reset_log()
+    emu.reset_batches()
     yield emu
     emu.configure(**EmulatorConfig().model_dump())
 

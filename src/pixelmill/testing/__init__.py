@@ -15,17 +15,23 @@ status/result/cancel under `/{owner/app}/requests/{id}` and media on `/fal-cdn/f
 HF as their route modules say. Remote jobs run on a lazy clock (`jobs`): `emu.jobs()`, `emu.submits()` count
 them. Prompt markers force one request's fate: `[[fault:NAME]]` (any name in FAULTS, or
 `thoughts`), `[[latency:SECONDS]]`.
+Batch APIs (docs/emulator-batch.md): OpenAI `/v1/files…`, `/v1/batches…`; Gemini `/upload/{v}/files`,
+`/{v}/files…`, `/download/{v}/files/{id}:download`, `…:batchGenerateContent`, `/{v}/batches…`, on an
+accelerated clock (`batch_latency`, `batch_window`, `batch_fates`).
 
 Layout (imports run down this list, never up, and none inside a function goes up either):
 - `server`: `Emulator`, `ThreadRunner`, `serve`; builds the app from the route modules around one state and
   owns binding, start and stop. Only this `__init__` imports it.
-- `routes/`: one module per API, `openai` (OpenAI and Azure), `gemini`, `fal`, `replicate`, `bfl`, `hf`; none
-  imports another.
+- `routes/`: one module per API, `openai` (OpenAI and Azure), `gemini`, `openai_batch`, `gemini_batch`, `fal`,
+  `replicate`, `bfl`, `hf`; none imports another (the server wires the v1 paths OpenAI and Gemini share, by the
+  request's key).
 - `validation/`: each API's request rules (`openai`, `gemini`), turning a request into a job or a 400.
+- `answers/`: each API's answers from a job (`openai`, `gemini`), shared by the synchronous and batch routes.
 - `exchange`: one request's way through, the same for every API: log and count (`observe`), decide its fate
   and wait (`admit`), answer or damage the answer (`send`, `cut`).
 - `state`: `EmulatorState`, everything shared across requests: config, model table, log, in-flight counts,
-  fault dice, rate-limit window, image cache, files, signing secret.
+  fault dice, rate-limit window, image cache, files, signing secret, the batch store.
+- `batches`: the batch APIs' files on disk, batches on the accelerated clock, counters (in the state).
 - `keys`: where each API carries its key (and which API a request's key says it speaks).
 - Leaves: `config` (`EmulatorConfig`, FAULTS), `jobs` (remote jobs' state machine, `JobQueue`), `media` (media
   objects with expiry), `faults` (markers and dice), `ratelimit`, `log`

@@ -1,4 +1,4 @@
-"""What the emulator can be told: latency, rate limits, faults, keys, deployments, image padding.
+"""What the emulator can be told: latency, rate limits, faults, keys, deployments, image padding, batch clock.
 
 One pydantic model, validated on every change (`Emulator.configure(**changes)` builds a new one), so a typo in
 a fault name or a probability above 1 fails at once with the allowed values named.
@@ -35,6 +35,9 @@ FAULTS: tuple[str, ...] = (
     "job_failed",  # remote jobs (fal, Replicate, BFL): the submit succeeds, the job ends failed (fal COMPLETED
     # with error/error_type, Replicate `failed`, BFL `Error`); the other APIs ignore it
 )
+
+# What `batch_fates` may name (see `batches` for what each does).
+BATCH_FATES: tuple[str, ...] = ("normal", "expire", "fail", "slow", "stall")
 
 # Not a failure: Gemini answers carry thought parts (with draft images) before the final image.
 MODIFIERS: tuple[str, ...] = ("thoughts",)
@@ -88,6 +91,14 @@ class EmulatorConfig(BaseModel):
     # None: `localhost` for a submit to 127.0.0.1 and `127.0.0.1` for a submit to `localhost`.
     bfl_polling_host: str | None = None
     hf_cold_start: float = Field(default=0.0, ge=0)  # HF: 503 "currently loading" for this long after the first call
+    # Batch APIs (OpenAI Batch, Gemini Batch Mode) on an accelerated clock. A batch has answered all its lines
+    # `batch_latency` seconds after its creation; `batch_window` seconds stand for 24 h (OpenAI's completion
+    # window; Gemini's 48 h expiry is twice that). `batch_fates` decides the next batches created, in order
+    # (then `normal`): `expire` (the window closes with half the lines answered), `fail` (validation fails),
+    # `slow` (ten times the latency), `stall` (no line is answered until the batch is cancelled or expires).
+    batch_latency: float = Field(default=1.0, ge=0)
+    batch_window: float = Field(default=3600.0, gt=0)
+    batch_fates: tuple[str, ...] = ()
 
     @field_validator("faults")
     @classmethod
@@ -100,6 +111,14 @@ class EmulatorConfig(BaseModel):
         total = sum(p for name, p in value.items() if name in FAULTS)
         if total > 1.0 + 1e-9:
             raise ValueError(f"fault probabilities add up to {total:.3f}; they must add up to at most 1")
+        return value
+
+    @field_validator("batch_fates")
+    @classmethod
+    def _known_fates(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for fate in value:
+            if fate not in BATCH_FATES:
+                raise ValueError(f"unknown batch fate {fate!r}; known: {', '.join(BATCH_FATES)}")
         return value
 
     @field_validator("fail_with")

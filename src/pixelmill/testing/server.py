@@ -22,13 +22,14 @@ from aiohttp.typedefs import Handler
 from pixelmill.errors import ConfigError
 from pixelmill.models.table import ModelTable
 from pixelmill.testing import wire_errors as we
+from pixelmill.testing.batches import BatchStore
 from pixelmill.testing.config import EmulatorConfig
 from pixelmill.testing.exchange import observe
 from pixelmill.testing.images import ImageCache
 from pixelmill.testing.jobs import Job
 from pixelmill.testing.keys import wants_gemini
 from pixelmill.testing.log import RequestRecord
-from pixelmill.testing.routes import bfl, fal, gemini, hf, openai, replicate
+from pixelmill.testing.routes import bfl, fal, gemini, gemini_batch, hf, openai, openai_batch, replicate
 from pixelmill.testing.state import EmulatorState
 
 
@@ -49,6 +50,9 @@ def check_loopback(host: str) -> None:
 def build_app(state: EmulatorState) -> web.Application:
     """The aiohttp app: every API's routes over `state`, the paths APIs share, and a catch-all 404."""
     app = web.Application(middlewares=[observe(state)], client_max_size=256 * 1024 * 1024)
+    # The batch routes first: `models/{m}:batchGenerateContent` would otherwise match the sync `{target}`.
+    openai_batches = openai_batch.register(app, state)
+    gemini_batches = gemini_batch.register(app, state)
     openai_routes = openai.register(app, state)
     gemini_routes = gemini.register(app, state)
     # `GET /v1/models` is OpenAI's and (since google-genai 3.x defaults to v1) Gemini's: the key tells which.
@@ -63,6 +67,12 @@ def build_app(state: EmulatorState) -> web.Application:
     fal_routes = fal.register(app, state)
     # fal submits at `/{model id}`, any depth: a POST no other API owns is fal's when it says so (`fal.wants`).
     app.router.add_post("/{tail:.+}", _when(fal.wants, fal_routes.submit))
+    # The batch APIs' shared paths: OpenAI's Files and Batches under /v1 are Gemini's under v1 too.
+    for method, path, name in (("GET", "/v1/files", "list_files"), ("GET", "/v1/files/{file_id}", "get_file"),
+                               ("DELETE", "/v1/files/{file_id}", "delete_file"),
+                               ("GET", "/v1/batches", "list_batches"), ("GET", "/v1/batches/{batch_id}", "get_batch")):
+        app.router.add_route(method, path, _by_key(openai=getattr(openai_batches, name),
+                                                   gemini=getattr(gemini_batches, name)))
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 
@@ -157,6 +167,15 @@ class Emulator:
     @files.setter
     def files(self, files: dict[str, tuple[bytes, str]]) -> None:
         self.state.files = files  # tests swap in a store that forgets (URLs that expire at once)
+
+    @property
+    def batches(self) -> BatchStore:
+        """The batch APIs' files, batches and counters (`batches.counters.billed_twice("openai")`)."""
+        return self.state.batches
+
+    def reset_batches(self) -> None:
+        """Forget every batch file, batch and batch counter."""
+        self.state.batches.reset()
 
     @property
     def secret(self) -> bytes:

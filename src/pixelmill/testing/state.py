@@ -4,8 +4,9 @@
 config or the new one, never half of each), the model table, the request log and its sequence numbers, the
 in-flight counts, the seeded fault dice and the count of admitted requests that `fail_after` reads, the rate-limit
 window, the image cache, the files that DALL·E `url` answers point at, the secret that signs Gemini thought
-signatures, the remote jobs of fal, Replicate and BFL (`jobs.JobQueue`) and the media their results name. Route
-modules import this module; they never import the server (which builds the app around one state) nor each other.
+signatures, the remote jobs of fal, Replicate and BFL (`jobs.JobQueue`) and the media their results name, and
+the batch APIs' store (`batches.BatchStore`: files on disk, batches, counters). Route modules import this module;
+they never import the server (which builds the app around one state) nor each other.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import secrets
 from typing import Any
 
 from pixelmill.models.table import ModelTable, builtin_table
+from pixelmill.testing.batches import BatchStore
 from pixelmill.testing.config import EmulatorConfig
 from pixelmill.testing.faults import FaultDice, Markers
 from pixelmill.testing.images import ImageCache
@@ -49,6 +51,7 @@ class EmulatorState:
         self.media = MediaStore()
         self.hf_first_call: dict[str, float] = {}  # HF model or endpoint -> monotonic time of its first call
         self.bfl_spent = 0.0  # credits BFL tasks have cost (against `bfl_credits`)
+        self.batches = BatchStore(config.seed)  # batch APIs: files on disk, batches, their counters
 
     @property
     def config(self) -> EmulatorConfig:
@@ -64,6 +67,8 @@ class EmulatorState:
             self.window.reset()
         if "fail_after" in changes:
             self.admitted = 0
+        if "batch_fates" in changes:
+            self.batches.fates_used = 0
         self.log.resize(new.max_log)
         self._config = new
         return new

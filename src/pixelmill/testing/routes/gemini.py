@@ -10,25 +10,18 @@ or `STOP` with words only).
 
 from __future__ import annotations
 
-import math
-import secrets
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from pixelmill.params import nearest_ratio
-from pixelmill.testing import signatures
 from pixelmill.testing import wire_errors as we
+from pixelmill.testing.answers import gemini as answers
 from pixelmill.testing.exchange import STATUS_OF_FAULT, admit, exchange, send, tag
 from pixelmill.testing.faults import Decision, read_markers
-from pixelmill.testing.images import Rendered, colour_for
 from pixelmill.testing.keys import gemini_key
 from pixelmill.testing.state import EmulatorState
-from pixelmill.testing.validation.gemini import GeminiJob, build_gemini_job, resolve_gemini_model
-
-SIZE_FACTOR = {"512": 0.5, "512px": 0.5, "1K": 1.0, "2K": 2.0, "4K": 4.0}
-PROMPT_IMAGE_TOKENS = 258
+from pixelmill.testing.validation.gemini import build_gemini_job, resolve_gemini_model
 
 
 def register(app: web.Application, state: EmulatorState) -> GeminiRoutes:
@@ -77,7 +70,7 @@ class GeminiRoutes:
         record.n = 1
         record.input_images = job.input_images
         record.size = f"{job.aspect_ratio or 'auto'}/{job.image_size or 'default'}"
-        _resolve_size(job)
+        answers.resolve_size(job)
 
         def fault_error(fault: str, _hint: float | None) -> we.WireError | None:
             if fault == "auth":
@@ -97,85 +90,13 @@ class GeminiRoutes:
         fault = decision.fault
         if fault == "moderation":
             fault = state.dice.choice(("prompt_blocked", "image_safety"))  # the log keeps "moderation"
-        payload = self._answer(job, decision, fault)
-        record.images = _count_images(payload)
+        payload = answers.answer(state, job, thoughts=decision.thoughts, fault=fault)
+        record.images = answers.count_images(payload)
         record.thoughts = sum(1 for c in payload.get("candidates") or []
                               for p in (c.get("content") or {}).get("parts", []) if p.get("thought"))
         if method == "streamGenerateContent":
             return self._stream(request, payload, decision)
         return send(request, payload, decision, corrupt=_corrupt)
-
-    def _answer(self, job: GeminiJob, decision: Decision, fault: str | None) -> dict[str, Any]:
-        state = self.state
-        spec = job.spec
-        secret = state.secret
-        prompt_tokens = max(1, math.ceil(job.text_chars / 4)) + PROMPT_IMAGE_TOKENS * job.input_images
-        usage: dict[str, Any] = {
-            "promptTokenCount": prompt_tokens,
-            "totalTokenCount": prompt_tokens,
-            "promptTokensDetails": _details(max(1, math.ceil(job.text_chars / 4)),
-                                            PROMPT_IMAGE_TOKENS * job.input_images),
-        }
-        base: dict[str, Any] = {"usageMetadata": usage, "modelVersion": job.model_asked,
-                                "responseId": secrets.token_urlsafe(16)}
-        if fault == "prompt_blocked":
-            return {"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": _ratings(blocked=True)}, **base}
-        if fault in ("image_safety", "no_image"):
-            finish = "IMAGE_SAFETY" if fault == "image_safety" else "NO_IMAGE"
-            candidate: dict[str, Any] = {"finishReason": finish, "index": 0}
-            if fault == "image_safety":
-                candidate["finishMessage"] = "Unable to show the generated image: it may violate our policies."
-            return {"candidates": [candidate], **base}
-        parts: list[dict[str, Any]] = []
-        thought_tokens = 0
-        thinking = spec.thinking
-        if thinking and (decision.thoughts or job.include_thoughts):
-            parts.append({"text": "**Composing the scene**\n\nI am planning the layout and the light.",
-                          "thought": True})
-            thought_tokens += 120
-            for k in range(state.config.thought_drafts if decision.thoughts else 0):
-                draft = self._render(job, f"draft{k}")
-                parts.append({"inlineData": {"mimeType": draft.mime, "data": draft.b64}, "thought": True})
-                thought_tokens += _image_tokens(job)
-        text_tokens = 0
-        if fault == "text_only" or "IMAGE" not in job.modalities:
-            words = ("I can't create that image. Try describing the scene differently."
-                     if fault == "text_only" else f"A description of: {job.prompt[:200]}")
-            part: dict[str, Any] = {"text": words}
-            if thinking:
-                part["thoughtSignature"] = signatures.sign_text(secret, words)
-            parts.append(part)
-            text_tokens = max(1, len(words) // 4)
-            images = 0
-        else:
-            if "TEXT" in job.modalities:
-                words = "Here is the image you asked for."
-                part = {"text": words}
-                if thinking:
-                    part["thoughtSignature"] = signatures.sign_text(secret, words)
-                parts.append(part)
-                text_tokens = max(1, len(words) // 4)
-            image = self._render(job, "final")
-            image_part: dict[str, Any] = {"inlineData": {"mimeType": image.mime, "data": image.b64}}
-            if thinking:
-                image_part["thoughtSignature"] = signatures.sign_image(secret, image.digest)
-            parts.append(image_part)
-            images = 1
-        output_tokens = text_tokens + images * _image_tokens(job)
-        usage["candidatesTokenCount"] = output_tokens
-        usage["totalTokenCount"] = prompt_tokens + output_tokens + thought_tokens
-        usage["candidatesTokensDetails"] = _details(text_tokens, images * _image_tokens(job))
-        if thought_tokens:
-            usage["thoughtsTokenCount"] = thought_tokens
-        return {
-            "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
-            **base,
-        }
-
-    def _render(self, job: GeminiJob, salt: str) -> Rendered:
-        fmt = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}.get(self.state.config.gemini_mime, "png")
-        return self.state.images.get(job.width, job.height, fmt, colour_for(f"{job.prompt}#{salt}"),
-                                   pad_to=self.state.config.image_bytes)
 
     def _stream(self, request: web.Request, payload: dict[str, Any], decision: Decision) -> web.StreamResponse:
         """`alt=sse`: thought parts (if any) in a first event, the rest in a second."""
@@ -191,7 +112,7 @@ class GeminiRoutes:
                 last = {**payload, "candidates": [{**candidates[0], "content": {"role": "model", "parts": rest}}]}
                 events = [first, last]
         body = b"".join(b"data: " + orjson.dumps(e) + b"\r\n\r\n" for e in events)
-        ex.record.images = _count_images(payload)
+        ex.record.images = answers.count_images(payload)
         ex.record.bytes_out = len(body)
         return web.Response(body=body, content_type="text/event-stream",
                             headers={"x-request-id": ex.record.id, **ex.rate_headers})
@@ -215,52 +136,6 @@ class GeminiRoutes:
         spec = resolve_gemini_model(self.state.table, name, serve_retired=config.serve_retired, today=config.today)
         return web.Response(body=orjson.dumps(_model_object(spec.name, spec.max_prompt_chars)),
                             content_type="application/json")
-
-
-def _resolve_size(job: GeminiJob) -> None:
-    spec = job.spec
-    ratio = job.aspect_ratio
-    if ratio is None and job.turn_images and spec.aspect_ratios:
-        first = job.turn_images[0]
-        ratio = nearest_ratio(first.width / first.height, spec.aspect_ratios)
-    ratio = ratio or "1:1"
-    width, height = spec.ratio_pixels.get(ratio, (1024, 1024))
-    factor = SIZE_FACTOR.get(job.image_size or spec.default_image_size or "1K", 1.0)
-    job.width, job.height = max(1, round(width * factor)), max(1, round(height * factor))
-
-
-def _image_tokens(job: GeminiJob) -> int:
-    table = job.spec.price.output_tokens
-    size = job.image_size or job.spec.default_image_size or "1K"
-    return table.get("512" if size == "512px" else size) or next(iter(table.values()), 1290)
-
-
-def _details(text: int, image: int) -> list[dict[str, Any]]:
-    out = []
-    if text:
-        out.append({"modality": "TEXT", "tokenCount": text})
-    if image:
-        out.append({"modality": "IMAGE", "tokenCount": image})
-    return out
-
-
-def _ratings(*, blocked: bool) -> list[dict[str, Any]]:
-    return [
-        {"category": "HARM_CATEGORY_SEXUALLY_EXPLICIT", "probability": "NEGLIGIBLE"},
-        {"category": "HARM_CATEGORY_HATE_SPEECH", "probability": "NEGLIGIBLE"},
-        {"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"},
-        {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH" if blocked else "NEGLIGIBLE",
-         **({"blocked": True} if blocked else {})},
-    ]
-
-
-def _count_images(payload: dict[str, Any]) -> int:
-    count = 0
-    for candidate in payload.get("candidates") or []:
-        for part in (candidate.get("content") or {}).get("parts", []):
-            if "inlineData" in part and not part.get("thought"):
-                count += 1
-    return count
 
 
 def _corrupt(payload: dict[str, Any]) -> dict[str, Any]:

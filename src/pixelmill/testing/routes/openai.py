@@ -20,9 +20,10 @@ import orjson
 from aiohttp import web
 
 from pixelmill.testing import wire_errors as we
+from pixelmill.testing.answers import openai as answers
 from pixelmill.testing.exchange import STATUS_OF_FAULT, admit, exchange, send, tag
 from pixelmill.testing.faults import read_markers
-from pixelmill.testing.images import Rendered, colour_for
+from pixelmill.testing.images import Rendered
 from pixelmill.testing.keys import bearer
 from pixelmill.testing.log import RequestRecord
 from pixelmill.testing.state import EmulatorState
@@ -167,25 +168,12 @@ class OpenAIRoutes:
             fault_error=fault_error,
             rate_limited=rate_limited,
         )
-        rendered = [self._render(job, i) for i in range(job.n)]
+        rendered = [answers.render(state, job, i) for i in range(job.n)]
         record.images = len(rendered)
         if job.stream:
             return self._stream(request, job, rendered)
         payload = self._answer(request, job, rendered)
         return send(request, payload, decision, corrupt=_corrupt)
-
-    def _render(self, job: ImageJob, index: int) -> Rendered:
-        fmt = "png" if job.dalle else job.output_format
-        quality = job.compression if job.compression is not None else 95
-        return self.state.images.get(
-            job.width,
-            job.height,
-            fmt,
-            colour_for(f"{job.prompt}#{index}"),
-            transparent=job.background == "transparent",
-            pad_to=self.state.config.image_bytes,
-            quality=max(1, quality),
-        )
 
     def _answer(self, request: web.Request, job: ImageJob, rendered: list[Rendered]) -> dict[str, Any]:
         created = int(time.time())
@@ -201,15 +189,7 @@ class OpenAIRoutes:
                     item["revised_prompt"] = _revised(job.prompt)
                 data.append(item)
             return {"created": created, "data": data}
-        return {
-            "created": created,
-            "data": [{"b64_json": image.b64} for image in rendered],
-            "background": job.background,
-            "output_format": job.output_format,
-            "size": f"{job.width}x{job.height}",
-            "quality": job.quality,
-            "usage": usage(job),
-        }
+        return answers.gpt_answer(job, rendered)
 
     def _stream(self, request: web.Request, job: ImageJob, rendered: list[Rendered]) -> web.StreamResponse:
         """SSE: `partial_images` partial events, then one completed event per image."""
@@ -224,7 +204,7 @@ class OpenAIRoutes:
                          "partial_image_index": index, **common}
                 chunks.append(b"event: %s.partial_image\ndata: %s\n\n" % (kind.encode(), orjson.dumps(event)))
             done = {"type": f"{kind}.completed", "b64_json": image.b64, "created_at": int(time.time()),
-                    **common, "usage": usage(job, images=1)}
+                    **common, "usage": answers.usage(job, images=1)}
             chunks.append(b"event: %s.completed\ndata: %s\n\n" % (kind.encode(), orjson.dumps(done)))
         body = b"".join(chunks)
         record.bytes_out = len(body)
@@ -305,41 +285,6 @@ def _corrupt(payload: dict[str, Any]) -> dict[str, Any]:
             item["b64_json"] = "!!not*base64%%" + item["b64_json"][14:]
         data.append(item)
     return {**payload, "data": data}
-
-
-def usage(job: ImageJob, images: int | None = None) -> dict[str, Any]:
-    """Token counts consistent with the model table: output tokens per image from `price.output_tokens`
-    (scaled by pixels for sizes it does not list), text tokens about a quarter of the prompt's characters,
-    image tokens from the usual 512-pixel tile count of each input image."""
-    count = job.n if images is None else images
-    tokens_table = job.spec.price.output_tokens
-    key = f"{job.quality}:{job.width}x{job.height}"
-    per_image = tokens_table.get(key)
-    if per_image is None:
-        base = tokens_table.get(f"{job.quality}:1024x1024") or tokens_table.get("medium:1024x1024") or 1056
-        per_image = max(1, round(base * job.width * job.height / (1024 * 1024)))
-    text_tokens = max(1, math.ceil(len(job.prompt) / 4))
-    image_tokens = sum(_input_image_tokens(u, job.input_fidelity == "high") for u in job.images)
-    output = per_image * count
-    inputs = text_tokens + image_tokens
-    return {
-        "input_tokens": inputs,
-        "output_tokens": output,
-        "total_tokens": inputs + output,
-        "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": image_tokens},
-        "output_tokens_details": {"image_tokens": output, "text_tokens": 0},
-    }
-
-
-def _input_image_tokens(upload: Upload, high_fidelity: bool) -> int:
-    w: float = upload.info.width
-    h: float = upload.info.height
-    scale = min(1.0, 2048 / max(w, h))
-    w, h = w * scale, h * scale
-    scale = min(1.0, 768 / min(w, h))
-    w, h = w * scale, h * scale
-    tiles = math.ceil(w / 512) * math.ceil(h / 512)
-    return 65 + 129 * tiles + (4096 if high_fidelity else 0)
 
 
 async def _read_body(request: web.Request, endpoint: str) -> tuple[str, dict[str, Any], dict[str, list[Upload]]]:
