@@ -34,7 +34,7 @@ from pixelmill.writing.journal import Journal
 from pixelmill.writing.lock import RunLock
 from pixelmill.writing.output import OutputCounts, write_output
 
-EXIT_OK, EXIT_FAILED_ROWS, EXIT_CONFIG, EXIT_ABORTED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED_ROWS, EXIT_CONFIG, EXIT_ABORTED, EXIT_SUBMITTED = 0, 1, 2, 3, 4
 # The signals that stop a run cleanly, with the names its messages give them.
 _STOP_SIGNALS = ((signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM"), (signal.SIGHUP, "SIGHUP"))
 
@@ -49,6 +49,8 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
+        if self.abort_kind == "submitted":  # --batch: batches still run at the provider; the next run collects
+            return EXIT_SUBMITTED
         if self.aborted is not None:
             return EXIT_ABORTED
         return EXIT_FAILED_ROWS if self.counts.failed else EXIT_OK

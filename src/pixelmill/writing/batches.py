@@ -20,6 +20,7 @@ later run is dropped (`drop`), its rows free again.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -188,6 +189,15 @@ class BatchBook:
         """Which of `rows` a live batch of `step` holds."""
         query = "SELECT row FROM batch_lines WHERE live = 1 AND step = ? AND row IN ({})"
         return {int(r[0]) for r in self.journal._select_in(query, rows, (step,))}
+
+    def run_id(self) -> str:
+        """This RUNDIR's id, made once: the provider-side name of its batches carries it (with the batch's
+        number), so that a batch whose creation answer was lost is found again by listing."""
+        found = self.journal.get_meta("batch_run_id")
+        if found is None:
+            found = secrets.token_hex(8)
+            self.journal.set_meta("batch_run_id", found)
+        return found
 
     def next_seq(self) -> int:
         return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM batches").fetchone()[0])

@@ -1,0 +1,113 @@
+"""`--batch` on OpenAI against the emulator's Batch API over loopback: lines in input order, images written as
+synchronous runs write them, cost at the batch rate, refusals and errors mapped to rows by custom_id, splitting,
+detach (exit 4) and collect, and resume that never puts a row in two live batches nor bills a line twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pixelmill.testing import Emulator
+from pixelmill.writing.batches import BatchBook
+from pixelmill.writing.journal import Journal
+from tests.runs import cli, cli_process, prompts, read_output, run_api, write_jsonl
+
+FAST = {"batch_poll": 0.05}
+
+
+@pytest.fixture
+def emu(emulator_thread: Emulator) -> Emulator:
+    emulator_thread.configure(batch_latency=0.3)
+    return emulator_thread
+
+
+def test_generate_batch_end_to_end(emu: Emulator, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [
+        *prompts(4), {"prompt": "a banned thing [[fault:moderation]]"}, {"prompt": "p [[fault:server_error]]"}])
+    sync = run_api(emu, src, tmp_path / "sync", quality="low")
+    report = run_api(emu, src, tmp_path / "run", quality="low", batch=True, engine=FAST)
+    assert report.exit_code == 1  # two rows failed, recorded
+    out = read_output(tmp_path / "run")
+    assert [r["prompt"] for r in out] == [r["prompt"] for r in read_output(tmp_path / "sync")]
+    for row in out[:4]:
+        meta = row["pixelmill"]
+        assert meta["status"] == "done"
+        [path] = row["images"]
+        assert path.startswith("images/generate/row") and (tmp_path / "run" / path).stat().st_size > 0
+    sync_rows = read_output(tmp_path / "sync")
+    for batch_row, sync_row in zip(out[:4], sync_rows[:4], strict=True):
+        assert batch_row["images"] == sync_row["images"]  # the same file names as a synchronous run
+        assert batch_row["pixelmill"]["cost_usd"] == pytest.approx(sync_row["pixelmill"]["cost_usd"] / 2)
+    refused = out[4]["pixelmill"]
+    assert refused["status"] == "failed" and refused["error"]["kind"] == "refused"
+    assert out[5]["pixelmill"]["status"] == "failed" and out[5]["pixelmill"]["error"]["http_status"] == 500
+    counters = emu.batches.counters
+    assert counters.batches_created["openai"] == 1
+    assert sum(counters.billed("openai").values()) == 4 and not counters.billed_twice("openai")
+    assert sync.exit_code == 1
+
+
+def test_split_by_lines_and_rerun_sends_nothing(emu: Emulator, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(7))
+    assert run_api(emu, src, tmp_path / "run", batch=True, engine={**FAST, "batch_max_lines": 3}).exit_code == 0
+    assert emu.batches.counters.batches_created["openai"] == 3
+    assert run_api(emu, src, tmp_path / "run", batch=True, engine=FAST).exit_code == 0
+    assert emu.batches.counters.batches_created["openai"] == 3
+    assert all(r["pixelmill"]["status"] == "done" for r in read_output(tmp_path / "run"))
+
+
+def test_detach_exits_4_and_the_same_command_collects(emu: Emulator, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(5))
+    args = ("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--batch", "--quiet")
+    first = cli(*args, "--detach")
+    assert first.code == 4, first.output
+    assert "run the same command again to collect" in first.output
+    assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["pending"] * 5
+    # Detached again while the batch runs: nothing new is submitted (every row is in a live batch).
+    assert cli(*args, "--detach").code == 4
+    assert emu.batches.counters.batches_created["openai"] == 1
+    second = cli(*args)
+    assert second.code == 0, second.output
+    assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["done"] * 5
+    assert emu.batches.counters.batches_created["openai"] == 1
+    assert not emu.batches.counters.billed_twice("openai")
+
+
+def test_expired_batch_keeps_its_answers_and_resubmits_the_rest(emu: Emulator, tmp_path: Path) -> None:
+    emu.configure(batch_fates=("expire",), batch_window=0.3)
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(6))
+    run_api(emu, src, tmp_path / "run", batch=True, engine=FAST)
+    done = [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")].count("done")
+    assert 0 < done < 6
+    assert run_api(emu, src, tmp_path / "run", batch=True, engine=FAST).exit_code == 0
+    assert emu.batches.counters.batches_created["openai"] == 2
+    assert sum(emu.batches.counters.billed("openai").values()) == 6
+    assert not emu.batches.counters.billed_twice("openai")
+
+
+def test_a_kill_between_create_and_journaling_creates_no_second_batch(emu: Emulator, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(4))
+    args = ("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--batch", "--quiet")
+    proc = cli_process(*args, env={"PIXELMILL_BATCH_KILL_AT": "after_create"})
+    proc.communicate(timeout=120)
+    assert proc.returncode == -9
+    assert emu.batches.counters.batches_created["openai"] == 1
+    journal = Journal.open(tmp_path / "run")
+    [entry] = BatchBook(journal).batches()
+    assert entry.state == "uploaded" and entry.batch_id is None  # the kill came before the id was journaled
+    journal.close()
+    again = cli(*args)
+    assert again.code == 0, again.output
+    assert "not created again" in again.output
+    assert emu.batches.counters.batches_created["openai"] == 1
+    assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["done"] * 4
+    assert not emu.batches.counters.billed_twice("openai")
+
+
+def test_refused_where_no_batch_api(emu: Emulator, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(2))
+    result = cli("generate", src, "-o", tmp_path / "run", "--provider", "gemini", "--model", "gemini-2.5-flash-image",
+                 "--base-url", emu.gemini_base_url, "--batch", env={"GEMINI_API_KEY": "k" * 20})
+    assert result.code == 2 and "--batch" in result.output
+    assert emu.batches.counters.batches_created["gemini"] == 0
