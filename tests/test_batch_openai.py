@@ -111,3 +111,26 @@ def test_refused_where_no_batch_api(emu: Emulator, tmp_path: Path) -> None:
                  "--base-url", emu.gemini_base_url, "--batch", env={"GEMINI_API_KEY": "k" * 20})
     assert result.code == 2 and "--batch" in result.output
     assert emu.batches.counters.batches_created["gemini"] == 0
+
+
+def test_ctrl_c_while_waiting_exits_3_and_the_batch_keeps_running(emu: Emulator, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    emu.configure(batch_fates=("slow",), batch_latency=0.5)  # answered after 5 s
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(3))
+    args = ("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--batch", "--quiet")
+    proc = cli_process(*args)
+    deadline = time.monotonic() + 60
+    while emu.batches.counters.batches_created["openai"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert b"keep running at the provider" in err and b"run the same command again to collect" in err
+    assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["pending"] * 3
+    again = cli(*args)
+    assert again.code == 0, again.output
+    assert emu.batches.counters.batches_created["openai"] == 1
+    assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["done"] * 3

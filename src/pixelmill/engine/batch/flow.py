@@ -100,6 +100,12 @@ class BatchFlow:
                                "submitted")
             return
         await self._wait()
+        halt = self.ctx.halt
+        left = len(self.book.batches(live_only=True))
+        if left and halt.kind == "interrupted" and halt.reason is not None:
+            # Stopping the wait stops nothing at the provider: the batches run on and are paid for.
+            halt.reason += (f"; {left} batch(es) keep running at the provider (`pixelmill status` shows them): run "
+                            "the same command again to collect them")
 
     # ------------------------------------------------------------ 1. recover
     async def _recover(self) -> None:
