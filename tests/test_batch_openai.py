@@ -134,3 +134,14 @@ def test_ctrl_c_while_waiting_exits_3_and_the_batch_keeps_running(emu: Emulator,
     assert again.code == 0, again.output
     assert emu.batches.counters.batches_created["openai"] == 1
     assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["done"] * 3
+
+
+def test_status_shows_each_live_batch(emu: Emulator, tmp_path: Path) -> None:
+    emu.configure(batch_fates=("stall",))
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(3))
+    assert cli("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--batch", "--detach",
+               "--quiet").code == 4
+    shown = cli("status", tmp_path / "run")
+    assert shown.code == 0, shown.output
+    [line] = [ln for ln in shown.output.splitlines() if ln.startswith("batch 1 batch_")]
+    assert ": validating, 0 done, 0 failed of 3 lines, " in line and " old" in line

@@ -162,11 +162,8 @@ class BatchBook:
 
     # ------------------------------------------------------------ reading
     def batches(self, *, live_only: bool = False) -> list[BatchEntry]:
-        query = "SELECT seq, step, provider, state, file_id, batch_id, lines, created, info FROM batches"
-        if live_only:
-            query += " WHERE state IN ('building', 'uploaded', 'submitted')"
-        return [BatchEntry(int(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], r[5], int(r[6]), float(r[7]),
-                           orjson.loads(r[8])) for r in self.db.execute(query + " ORDER BY seq")]
+        found = read_batches(self.journal)
+        return [b for b in found if b.state in LIVE_STATES] if live_only else found
 
     def lines(self, seq: int) -> Iterator[tuple[str, int]]:
         """(custom_id, row) of every line of batch `seq`, read in pages (a batch may hold 50,000)."""
@@ -201,3 +198,14 @@ class BatchBook:
 
     def next_seq(self) -> int:
         return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM batches").fetchone()[0])
+
+
+def read_batches(journal: Journal) -> list[BatchEntry]:
+    """Every batch of a journal, for reports: reads only (a journal without the table has none)."""
+    found = journal.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'batches'").fetchone()
+    if found is None:
+        return []
+    rows = journal.db.execute("SELECT seq, step, provider, state, file_id, batch_id, lines, created, info FROM "
+                              "batches ORDER BY seq")
+    return [BatchEntry(int(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], r[5], int(r[6]), float(r[7]),
+                       orjson.loads(r[8])) for r in rows]
