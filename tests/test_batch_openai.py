@@ -145,3 +145,22 @@ def test_status_shows_each_live_batch(emu: Emulator, tmp_path: Path) -> None:
     assert shown.code == 0, shown.output
     [line] = [ln for ln in shown.output.splitlines() if ln.startswith("batch 1 batch_")]
     assert ": validating, 0 done, 0 failed of 3 lines, " in line and " old" in line
+
+
+def test_edit_batch_carries_its_input_images(emu: Emulator, tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "pics").mkdir()
+    for name, color in (("a", "red"), ("b", "blue")):
+        Image.new("RGB", (40, 40), color).save(tmp_path / "pics" / f"{name}.png", format="PNG")
+    rows = [{"id": "one", "images": "pics/a.png", "prompt": "make it blue"},
+            {"id": "two", "images": ["pics/a.png", "pics/b.png"], "prompt": "combine these"}]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    result = cli("edit", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--id-field", "id",
+                 "--batch", "--quiet")
+    assert result.code == 0, result.output
+    out = read_output(tmp_path / "run")
+    assert [r["output_image"] for r in out] == [["images/edit/one_0.png"], ["images/edit/two_0.png"]]
+    assert all((tmp_path / "run" / r["output_image"][0]).stat().st_size > 0 for r in out)
+    assert emu.batches.counters.batches_created["openai"] == 1
+    assert sorted(emu.batches.counters.billed("openai")) == ["r000000001", "r000000002"]

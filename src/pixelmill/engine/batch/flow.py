@@ -18,8 +18,10 @@ Order of a run, so that a crash anywhere neither loses a paid line nor creates a
    failed (refused, rejected, or the line's error), or left pending when the batch left it unanswered (expired,
    cancelled): the next batch takes it. The batch is marked collected, which frees its rows.
 
-Refused clearly (ConfigError, nothing sent): more than one step, a provider other than OpenAI, a step whose
-rows send input images (edits: not yet), `n` above what one call makes, multi-turn rows.
+Refused before anything is sent (ConfigError): more than one step, Azure (its batch API takes no image
+requests), a provider other than OpenAI, fallback models. A row whose step would need more than one call
+(multi-turn, `n` above one call's), or a call of another task than the step's (a batch has one endpoint),
+fails with that reason; the other rows are batched.
 """
 
 from __future__ import annotations
@@ -196,9 +198,10 @@ class BatchFlow:
                                          policy=self.ctx.inputs, rundir=self.ctx.rundir, session=self.ctx.session)
             if len(inputs.turns) > 1:
                 raise InputError("--batch: multi-turn rows are not batched (one call per row); run without --batch")
-            if inputs.images or inputs.mask is not None:
-                raise InputError("--batch: rows with input images (edits) are not batched yet; run without --batch")
-            task, plan = step.turn_plan(inputs.task, 0, 1, 0)
+            task, plan = step.turn_plan(inputs.task, 0, 1, len(inputs.images))
+            if task != self._task():  # a batch has one endpoint: a generate step's rows with images would edit
+                raise InputError(f"--batch: this row would {task} in a {self._task()} step's batch; give every row "
+                                 "input images, or none")
             if len(plan.calls) != 1:
                 raise InputError(f"--batch: this row needs {len(plan.calls)} calls (n above what one call makes); "
                                  "lower --n or run without --batch")
@@ -206,8 +209,8 @@ class BatchFlow:
             self.rows._fail(step, slot, state, exc)
             return None
         return ImageRequest(task=task, model=step.wire_model,  # type: ignore[arg-type]
-                            prompt=inputs.turns[0].prompt, params=plan.calls[0], row=record.index,
-                            timeout=step.timeout)
+                            prompt=inputs.turns[0].prompt, params=plan.calls[0], images=inputs.images,
+                            mask=inputs.mask, row=record.index, timeout=step.timeout)
 
     def _open(self) -> _Building:
         seq = self.book.start(self.name, self.step.provider.name)

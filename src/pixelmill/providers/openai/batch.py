@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pybase64
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from pixelmill.errors import ProviderError, TransientError
@@ -34,7 +35,13 @@ _ANSWER_BYTES = 16 * 1024 * 1024  # a batch object or a list page
 
 def line(custom_id: str, request: ImageRequest) -> bytes:
     """One JSONL line (with its newline) for `request`: the synchronous JSON body, in a batch envelope."""
-    body = {"model": request.model, "prompt": request.prompt, **request.params}
+    body: dict[str, Any] = {"model": request.model, "prompt": request.prompt, **request.params}
+    if request.task == "edit":
+        # A JSONL line cannot carry multipart: the JSON edits body, its images as data URLs (UNCONFIRMED by an
+        # OpenAI page; the emulator takes this form, reference §1.3).
+        body["images"] = [{"image_url": _data_url(image.data, image.mime)} for image in request.images]
+        if request.mask is not None:
+            body["mask"] = {"image_url": _data_url(request.mask.data, request.mask.mime)}
     return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": ENDPOINTS[request.task],
                          "body": body}) + b"\n"
 
@@ -162,6 +169,10 @@ async def lines_of(path: Path) -> AsyncIterator[dict[str, Any]]:
                     continue
                 if isinstance(value, dict):
                     yield value
+
+
+def _data_url(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{pybase64.b64encode(data).decode('ascii')}"
 
 
 def _batch(answer: Any, label: str) -> dict[str, Any]:
