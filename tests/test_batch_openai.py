@@ -164,3 +164,11 @@ def test_edit_batch_carries_its_input_images(emu: Emulator, tmp_path: Path) -> N
     assert all((tmp_path / "run" / r["output_image"][0]).stat().st_size > 0 for r in out)
     assert emu.batches.counters.batches_created["openai"] == 1
     assert sorted(emu.batches.counters.billed("openai")) == ["r000000001", "r000000002"]
+
+
+def test_max_cost_is_refused_with_batch_before_anything_is_sent(emu: Emulator, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(2))
+    result = cli("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--batch",
+                 "--max-cost", "1")
+    assert result.code == 2 and "--max-cost" in result.output
+    assert emu.batches.counters.files_uploaded["openai"] == 0

@@ -87,7 +87,7 @@ class Runner:
         self._senders = {s.config.name: (s.provider.name, _base_url(s.provider)) for s in plan.steps}
         self._told_rehearsal = False
         if config.batch:
-            check_batch(plan)  # ConfigError: nothing sent
+            check_batch(plan, config.limits.max_cost)  # ConfigError: nothing sent
         self.files = FileCheck(config.output, list(config.steps), decode=config.verify_images,
                                report_only=config.report_broken)
 

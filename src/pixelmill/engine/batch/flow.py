@@ -18,7 +18,7 @@ Order of a run, so that a crash anywhere neither loses a paid line nor creates a
    failed (refused, rejected, or the line's error), or left pending when the batch left it unanswered (expired,
    cancelled): the next batch takes it. The batch is marked collected, which frees its rows.
 
-Refused before anything is sent (ConfigError): more than one step, Azure (its batch API takes no image
+Refused before anything is sent (ConfigError): --max-cost, more than one step, Azure (its batch API takes no image
 requests), a provider other than OpenAI, fallback models. A row whose step would need more than one call
 (multi-turn, `n` above one call's), or a call of another task than the step's (a batch has one endpoint),
 fails with that reason; the other rows are batched.
@@ -51,8 +51,13 @@ CHUNK = 256  # rows read, and lines journaled, at a time
 DETACHED = "submitted; run the same command again to collect"
 
 
-def check_batch(plan: RunPlan) -> None:
+def check_batch(plan: RunPlan, max_cost: float | None) -> None:
     """Refuse, before anything is sent, what --batch does not do."""
+    if max_cost is not None:
+        # A batch's lines are billed when it ends, not when sent: without reserving each batch's maximum when it
+        # is created (not built yet), the budget could not be kept, so it is not offered.
+        raise ConfigError("--batch with --max-cost is not supported yet (a batch's maximum is not reserved against "
+                          "the budget); drop one of them")
     if len(plan.steps) != 1:
         raise ConfigError("--batch: only one-step runs (generate or edit) take --batch for now; run the "
                           "pipeline's steps without it")
