@@ -84,6 +84,7 @@ def test_expired_batch_keeps_its_answers_and_resubmits_the_rest(emu: Emulator, t
     assert emu.batches.counters.batches_created["openai"] == 2
     assert sum(emu.batches.counters.billed("openai").values()) == 6
     assert not emu.batches.counters.billed_twice("openai")
+    assert_no_row_in_two_live_batches(emu)
 
 
 def test_a_kill_between_create_and_journaling_creates_no_second_batch(emu: Emulator, tmp_path: Path) -> None:
@@ -172,3 +173,50 @@ def test_max_cost_is_refused_with_batch_before_anything_is_sent(emu: Emulator, t
                  "--max-cost", "1")
     assert result.code == 2 and "--max-cost" in result.output
     assert emu.batches.counters.files_uploaded["openai"] == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_sigkill_at_random_moments_then_rerun_bills_no_line_twice(emu: Emulator, tmp_path: Path,
+                                                                   seed: int) -> None:
+    import random
+    import signal
+    import time
+
+    rng = random.Random(seed)
+    emu.configure(batch_latency=0.6)
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(9))
+    args = ("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--batch", "--quiet")
+    for moment in ("before_create", "after_create", None, None, None):
+        env = {"PIXELMILL_BATCH_KILL_AT": moment} if moment else {}
+        proc = cli_process(*args, env=env)
+        if moment is None:
+            time.sleep(rng.uniform(0.2, 2.0))
+            proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=120)
+    final = cli(*args)
+    assert final.code == 0, final.output
+    assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["done"] * 9
+    counters = emu.batches.counters
+    assert not counters.billed_twice("openai")
+    assert sum(counters.billed("openai").values()) == 9
+    assert_no_row_in_two_live_batches(emu)
+    journal = Journal.open(tmp_path / "run")
+    book = BatchBook(journal)
+    assert book.batches(live_only=True) == []
+    journal.close()
+
+
+def assert_no_row_in_two_live_batches(emu: Emulator) -> None:
+    """Two batches the emulator holds share a custom_id only when the earlier had ended before the later was
+    created."""
+    import orjson
+
+    batches = sorted((b for b in emu.batches.batches.values() if b.api == "openai"), key=lambda b: b.created)
+    ids = {b.id: {orjson.loads(ln)["custom_id"] for ln in b.input_path.read_bytes().splitlines() if ln.strip()}
+           for b in batches}
+    terminal = ("completed", "failed", "expired", "cancelled")
+    for i, early in enumerate(batches):
+        ended = min((t for state, t in early.times.items() if state in terminal), default=None)
+        for late in batches[i + 1:]:
+            if ids[early.id] & ids[late.id]:
+                assert ended is not None and ended <= late.created, (early.id, late.id)
