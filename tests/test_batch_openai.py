@@ -77,10 +77,18 @@ def test_detach_exits_4_and_the_same_command_collects(emu: Emulator, tmp_path: P
 def test_expired_batch_keeps_its_answers_and_resubmits_the_rest(emu: Emulator, tmp_path: Path) -> None:
     emu.configure(batch_fates=("expire",), batch_window=0.3)
     src = write_jsonl(tmp_path / "in.jsonl", prompts(6))
-    run_api(emu, src, tmp_path / "run", batch=True, engine=FAST)
-    done = [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")].count("done")
-    assert 0 < done < 6
-    assert run_api(emu, src, tmp_path / "run", batch=True, engine=FAST).exit_code == 0
+    notices: list[str] = []
+    from pixelmill.api import run_config
+    from pixelmill.options import build_config, job_options
+    from tests.runs import TEST_KEY
+
+    config = build_config("generate", src, job_options(output=tmp_path / "run", base_url=emu.openai_base_url,
+                                                        api_key=TEST_KEY, batch=True, engine=FAST))
+    assert run_config(config, notice=notices.append).exit_code == 0  # resubmitted in the same run
+    assert any("line(s) unanswered stay pending" in n for n in notices)
+    [resubmitted] = [n for n in notices if n.startswith("resubmitted ")]
+    assert 0 < int(resubmitted.split()[1]) < 6
+    assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["done"] * 6
     assert emu.batches.counters.batches_created["openai"] == 2
     assert sum(emu.batches.counters.billed("openai").values()) == 6
     assert not emu.batches.counters.billed_twice("openai")
@@ -220,3 +228,13 @@ def assert_no_row_in_two_live_batches(emu: Emulator) -> None:
         for late in batches[i + 1:]:
             if ids[early.id] & ids[late.id]:
                 assert ended is not None and ended <= late.created, (early.id, late.id)
+
+
+def test_a_batch_failing_validation_says_why_and_its_rows_go_again(emu: Emulator, tmp_path: Path) -> None:
+    emu.configure(batch_fates=("fail",))
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(3))
+    result = cli("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--batch")
+    assert result.code == 0, result.output
+    assert "failed validation: " in result.output and "resubmitted 3 row(s)" in result.output
+    assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["done"] * 3
+    assert emu.batches.counters.batches_created["openai"] == 2

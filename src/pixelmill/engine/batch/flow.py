@@ -47,6 +47,7 @@ from pixelmill.writing.batches import BatchBook, BatchEntry
 from pixelmill.writing.journal import RowIdentity, StepState
 
 CHUNK = 256  # rows read, and lines journaled, at a time
+ROUNDS = 4  # batches of one run: the first, then resubmissions of what expired or failed batches left
 # What the next run will be told: --detach, and Ctrl-C while waiting.
 DETACHED = "submitted; run the same command again to collect"
 
@@ -86,6 +87,8 @@ class BatchFlow:
         self.notice = notice
         self.id_field = id_field
         self.book = BatchBook(ctx.journal)
+        self.counting = 1
+        self.unanswered = 0  # lines of batches collected this round that came back unanswered
         self.name = self.step.config.name
         self.folder = ctx.rundir / ".pixelmill" / "batches"
         self.max_lines = min(ctx.config.limits.batch_max_lines or wire.MAX_LINES, wire.MAX_LINES)
@@ -96,17 +99,25 @@ class BatchFlow:
     async def run(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         await self._recover()
-        await self._submit()
-        if self.ctx.halt.stopping.is_set():
-            return
-        live = self.book.batches(live_only=True)
-        if not live:
-            return
-        if self.detach:
-            self.ctx.halt.stop(f"{len(live)} batch(es) {DETACHED} (or `pixelmill status` to follow them)",
-                               "submitted")
-            return
-        await self._wait()
+        for round in range(ROUNDS):
+            self.unanswered = 0
+            self.counting = int(round == 0)  # a resubmission reads the source again: counted once
+            submitted = await self._submit()
+            if round and submitted:
+                self.notice(f"resubmitted {submitted} row(s) that an expired, cancelled or failed batch left "
+                            "unanswered")
+            if self.ctx.halt.stopping.is_set():
+                return
+            live = self.book.batches(live_only=True)
+            if not live:
+                return
+            if self.detach:
+                self.ctx.halt.stop(f"{len(live)} batch(es) {DETACHED} (or `pixelmill status` to follow them)",
+                                   "submitted")
+                return
+            await self._wait()
+            if self.ctx.halt.stopping.is_set() or not self.unanswered:
+                break
         halt = self.ctx.halt
         left = len(self.book.batches(live_only=True))
         if left and halt.kind == "interrupted" and halt.reason is not None:
@@ -133,32 +144,34 @@ class BatchFlow:
         return {"pixelmill_run": self.book.run_id(), "pixelmill_batch": str(seq)}
 
     # ------------------------------------------------------------ 2. submit
-    async def _submit(self) -> None:
-        """Read the source; rows pending and in no live batch become lines, in input order."""
+    async def _submit(self) -> int:
+        """Read the source; rows pending and in no live batch become lines, in input order. Returns how many."""
         ctx, journal = self.ctx, self.ctx.journal
+        made = 0
         current: _Building | None = None
         records = read_records(ctx.config.source, ctx.config.source_format)
         chunk: list[Any] = []
 
         async def flush(chunk: list[Any]) -> None:
-            nonlocal current
+            nonlocal current, made
             entries, _ = journal.claim([RowIdentity.of(r, self.id_field) for r in chunk])
             slots = [entries[r.index].slot for r in chunk]
             states = journal.states(self.name, slots)
             live = self.book.live_rows(self.name, slots)
             for record in chunk:
-                ctx.stats.rows_read += 1
+                ctx.stats.rows_read += self.counting
                 slot = entries[record.index].slot
                 state = states.get(slot)
                 if record.error is not None:
                     if state is None:
                         journal.save(self.name, slot, StepState("failed", info={"error": {
                             "kind": "input", "message": record.error}}))
-                    ctx.stats.count_failure("input")
+                    if self.counting:
+                        ctx.stats.count_failure("input")
                     continue
                 if state is not None and (state.status == "done" or
                                           (state.status == "failed" and not ctx.config.retry_failed)):
-                    ctx.stats.rows_skipped += 1
+                    ctx.stats.rows_skipped += self.counting
                     continue
                 if slot in live:
                     continue
@@ -173,6 +186,7 @@ class BatchFlow:
                 if current is None:
                     current = self._open()
                 current.add(slot, data)
+                made += 1
                 if len(current.pending) >= CHUNK:
                     current.record(self.book, self.name)
 
@@ -194,6 +208,7 @@ class BatchFlow:
                 self.book.drop(current.seq)
             else:
                 await self._send(current)
+        return made
 
     async def _request(self, record: Any, slot: int, state: StepState) -> ImageRequest | None:
         """The one call a row's step makes, or None when the row failed here (its input)."""
@@ -284,6 +299,7 @@ class BatchFlow:
                     answered.add(row)
             path.unlink(missing_ok=True)
         left = entry.lines - len(answered)
+        self.unanswered += left
         status = summary["status"]
         if status == "failed":
             self.notice(f"batch {entry.seq} ({entry.batch_id}) failed validation: {_errors(summary)}; its rows are "
