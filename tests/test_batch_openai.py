@@ -238,3 +238,19 @@ def test_a_batch_failing_validation_says_why_and_its_rows_go_again(emu: Emulator
     assert "failed validation: " in result.output and "resubmitted 3 row(s)" in result.output
     assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["done"] * 3
     assert emu.batches.counters.batches_created["openai"] == 2
+
+
+def test_estimate_batch_prices_at_the_batch_rate(tmp_path: Path) -> None:
+    import re
+
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(10))
+    online = cli("estimate", src, "--quality", "low")
+    batch = cli("estimate", src, "--quality", "low", "--batch")
+    assert online.code == 0 and batch.code == 0, batch.output
+
+    def total(text: str) -> float:
+        [line] = [ln for ln in text.splitlines() if ln.strip().startswith("generate  openai")]
+        return float(re.findall(r"\$([0-9.]+)", line)[1])
+
+    assert total(batch.output) == pytest.approx(total(online.output) / 2, abs=1e-4)
+    assert "priced at the batch rate (--batch)" in batch.output
