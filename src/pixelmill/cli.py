@@ -1,6 +1,7 @@
 """The `pixelmill` command: flags mapped onto the options of `options.py`, and errors turned into one clear line
 and an exit code (DESIGN 2.1): 0 every row done; 1 some rows failed (recorded); 2 usage or configuration error,
-nothing sent; 3 aborted (authentication, quota, budget, interrupted).
+nothing sent; 3 aborted (authentication, quota, budget, interrupted); 4 submitted, not yet collected (`--batch
+--detach`): run the same command again to collect.
 
 The flags of generate / edit / estimate / run are built from the fields of `JobOptions` and `PipelineOptions`
 (their types, defaults, help and `--help` panel are declared there once; `estimate` leaves out the run-only
@@ -70,7 +71,9 @@ class _App(typer.Typer):
 app = _App(
     name="pixelmill",
     help="Datasets of prompts and images in, datasets of generated and edited images out: in bulk, resumable, "
-    "paid once.",
+    "paid once.\n\nExit status: 0 every row done; 1 some rows failed (recorded); 2 usage or configuration error, "
+    "nothing sent; 3 aborted (authentication, quota, budget, interrupted); 4 submitted (--batch --detach, or "
+    "batches still running): run the same command again to collect.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -129,6 +129,10 @@ class Limits(BaseModel):
     drain_timeout: float = Field(default=60.0, ge=0)  # how long Ctrl-C waits for calls in flight
     retry_base: float = Field(default=0.5, gt=0)  # first backoff step, seconds (doubles per retry)
     retry_cap: float = Field(default=30.0, gt=0)
+    # --batch: lines per batch at most (the provider's own limit is the default; tests and budgets set fewer),
+    # and seconds between polls of a live batch.
+    batch_max_lines: int | None = Field(default=None, ge=1)
+    batch_poll: float = Field(default=30.0, gt=0)
 
 
 class RunConfig(BaseModel):
@@ -160,6 +164,10 @@ class RunConfig(BaseModel):
     allowed_paths: tuple[Path, ...] = ()
     api_key: str | None = Field(default=None, repr=False, exclude=True)
     models_file: Path | None = None
+    # --batch: rows go through the provider's batch API (engine/batch/); --detach: submit and exit 4. Neither is
+    # part of the fingerprint: a run may switch between them (a row is never in two live batches either way).
+    batch: bool = False
+    detach: bool = False
 
     @model_validator(mode="after")
     def _steps_apart(self) -> RunConfig:

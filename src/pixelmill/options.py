@@ -134,6 +134,10 @@ class JobOptions:
     max_cost: float | None = option(None, "Budget in USD for this run directory, across resumes [default: none].",
                                     panel=LIMITS)
     retry_failed: bool = option(False, "Also re-request rows that failed.", panel=RUN)
+    batch: bool = option(False, "Send rows through the provider's batch API (OpenAI): half price, answered within "
+                                "24 h; re-running the same command collects.", panel=RUN)
+    detach: bool = option(False, "With --batch: submit the batches and exit 4; run the same command again to "
+                                 "collect.", panel=RUN)
     restart: bool = option(False, "Discard the run in the output folder and start over.", panel=RUN)
     restart_step: list[str] | None = option(
         None, "Make step NAME (generate or edit here) again, with the steps that read it (repeatable).", panel=RUN)
@@ -276,7 +280,7 @@ def build_config(task: str, input: Path, options: JobOptions, *, input_dir: Path
             restart_steps=tuple(o.restart_step or ()),
             verify_images=o.verify_images, report_broken=o.report_broken,
             allow_private_urls=o.allow_private_urls, allowed_paths=tuple(o.allow_path or ()), api_key=o.api_key,
-            models_file=o.models_file,
+            models_file=o.models_file, batch=o.batch or o.detach, detach=o.detach,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

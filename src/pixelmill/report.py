@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import pandas
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_ABORTED, EXIT_UNCOLLECTED = 0, 1, 3, 4
+EXIT_SUBMITTED = 4  # --batch --detach: submitted; the same command again collects
 
 
 @dataclass(slots=True)
@@ -46,7 +47,9 @@ class RunReport:
     @property
     def exit_code(self) -> int:
         """The command line's exit status: 0 every row done, 1 some failed, 3 the run was aborted, 4 remote jobs
-        still running at their deadline (journaled: running the same command again collects them)."""
+        or batches still running (journaled: running the same command again collects them)."""
+        if self.abort_kind == "submitted":  # --batch: batches still run at the provider; the next run collects
+            return EXIT_SUBMITTED
         if self.aborted is not None:
             return EXIT_ABORTED
         if self.stats.jobs_left:

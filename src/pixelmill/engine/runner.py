@@ -43,6 +43,7 @@ import aiohttp
 
 from pixelmill.config import RunConfig
 from pixelmill.engine.admission import Admission
+from pixelmill.engine.batch.flow import BatchFlow, check_batch
 from pixelmill.engine.budget import Budget
 from pixelmill.engine.call import Sender
 from pixelmill.engine.context import Halt, RunContext
@@ -89,6 +90,8 @@ class Runner:
         # Who each step sends to now (provider, base URL): whether an emulator's results are this run's.
         self._senders = {s.config.name: (s.provider.name, _base_url(s.provider)) for s in plan.steps}
         self._told_rehearsal = False
+        if config.batch:
+            check_batch(plan, config.limits.max_cost)  # ConfigError: nothing sent
         self.files = FileCheck(config.output, list(config.steps), decode=config.verify_images,
                                report_only=config.report_broken)
 
@@ -138,7 +141,12 @@ class Runner:
                                      limits.retry_base, limits.retry_cap)
                 sender = Sender(Admission(limiter, budget, self.halt.stopping), policy, self.stats,
                                 watch=FailureWatch(self.halt.stop))
-                await self._run_rows(ctx, RowExecutor(ctx, self.plan.steps, sender))
+                executor = RowExecutor(ctx, self.plan.steps, sender)
+                if config.batch:
+                    await BatchFlow(ctx, self.plan, executor, detach=config.detach, notice=self.notice,
+                                    id_field=config.id_field).run()
+                else:
+                    await self._run_rows(ctx, executor)
                 self.stats.jobs_left = len(journal.live_jobs())
                 if self.halt.kind == "budget":  # said once the calls in flight have settled: as the journal says
                     self.halt.reason = redact(budget.reached_message(), self.plan.secrets)

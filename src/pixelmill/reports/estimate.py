@@ -44,6 +44,7 @@ class StepEstimate:
     cost: Expected = ZERO
     priced: bool = True  # False when the table has no price for the model
     batch: Expected | None = None  # the same through the provider's batch API, where it has a discount
+    online: Expected | None = None  # with --batch: what the same rows would cost online (`cost` is the batch's)
     failing: int = 0  # rows that would fail before anything is sent
     failure_example: str | None = None
     already_done: int = 0  # rows done in an earlier run of RUNDIR
@@ -124,6 +125,8 @@ def estimate(config: RunConfig, *, env: Mapping[str, str] | None = None) -> RunE
         _row(plan, steps, record.index, record.data, done_rows)
     for runtime, step in zip(plan.steps, steps, strict=True):
         step.batch = batch_cost(runtime.spec, step.cost) if step.priced else None
+        if config.batch and step.batch is not None:  # --batch: the run pays the batch rate; online is the aside
+            step.online, step.cost = step.cost, step.batch
         if step.fallbacks:
             notices.append(f"step {step.name!r}: {step.fallbacks} fallback model(s) are not counted: they are "
                            "paid only for rows the first model fails")
@@ -309,7 +312,10 @@ def describe(result: RunEstimate, config: RunConfig) -> list[str]:
             lines.append(f"step {s.name!r}: {s.failing} rows would fail before sending; e.g. {s.failure_example}")
         if not s.priced:
             lines.append(f"step {s.name!r}: no price is known for {s.model}: add one with --models-file")
-        if s.batch is not None:
+        if s.online is not None:
+            lines.append(f"step {s.name!r}: priced at the batch rate (--batch); online it would cost about "
+                         f"${s.online.expected:.4f}")
+        elif s.batch is not None:
             lines.append(f"step {s.name!r}: the provider's batch API would cost about ${s.batch.expected:.4f} "
                          "(pixelmill sends online requests)")
     if result.budget is not None:

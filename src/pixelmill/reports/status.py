@@ -20,6 +20,7 @@ import orjson
 from pixelmill.config import RunConfig
 from pixelmill.errors import ConfigError
 from pixelmill.options import command_line, with_option
+from pixelmill.writing.batches import read_batches
 from pixelmill.writing.journal import Journal
 
 JOURNAL = Path(".pixelmill") / "journal.sqlite"
@@ -72,6 +73,8 @@ class RunStatus:
     command: str | None = None  # the command that resumes the run
     source_note: str | None = None
     pipeline: bool = False
+    # --batch: each batch (seq, id, state, lines, done, failed, created, expires_at), oldest first
+    batches: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -224,6 +227,10 @@ def _read(journal: Journal, rundir: Path, rows: int | None) -> RunStatus:
         last_write=float(last_write) if last_write is not None else None,
         source_note=source_note,
         pipeline=bool(config and config.pipeline),
+        batches=[{"seq": b.seq, "id": b.batch_id, "state": b.info.get("status") or b.state, "lines": b.lines,
+                  "done": int(b.info.get("completed") or 0), "failed": int(b.info.get("failed") or 0),
+                  "created": b.created, "expires_at": b.info.get("expires_at"), "collected": b.state == "collected"}
+                 for b in read_batches(journal)],
     )
     status.command = resume_command(journal, config, status)
     return status
@@ -366,6 +373,7 @@ def describe(status: RunStatus, *, now: float | None = None) -> list[str]:
             code = f" {group.code}" if group.code else ""
             where = f"row {group.example_row}" + (f" ({group.example_key})" if group.example_key else "")
             lines.append(f"  {group.step}: {group.kind}{code} x{group.count}; e.g. {where}: {group.example_message}")
+    lines += _batch_lines(status, now)
     lines.append(_state_line(status, now))
     lines += next_steps(status)
     if status.output is not None:
@@ -383,6 +391,22 @@ def _live_jobs_lines(status: RunStatus, now: float) -> list[str]:
                                            if s.oldest_job else "") for s in steps]
     return [f"live remote jobs: {total} ({'; '.join(parts)}), counted in the spend at their reservation: running "
             f"the same command again collects them; `pixelmill cancel {status.rundir}` cancels them"]
+
+
+def _batch_lines(status: RunStatus, now: float) -> list[str]:
+    """One line per batch still live, and a total of those collected."""
+    live = [b for b in status.batches if not b["collected"]]
+    lines = []
+    for b in live:
+        expiry = b.get("expires_at")
+        expires = f", expires in {_ago(float(expiry) - now)}" if isinstance(expiry, int | float) and expiry > now \
+            else ""
+        lines.append(f"batch {b['seq']} {b['id'] or '(not created yet)'}: {b['state']}, {b['done']} done, "
+                     f"{b['failed']} failed of {b['lines']} lines, {_ago(now - b['created'])} old{expires}")
+    collected = len(status.batches) - len(live)
+    if collected:
+        lines.append(f"batches collected: {collected}")
+    return lines
 
 
 def unanswered_line(calls: int, cost: float) -> str:

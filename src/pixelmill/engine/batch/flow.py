@@ -1,0 +1,414 @@
+"""One batch run (`--batch`) of a one-step generate job on OpenAI: recover, submit, wait, collect.
+
+Order of a run, so that a crash anywhere neither loses a paid line nor creates a second batch for a row:
+1. recover what an earlier run left: a batch still `building` never reached the provider and is dropped (its
+   rows free); an `uploaded` one may have been created by a run killed before it journaled the answer, so the
+   provider's batches are listed for its name (metadata `pixelmill_run` = this RUNDIR's id, `pixelmill_batch`
+   = its number) and it is adopted when found, created only when not;
+2. submit: the source is read in order; every row pending for the step and in no live batch becomes one JSONL
+   line, written to a file on disk as it is made (never the whole batch in memory), recorded in the journal
+   in chunks as the file grows (writing/batches.py: a row already live fails the insert); a file is closed at
+   the provider's limits (lines, bytes), uploaded (file id journaled), and its batch created (batch id
+   journaled): only then does anything wait;
+3. `--detach` stops here (exit 4: "submitted; run the same command again to collect");
+4. wait: each live batch is polled, its state and line counts shown, until it ends;
+5. collect: the output and error files are streamed to disk and read line by line; each line is mapped to its
+   row by `custom_id`; images are written exactly as synchronous runs write them (engine/row.py `_store`, the
+   file names of DESIGN 2.3) and the row's step journaled done (cost at the batch rate from the reported usage),
+   failed (refused, rejected, or the line's error), or left pending when the batch left it unanswered (expired,
+   cancelled): the next batch takes it. The batch is marked collected, which frees its rows.
+
+Refused before anything is sent (ConfigError): --max-cost, more than one step, Azure (its batch API takes no image
+requests), a provider other than OpenAI, fallback models. A row whose step would need more than one call
+(multi-turn, `n` above one call's), or a call of another task than the step's (a batch has one endpoint),
+fails with that reason; the other rows are batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from pixelmill.engine.context import RunContext
+from pixelmill.engine.inputs import gather_inputs
+from pixelmill.engine.outcome import merge_result
+from pixelmill.engine.plan import RunPlan, StepPlan
+from pixelmill.engine.row import RowExecutor, _finish
+from pixelmill.errors import ConfigError, InputError, PixelmillError, ProviderError, redact
+from pixelmill.models.cost import actual_cost
+from pixelmill.providers.base import ImageRequest
+from pixelmill.providers.openai import batch as wire
+from pixelmill.providers.openai.provider import AzureProvider, OpenAIProvider
+from pixelmill.reading.records import read_records
+from pixelmill.writing.batches import BatchBook, BatchEntry
+from pixelmill.writing.journal import RowIdentity, StepState
+
+CHUNK = 256  # rows read, and lines journaled, at a time
+ROUNDS = 4  # batches of one run: the first, then resubmissions of what expired or failed batches left
+# What the next run will be told: --detach, and Ctrl-C while waiting.
+DETACHED = "submitted; run the same command again to collect"
+
+
+def check_batch(plan: RunPlan, max_cost: float | None) -> None:
+    """Refuse, before anything is sent, what --batch does not do."""
+    if max_cost is not None:
+        # A batch's lines are billed when it ends, not when sent: without reserving each batch's maximum when it
+        # is created (not built yet), the budget could not be kept, so it is not offered.
+        raise ConfigError("--batch with --max-cost is not supported yet (a batch's maximum is not reserved against "
+                          "the budget); drop one of them")
+    if len(plan.steps) != 1:
+        raise ConfigError("--batch: only one-step runs (generate or edit) take --batch for now; run the "
+                          "pipeline's steps without it")
+    step = plan.steps[0]
+    if isinstance(step.provider, AzureProvider):
+        raise ConfigError("--batch: Azure OpenAI's batch API takes no image requests (reference: async-apis.md); "
+                          "run without --batch")
+    if not isinstance(step.provider, OpenAIProvider):
+        raise ConfigError(f"--batch: {step.provider.name} has no batch API that pixelmill drives (OpenAI only, "
+                          "for now); run without --batch")
+    if step.fallbacks:
+        raise ConfigError("--batch: a step with fallback models cannot be batched; drop the fallbacks or --batch")
+
+
+class BatchFlow:
+    """Carries the run's rows through batches: see the module docstring for the order of things."""
+
+    def __init__(self, ctx: RunContext, plan: RunPlan, rows: RowExecutor, *, detach: bool,
+                 notice: Callable[[str], None], id_field: str | None) -> None:
+        self.ctx = ctx
+        self.step: StepPlan = plan.steps[0]
+        assert isinstance(self.step.provider, OpenAIProvider)
+        self.wire = wire.OpenAIBatchWire(self.step.provider)
+        self.rows = rows  # its `_store`, `_save` and `_fail`: images and states exactly as synchronous runs
+        self.detach = detach
+        self.notice = notice
+        self.id_field = id_field
+        self.book = BatchBook(ctx.journal)
+        self.counting = 1
+        self.unanswered = 0  # lines of batches collected this round that came back unanswered
+        self.name = self.step.config.name
+        self.folder = ctx.rundir / ".pixelmill" / "batches"
+        self.max_lines = min(ctx.config.limits.batch_max_lines or wire.MAX_LINES, wire.MAX_LINES)
+        self.poll = ctx.config.limits.batch_poll
+        self.max_bytes = wire.MAX_FILE_BYTES
+
+    # ------------------------------------------------------------ the run
+    async def run(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        await self._recover()
+        for round in range(ROUNDS):
+            self.unanswered = 0
+            self.counting = int(round == 0)  # a resubmission reads the source again: counted once
+            submitted = await self._submit()
+            if round and submitted:
+                self.notice(f"resubmitted {submitted} row(s) that an expired, cancelled or failed batch left "
+                            "unanswered")
+            if self.ctx.halt.stopping.is_set():
+                return
+            live = self.book.batches(live_only=True)
+            if not live:
+                return
+            if self.detach:
+                self.ctx.halt.stop(f"{len(live)} batch(es) {DETACHED} (or `pixelmill status` to follow them)",
+                                   "submitted")
+                return
+            await self._wait()
+            if self.ctx.halt.stopping.is_set() or not self.unanswered:
+                break
+        halt = self.ctx.halt
+        left = len(self.book.batches(live_only=True))
+        if left and halt.kind == "interrupted" and halt.reason is not None:
+            # Stopping the wait stops nothing at the provider: the batches run on and are paid for.
+            halt.reason += (f"; {left} batch(es) keep running at the provider (`pixelmill status` shows them): run "
+                            "the same command again to collect them")
+
+    # ------------------------------------------------------------ 1. recover
+    async def _recover(self) -> None:
+        for entry in self.book.batches(live_only=True):
+            if entry.state == "building":
+                self.book.drop(entry.seq)
+            elif entry.state == "uploaded":
+                assert entry.file_id is not None
+                found = await self.wire.find(self._metadata(entry.seq), entry.file_id)
+                if found is not None:
+                    self.notice(f"batch {entry.seq}: found {found['id']} at the provider (created by a run stopped "
+                                "before it was recorded); not created again")
+                    self.book.submitted(entry.seq, str(found["id"]), _summary(found))
+                else:
+                    await self._create(entry.seq, entry.file_id)
+
+    def _metadata(self, seq: int) -> dict[str, str]:
+        return {"pixelmill_run": self.book.run_id(), "pixelmill_batch": str(seq)}
+
+    # ------------------------------------------------------------ 2. submit
+    async def _submit(self) -> int:
+        """Read the source; rows pending and in no live batch become lines, in input order. Returns how many."""
+        ctx, journal = self.ctx, self.ctx.journal
+        made = 0
+        current: _Building | None = None
+        records = read_records(ctx.config.source, ctx.config.source_format)
+        chunk: list[Any] = []
+
+        async def flush(chunk: list[Any]) -> None:
+            nonlocal current, made
+            entries, _ = journal.claim([RowIdentity.of(r, self.id_field) for r in chunk])
+            slots = [entries[r.index].slot for r in chunk]
+            states = journal.states(self.name, slots)
+            live = self.book.live_rows(self.name, slots)
+            for record in chunk:
+                ctx.stats.rows_read += self.counting
+                slot = entries[record.index].slot
+                state = states.get(slot)
+                if record.error is not None:
+                    if state is None:
+                        journal.save(self.name, slot, StepState("failed", info={"error": {
+                            "kind": "input", "message": record.error}}))
+                    if self.counting:
+                        ctx.stats.count_failure("input")
+                    continue
+                if state is not None and (state.status == "done" or
+                                          (state.status == "failed" and not ctx.config.retry_failed)):
+                    ctx.stats.rows_skipped += self.counting
+                    continue
+                if slot in live:
+                    continue
+                request = await self._request(record, slot, state or StepState())
+                if request is None:
+                    continue
+                data = wire.line(f"r{slot:09d}", request)
+                if current is not None and (current.lines >= self.max_lines
+                                            or current.bytes + len(data) > self.max_bytes):
+                    await self._send(current)
+                    current = None
+                if current is None:
+                    current = self._open()
+                current.add(slot, data)
+                made += 1
+                if len(current.pending) >= CHUNK:
+                    current.record(self.book, self.name)
+
+        limit = ctx.config.limit
+        for record in records:
+            if limit is not None and record.index >= limit:
+                break
+            chunk.append(record)
+            if len(chunk) >= CHUNK:
+                await flush(chunk)
+                chunk = []
+            if ctx.halt.stopping.is_set():
+                break
+        if chunk and not ctx.halt.stopping.is_set():
+            await flush(chunk)
+        if current is not None:
+            if ctx.halt.stopping.is_set():
+                current.close()
+                self.book.drop(current.seq)
+            else:
+                await self._send(current)
+        return made
+
+    async def _request(self, record: Any, slot: int, state: StepState) -> ImageRequest | None:
+        """The one call a row's step makes, or None when the row failed here (its input)."""
+        step = self.step
+        try:
+            inputs = await gather_inputs(step.config, step.spec, dict(record.data), rundir_fields=set(),
+                                         policy=self.ctx.inputs, rundir=self.ctx.rundir, session=self.ctx.session)
+            if len(inputs.turns) > 1:
+                raise InputError("--batch: multi-turn rows are not batched (one call per row); run without --batch")
+            task, plan = step.turn_plan(inputs.task, 0, 1, len(inputs.images))
+            if task != self._task():  # a batch has one endpoint: a generate step's rows with images would edit
+                raise InputError(f"--batch: this row would {task} in a {self._task()} step's batch; give every row "
+                                 "input images, or none")
+            if len(plan.calls) != 1:
+                raise InputError(f"--batch: this row needs {len(plan.calls)} calls (n above what one call makes); "
+                                 "lower --n or run without --batch")
+        except PixelmillError as exc:
+            self.rows._fail(step, slot, state, exc)
+            return None
+        return ImageRequest(task=task, model=step.wire_model,  # type: ignore[arg-type]
+                            prompt=inputs.turns[0].prompt, params=plan.calls[0], images=inputs.images,
+                            mask=inputs.mask, row=record.index, timeout=step.timeout)
+
+    def _open(self) -> _Building:
+        seq = self.book.start(self.name, self.step.provider.name)
+        path = self.folder / f"batch-{seq:05d}.jsonl"
+        return _Building(seq, path, path.open("wb"))
+
+    async def _send(self, building: _Building) -> None:
+        """Close, upload and create one batch; its lines are journaled before anything is sent."""
+        building.record(self.book, self.name)
+        building.close()
+        file_id = await self.wire.upload(building.path)
+        self.book.uploaded(building.seq, file_id)
+        building.path.unlink(missing_ok=True)
+        await self._create(building.seq, file_id)
+
+    async def _create(self, seq: int, file_id: str) -> None:
+        _hook("before_create")
+        batch = await self.wire.create(file_id, self._task(), self._metadata(seq))
+        _hook("after_create")  # a kill here: the next run finds the batch by listing (`_recover`)
+        self.book.submitted(seq, str(batch["id"]), _summary(batch))
+        self.notice(f"batch {seq} submitted: {batch['id']}")
+
+    def _task(self) -> str:
+        return "generate" if self.step.config.task == "generate" else "edit"
+
+    # ------------------------------------------------------------ 4. wait
+    async def _wait(self) -> None:
+        stop = self.ctx.halt.stopping
+        shown: dict[int, str] = {}
+        interval = 0.25  # doubled after each round up to --batch-poll's: a quick batch is collected quickly
+        while not stop.is_set():
+            live = [b for b in self.book.batches(live_only=True) if b.state == "submitted"]
+            if not live:
+                return
+            for entry in live:
+                assert entry.batch_id is not None
+                batch = await self.wire.get(entry.batch_id)
+                summary = _summary(batch)
+                self.book.note(entry.seq, summary)
+                line = _progress(entry, summary)
+                if shown.get(entry.seq) != line:
+                    shown[entry.seq] = line
+                    self.notice(line)
+                if summary["status"] in wire.TERMINAL:
+                    await self._collect(entry, summary)
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                interval = min(interval * 2, self.poll)
+
+    # ------------------------------------------------------------ 5. collect
+    async def _collect(self, entry: BatchEntry, summary: dict[str, Any]) -> None:
+        answered: set[int] = set()
+        for key in ("output_file_id", "error_file_id"):
+            file_id = summary.get(key)
+            if not file_id:
+                continue
+            path = self.folder / f"batch-{entry.seq:05d}-{key[:-8]}.jsonl"
+            await self.wire.download(str(file_id), path)
+            async for item in wire.lines_of(path):
+                custom_id = item.get("custom_id")
+                row = self.book.row_of(entry.seq, custom_id) if isinstance(custom_id, str) else None
+                if row is None or row in answered:
+                    continue
+                if await self._line(row, item):
+                    answered.add(row)
+            path.unlink(missing_ok=True)
+        left = entry.lines - len(answered)
+        self.unanswered += left
+        status = summary["status"]
+        if status == "failed":
+            self.notice(f"batch {entry.seq} ({entry.batch_id}) failed validation: {_errors(summary)}; its rows are "
+                        "submitted again by the next run")
+        elif left:
+            self.notice(f"batch {entry.seq} ({entry.batch_id}) {status}: {left} line(s) unanswered stay pending "
+                        "and go into the next batch")
+        self.book.collected(entry.seq, summary)
+
+    async def _line(self, slot: int, item: dict[str, Any]) -> bool:
+        """Map one output or error line to its row. False: the line is no answer (expired or cancelled
+        leftovers), the row stays pending."""
+        step, ctx = self.step, self.ctx
+        state = ctx.journal.states(self.name, [slot]).get(slot) or StepState()
+        if state.status == "done":
+            return True
+        response = item.get("response")
+        error = item.get("error")
+        if isinstance(error, dict) and error.get("code") in ("batch_expired", "batch_cancelled"):
+            return False
+        key, index = self._key_of(slot)
+        plan = step.plan(self._task())
+        params = plan.calls[0]
+        request = ImageRequest(task=self._task(), model=step.wire_model, prompt="",  # type: ignore[arg-type]
+                               params=params, row=index, timeout=step.timeout)
+        state.attempts += 1
+        if isinstance(response, dict) and response.get("status_code") == 200:
+            try:
+                result = await self.wire.result(response, request, step.spec)
+            except ProviderError as exc:
+                self.rows._fail(step, slot, state, exc)
+                return True
+            cost = (actual_cost(step.spec, params, result.usage, len(result.images)) or 0.0) \
+                * (1.0 - (step.spec.price.batch_discount or 0.0))
+            ctx.stats.spent += cost
+            ctx.stats.requests += 1
+            state.cost += cost
+            paths = await self.rows._store(step, key, index, state, plan, result)
+            merge_result(state.info, result, params, cost, paths, 0, False, by_path=plan.convert_to is None)
+            state.info["batch"] = True
+            state.calls_done = 1
+            _finish(state, [], False)
+            self.rows._save(self.name, slot, state)
+            ctx.stats.rows_done += 1
+            return True
+        failure = self.wire.error(item, step.wire_model)
+        self.rows._fail(step, slot, state, failure)
+        return True
+
+    def _key_of(self, slot: int) -> tuple[str, int]:
+        found = self.ctx.journal.db.execute("SELECT key, position FROM records WHERE row = ?", (slot,)).fetchone()
+        return (str(found[0]), -1 if found[1] is None else int(found[1])) if found else (f"row{slot}", slot)
+
+
+class _Building:
+    """A batch's JSONL file as it is written: lines go to disk at once; their rows wait in `pending` (at most
+    a chunk) to be journaled."""
+
+    def __init__(self, seq: int, path: Path, fh: IO[bytes]) -> None:
+        self.seq, self.path, self.fh = seq, path, fh
+        self.lines = 0
+        self.bytes = 0
+        self.pending: list[tuple[int, str]] = []
+
+    def add(self, slot: int, data: bytes) -> None:
+        self.fh.write(data)
+        self.lines += 1
+        self.bytes += len(data)
+        self.pending.append((slot, f"r{slot:09d}"))
+
+    def record(self, book: BatchBook, step: str) -> None:
+        if self.pending:
+            book.add_lines(self.seq, step, self.pending)
+            self.pending = []
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _summary(batch: dict[str, Any]) -> dict[str, Any]:
+    counts = batch.get("request_counts") if isinstance(batch.get("request_counts"), dict) else {}
+    assert isinstance(counts, dict)
+    return {"status": str(batch.get("status")), "id": batch.get("id"),
+            "total": int(counts.get("total") or 0), "completed": int(counts.get("completed") or 0),
+            "failed": int(counts.get("failed") or 0), "output_file_id": batch.get("output_file_id"),
+            "error_file_id": batch.get("error_file_id"), "expires_at": batch.get("expires_at"),
+            "errors": batch.get("errors"), "seen": time.time()}
+
+
+def _progress(entry: BatchEntry, summary: dict[str, Any]) -> str:
+    return (f"batch {entry.seq} ({entry.batch_id}): {summary['status']}, {summary['completed']} done, "
+            f"{summary['failed']} failed of {entry.lines} lines")
+
+
+def _errors(summary: dict[str, Any]) -> str:
+    errors = summary.get("errors")
+    data = errors.get("data") if isinstance(errors, dict) else None
+    if not isinstance(data, list) or not data:
+        return "no reason given"
+    parts = [f"line {e.get('line')}: {e.get('message')}" if e.get("line") else str(e.get("message"))
+             for e in data[:5] if isinstance(e, dict)]
+    return redact("; ".join(parts), ())
+
+
+def _hook(name: str) -> None:
+    """Tests kill the process at a named moment (PIXELMILL_BATCH_KILL_AT=after_create): a crash between creating a
+    batch and journaling its id, made real."""
+    import os
+    import signal
+
+    if os.environ.get("PIXELMILL_BATCH_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,185 @@
+"""The OpenAI Batch API for images, on the wire (reference: async-apis.md §1): the JSONL line of one request,
+the input file's upload, a batch's creation, retrieval, listing and cancel, the output and error files streamed
+to disk, and one output line turned into the `ImageResult` (or the error) a synchronous call would have given.
+
+Policy is the engine's (engine/batch/): what goes in which batch, the journal, waiting and collecting. Every
+call here is sent once (no retry inside): `POST /v1/batches` has no idempotency key, so a lost answer is found
+again by listing batches for the metadata the engine set (`find`), never by sending it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pybase64
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from pixelmill.errors import ProviderError, TransientError
+from pixelmill.models.table import ModelSpec
+from pixelmill.providers.base import ImageRequest, ImageResult
+from pixelmill.providers.http import Reply, parse_json, transport_error
+from pixelmill.providers.openai.errors import ErrorContext, error_from_reply
+from pixelmill.providers.openai.provider import OpenAIProvider
+
+ENDPOINTS = {"generate": "/v1/images/generations", "edit": "/v1/images/edits"}
+MAX_LINES = 50_000
+MAX_FILE_BYTES = 200 * 1024 * 1024
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+_CALL_TIME = 300.0
+_ANSWER_BYTES = 16 * 1024 * 1024  # a batch object or a list page
+
+
+def line(custom_id: str, request: ImageRequest) -> bytes:
+    """One JSONL line (with its newline) for `request`: the synchronous JSON body, in a batch envelope."""
+    body: dict[str, Any] = {"model": request.model, "prompt": request.prompt, **request.params}
+    if request.task == "edit":
+        # A JSONL line cannot carry multipart: the JSON edits body, its images as data URLs (UNCONFIRMED by an
+        # OpenAI page; the emulator takes this form, reference §1.3).
+        body["images"] = [{"image_url": _data_url(image.data, image.mime)} for image in request.images]
+        if request.mask is not None:
+            body["mask"] = {"image_url": _data_url(request.mask.data, request.mask.mime)}
+    return orjson.dumps({"custom_id": custom_id, "method": "POST", "url": ENDPOINTS[request.task],
+                         "body": body}) + b"\n"
+
+
+class OpenAIBatchWire:
+    """The batch calls of one OpenAI provider (its key, base URL and connection pool)."""
+
+    def __init__(self, provider: OpenAIProvider) -> None:
+        self.provider = provider
+        self.base = provider.base_url
+        self._http = provider._http
+        self._headers = provider._headers
+
+    async def _json(self, method: str, path: str, *, data: Any = None, label: str,
+                    params: dict[str, str] | None = None) -> Any:
+        headers = dict(self._headers)
+        if isinstance(data, dict):
+            data = orjson.dumps(data)
+            headers["Content-Type"] = "application/json"
+        reply = await self._http.send(method, f"{self.base}/{path}", data=data, headers=headers, params=params,
+                                      time_limit=_CALL_TIME, max_bytes=_ANSWER_BYTES, label=label)
+        if reply.status != 200:
+            raise error_from_reply(reply, self._context(label, ""))
+        return parse_json(reply.body, label=label, http_status=200)
+
+    def _context(self, label: str, model: str) -> ErrorContext:
+        spec = self.provider.spec_for(model or "batch")
+        return ErrorContext(label=label, model=model, spec=spec, key_hint=self.provider._key_hint(),
+                            secrets=self.provider.secrets())
+
+    async def upload(self, path: Path) -> str:
+        """Upload a JSONL file (`purpose=batch`), streamed from disk. Returns the file id."""
+        with path.open("rb") as fh:
+            form = aiohttp.FormData()
+            form.add_field("purpose", "batch")
+            form.add_field("file", fh, filename=path.name, content_type="application/jsonl")
+            answer = await self._json("POST", "files", data=form, label="openai batch upload")
+        file_id = answer.get("id") if isinstance(answer, dict) else None
+        if not isinstance(file_id, str):
+            raise TransientError("openai batch upload: the answer names no file id")
+        return file_id
+
+    async def create(self, file_id: str, task: str, metadata: dict[str, str]) -> dict[str, Any]:
+        answer = await self._json("POST", "batches", label="openai batch create", data={
+            "input_file_id": file_id, "endpoint": ENDPOINTS[task], "completion_window": "24h",
+            "metadata": metadata})
+        return _batch(answer, "openai batch create")
+
+    async def get(self, batch_id: str) -> dict[str, Any]:
+        return _batch(await self._json("GET", f"batches/{batch_id}", label="openai batch status"),
+                      "openai batch status")
+
+    async def cancel(self, batch_id: str) -> dict[str, Any]:
+        return _batch(await self._json("POST", f"batches/{batch_id}/cancel", label="openai batch cancel"),
+                      "openai batch cancel")
+
+    async def find(self, metadata: dict[str, str], file_id: str | None) -> dict[str, Any] | None:
+        """The batch created with `metadata` (or on input file `file_id`), listing every page; None when none
+        exists (its creation never reached the provider)."""
+        after: str | None = None
+        while True:
+            params = {"limit": "100", **({"after": after} if after else {})}
+            page = await self._json("GET", "batches", params=params, label="openai batch list")
+            data = page.get("data") if isinstance(page, dict) else None
+            if not isinstance(data, list):
+                return None
+            for batch in data:
+                if not isinstance(batch, dict):
+                    continue
+                meta = batch.get("metadata") or {}
+                if all(meta.get(k) == v for k, v in metadata.items()) or (file_id and
+                                                                            batch.get("input_file_id") == file_id):
+                    return batch
+            if not page.get("has_more") or not data:
+                return None
+            after = str(data[-1].get("id"))
+
+    async def download(self, file_id: str, dest: Path) -> None:
+        """Stream a file's content to `dest` (an output file may be GBs: never held in memory)."""
+        label = "openai batch download"
+        url = f"{self.base}/files/{file_id}/content"
+        try:
+            async with self._http.session().get(url, headers=self._headers,
+                                                timeout=self._http.timeout(3600)) as resp:
+                if resp.status != 200:
+                    body = await resp.content.read(_ANSWER_BYTES)
+                    raise error_from_reply(Reply(resp.status, resp.headers, body), self._context(label, ""))
+                with dest.open("wb") as out:
+                    async for chunk in resp.content.iter_chunked(1 << 20):
+                        out.write(chunk)
+        except ProviderError:
+            raise
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise transport_error(exc, label=label, time_limit=3600, maybe_billed=False) from exc
+
+    async def result(self, answer: dict[str, Any], request: ImageRequest, spec: ModelSpec) -> ImageResult:
+        """A successful line's body as the synchronous call's result (images decoded, usage kept)."""
+        label = f"openai batch {request.model}"
+        request_id = _text(answer.get("request_id"))
+        return await self.provider._result(answer.get("body"), request, spec, request_id, label)
+
+    def error(self, entry: dict[str, Any], model: str) -> ProviderError:
+        """A failed line as the error its synchronous call would have raised (refused, rejected, transient)."""
+        label = f"openai batch {model}"
+        response = entry.get("response")
+        if isinstance(response, dict) and isinstance(response.get("status_code"), int):
+            headers = CIMultiDictProxy(CIMultiDict({"x-request-id": _text(response.get("request_id")) or ""}))
+            reply = Reply(int(response["status_code"]), headers, orjson.dumps(response.get("body")))
+            return error_from_reply(reply, self._context(label, model))
+        err = entry.get("error") if isinstance(entry.get("error"), dict) else {}
+        assert isinstance(err, dict)
+        return TransientError(f"{label}: {err.get('code') or 'error'}: {err.get('message') or 'no message'}",
+                              code=_text(err.get("code")))
+
+
+async def lines_of(path: Path) -> AsyncIterator[dict[str, Any]]:
+    """The JSON lines of a downloaded file, one at a time (a broken line is skipped: its row stays unanswered
+    and is sent again)."""
+    with path.open("rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                try:
+                    value = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(value, dict):
+                    yield value
+
+
+def _data_url(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{pybase64.b64encode(data).decode('ascii')}"
+
+
+def _batch(answer: Any, label: str) -> dict[str, Any]:
+    if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
+        raise TransientError(f"{label}: the answer is not a batch object")
+    return answer
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
