@@ -6,15 +6,14 @@ A fal run (`--provider fal`, `fal-ai/flux/schnell`) against the emulator's fal q
 thread), the measured client in its own process (`bench.client`: CPU of the command, imports excluded). Each job
 runs `latency` seconds (25% jitter) once started. Figures per image: status polls (`GET status_url`), requests of
 every kind (submit, status, result, media), client CPU in ms. The bound on wall time is a perfect pool of C slots
-that each hold a job for exactly its run time (no submit, poll or download cost): rows / C rounds of the mean
-job latency; the ratio says how much of the provider's latency the polling adds (a poll lands at most one
-`poll_delay` after a job ends: 5 s at most, less early on).
+replayed on the run times the emulator drew for these jobs (bench/pool.py: no submit, poll or download cost);
+the ratio says how much the client adds to the provider's own time, mostly the wait between a job's end and the
+poll that finds it (engine/polling.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import orjson
 
 from bench.emulator import REPO, bench_env
 from bench.harness import Row
+from bench.pool import perfect_pool_span
 from pixelmill.testing import Emulator, EmulatorConfig, ThreadRunner
 
 KEY = "fal-bench-key-0b9d2f6c4a"
@@ -54,8 +54,9 @@ def measure(workdir: Path, rows: int, concurrency: int, latency: float) -> dict[
         requests = len(emu.records(family="fal"))  # submits, polls, results and media
         submits = sum(emu.submits(family="fal").values())
         keyed_media = len(emu.records(endpoint="media", key_sent=True))
-    rounds = math.ceil(rows / concurrency)
-    bound = rounds * latency  # a perfect pool of C slots, each holding a job for its mean run time
+        # The jobs' own run times as the emulator drew them, in submit order (DESIGN 4: the same latencies).
+        run_times = [job.latency for job in sorted(emu.jobs("fal"), key=lambda job: job.submitted)]
+    bound = perfect_pool_span(run_times, concurrency)
     return {
         "rows": rows, "concurrency": concurrency, "job_latency_s": latency, "exit_code": client["exit_code"],
         "images": images, "submits": submits, "status_polls": polls,
