@@ -73,7 +73,7 @@ app = _App(
     help="Datasets of prompts and images in, datasets of generated and edited images out: in bulk, resumable, "
     "paid once.\n\nExit status: 0 every row done; 1 some rows failed (recorded); 2 usage or configuration error, "
     "nothing sent; 3 aborted (authentication, quota, budget, interrupted); 4 submitted (--batch --detach, or "
-    "batches still running): run the same command again to collect.",
+    "batches or remote jobs still running): run the same command again to collect.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
