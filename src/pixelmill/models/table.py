@@ -33,6 +33,21 @@ class FreeSize(BaseModel):
     max_pixels: int = 3840 * 2160
     min_pixels: int = 0
 
+    def problem(self, width: int, height: int) -> str | None:
+        """What is wrong with a `width` x `height` image under this rule (for the refusal's message), or None."""
+        m = self.multiple
+        if width % m or height % m:
+            return f"both sides must be multiples of {m}"
+        if not self.min_ratio <= width / height <= self.max_ratio:
+            return f"the aspect ratio must be between 1:{1 / self.min_ratio:.3g} and {self.max_ratio:.3g}:1"
+        if width > self.max_width or height > self.max_height:
+            return f"each side must be at most {self.max_width}x{self.max_height}"
+        if width * height > self.max_pixels:
+            return f"at most {self.max_pixels} pixels in all"
+        if width * height < self.min_pixels:
+            return f"at least {self.min_pixels} pixels"
+        return None
+
 
 class Price(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -124,27 +124,13 @@ def _size(spec: ModelSpec, model: BflModel, params: ImageParams, wire: dict[str,
         scale = min(1.0, rule.max_width / w, rule.max_height / h)
         m = rule.multiple
         width, height = (max(m, round(w * scale / m) * m), max(m, round(h * scale / m) * m))
-        if _free_problem(rule, width, height) is not None:  # rounding up passed a limit: round down instead
+        if rule.problem(width, height) is not None:  # rounding up passed a limit: round down instead
             width, height = max(m, int(w * scale // m) * m), max(m, int(h * scale // m) * m)
-    problem = _free_problem(rule, width, height)
+    problem = rule.problem(width, height)
     if problem is not None:
         raise ConfigError(f"{spec.name} does not take size {width}x{height}: {problem}")
     wire["width"], wire["height"] = width, height
     plan.expected_size = (width, height)
-
-
-def _free_problem(rule: FreeSize, width: int, height: int) -> str | None:
-    if width % rule.multiple or height % rule.multiple:
-        return f"both sides must be multiples of {rule.multiple}"
-    if width > rule.max_width or height > rule.max_height:
-        return f"each side must be at most {rule.max_width}x{rule.max_height}"
-    if width * height > rule.max_pixels:
-        return f"at most {rule.max_pixels} pixels in all"
-    if width * height < rule.min_pixels:
-        return f"at least {rule.min_pixels} pixels"
-    if not rule.min_ratio <= width / height <= rule.max_ratio:
-        return f"the aspect ratio must be between 1:{1 / rule.min_ratio:.3g} and {rule.max_ratio:.3g}:1"
-    return None
 
 
 def _numbers(spec: ModelSpec, model: BflModel, params: ImageParams, wire: dict[str, Any]) -> None:

@@ -163,20 +163,7 @@ def _ratio_of(preset: str) -> str:
 
 
 def _free_problem(spec: ModelSpec, width: int, height: int) -> str | None:
-    rule = spec.free_size
-    if rule is None:
-        return None
-    if width % rule.multiple or height % rule.multiple:
-        return f"both sides must be multiples of {rule.multiple}"
-    if width > rule.max_width or height > rule.max_height:
-        return f"each side must be at most {rule.max_width}x{rule.max_height}"
-    if width * height > rule.max_pixels:
-        return f"at most {rule.max_pixels} pixels in all"
-    if width * height < rule.min_pixels:
-        return f"at least {rule.min_pixels} pixels"
-    if not rule.min_ratio <= width / height <= rule.max_ratio:
-        return f"the aspect ratio must be between 1:{1 / rule.min_ratio:.3g} and {rule.max_ratio:.3g}:1"
-    return None
+    return spec.free_size.problem(width, height) if spec.free_size is not None else None
 
 
 def _numbers(spec: ModelSpec, model: FalModel, params: ImageParams, wire: dict[str, Any]) -> None:

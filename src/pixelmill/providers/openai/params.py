@@ -315,7 +315,7 @@ def _size(spec: ModelSpec, params: ImageParams, plan: WirePlan) -> str | None:
     if spec.size_rule == "free" and spec.free_size is not None:
         rule = spec.free_size
         if size is not None:
-            problem = _free_size_problem(rule, width, height)
+            problem = rule.problem(width, height)
             if problem:
                 hint = _fit_free(rule, ratio, pixels) if rule.min_ratio <= ratio <= rule.max_ratio else None
                 nearest = f" (nearest valid size: {hint[0]}x{hint[1]})" if hint else ""
@@ -363,21 +363,6 @@ def _nearest_listed(
     return chosen
 
 
-def _free_size_problem(rule: FreeSize, width: int, height: int) -> str | None:
-    m = rule.multiple
-    if width % m or height % m:
-        return f"both sides must be multiples of {m}"
-    if not rule.min_ratio <= width / height <= rule.max_ratio:
-        return f"the aspect ratio must be between 1:{1 / rule.min_ratio:.3g} and {rule.max_ratio:.3g}:1"
-    if width > rule.max_width or height > rule.max_height:
-        return f"each side must be at most {rule.max_width}x{rule.max_height}"
-    if width * height > rule.max_pixels:
-        return f"at most {rule.max_pixels} pixels in all"
-    if width * height < rule.min_pixels:
-        return f"at least {rule.min_pixels} pixels"
-    return None
-
-
 def _fit_free(rule: FreeSize, ratio: float, pixels: int) -> tuple[int, int]:
     """The size of `ratio` nearest to `pixels` that the rule allows, sides rounded to its multiple."""
     m = max(1, rule.multiple)
@@ -386,11 +371,11 @@ def _fit_free(rule: FreeSize, ratio: float, pixels: int) -> tuple[int, int]:
     scale = min(1.0, rule.max_width / w, rule.max_height / h)
     w, h = w * scale, h * scale
     best = (max(m, round(w / m) * m), max(m, round(h / m) * m))
-    if _free_size_problem(rule, *best) is None:
+    if rule.problem(*best) is None:
         return best
     for rounding in (math.floor, math.ceil):
         candidate = (max(m, int(rounding(w / m)) * m), max(m, int(rounding(h / m)) * m))
-        if _free_size_problem(rule, *candidate) is None:
+        if rule.problem(*candidate) is None:
             return candidate
     return best  # the caller's check reports what is wrong with it
 
