@@ -79,7 +79,7 @@ class RowExecutor:
             if failed_step is not None:
                 state = StepState("failed", info={"error": {
                     "kind": "upstream", "message": f"not run: step {failed_step!r} failed for this row"}})
-                self._save(name, row.slot, state)
+                self.save(name, row.slot, state)
                 continue
             if state.status == "done":
                 data[step.config.out_field] = state.outputs
@@ -136,29 +136,29 @@ class RowExecutor:
                 rundir=ctx.rundir, session=ctx.session,
             )
         except InputError as exc:
-            return self._fail(target, slot, state, exc)
+            return self.fail(target, slot, state, exc)
         except Exception as exc:  # an odd value or a bug: this row fails, the run goes on
-            return self._fail(target, slot, state, InternalError.of(exc))
+            return self.fail(target, slot, state, InternalError.of(exc))
         try:
             failure = await self._send_turns(target, row, inputs, state)
         except Stopped:
-            self._save(target.config.name, slot, state)  # stays pending, with what it has
+            self.save(target.config.name, slot, state)  # stays pending, with what it has
             return state
         except (BudgetReached, FatalError) as exc:
             return self._stop(target, slot, state, exc)
         except DiskFull as exc:  # the journal could not note a call before sending it: nothing was sent
             self._disk_full(exc)
-            self._save(target.config.name, slot, state)  # stays pending, with what it has
+            self.save(target.config.name, slot, state)  # stays pending, with what it has
             return state
         except PixelmillError as exc:  # after an answer (its images cannot be stored): its attempts are counted
-            return self._fail(target, slot, state, exc)
+            return self.fail(target, slot, state, exc)
         except Exception as exc:  # an odd value or a bug: this row fails with what it paid recorded, the run goes on
-            return self._fail(target, slot, state, InternalError.of(exc))
+            return self.fail(target, slot, state, InternalError.of(exc))
         if failure is None:
             return state
         if isinstance(failure.error, FatalError):
             return self._stop(target, slot, state, failure.error)
-        return self._fail(target, slot, state, failure.error, attempts=failure.attempts)
+        return self.fail(target, slot, state, failure.error, attempts=failure.attempts)
 
     async def _send_turns(self, step: StepPlan, row: Row, inputs: StepInputs, state: StepState) -> Failure | None:
         """Send every call of the step: each turn of a conversation, each call of a split `n`. A call already
@@ -220,7 +220,7 @@ class RowExecutor:
                     ctx.stats.spent += cost or 0.0
                     state.cost += cost or 0.0
                     try:
-                        paths = await self._store(step, row.key, index, state, plan, result)
+                        paths = await self.store(step, row.key, index, state, plan, result)
                     except DiskFull as exc:
                         # Paid, and its images cannot be written: the row stays pending with the cost recorded,
                         # and a re-run sends the call again (a paid repeat, counted for the run's last line).
@@ -240,20 +240,20 @@ class RowExecutor:
                     state.calls_done = call_no
                     if last and number == len(plan.calls) - 1:  # the step's last call: one save marks it done
                         _log_turn(turn_log, t, turn.prompt, turn_outputs, turn_texts, multi)
-                        _finish(state, turn_log, multi)
-                    self._save(step.config.name, row.slot, state)
+                        finish(state, turn_log, multi)
+                    self.save(step.config.name, row.slot, state)
             _log_turn(turn_log, t, turn.prompt, turn_outputs, turn_texts, multi)
             if not last:
                 previous_images = await self._reload(turn_outputs)
                 if step.provider.chat:
                     history.append(ChatTurn(turn.prompt, images, restore_content(model_content, ctx.store)))
         if state.status != "done":  # every call was made in an earlier run, which stopped before this point
-            _finish(state, turn_log, multi)
-            self._save(step.config.name, row.slot, state)
+            finish(state, turn_log, multi)
+            self.save(step.config.name, row.slot, state)
         return None
 
-    async def _store(self, step: StepPlan, key: str, row: int, state: StepState, plan: WirePlan,
-                     result: ImageResult) -> list[str]:
+    async def store(self, step: StepPlan, key: str, row: int, state: StepState, plan: WirePlan,
+                    result: ImageResult) -> list[str]:
         store = self.ctx.store
         first = len(state.outputs)
         compression = step.config.params.compression
@@ -289,7 +289,7 @@ class RowExecutor:
         """The budget is spent, or the provider refuses every call (auth, quota, missing model): the run stops,
         and this row stays pending, with what it has."""
         self.ctx.halt.stop(str(exc), exc.kind)
-        self._save(step.config.name, slot, state)
+        self.save(step.config.name, slot, state)
         return state
 
     def _disk_full(self, exc: DiskFull) -> None:
@@ -298,7 +298,7 @@ class RowExecutor:
         self.ctx.halt.stop(str(exc), exc.kind)
         self.ctx.store.release_reserve()
 
-    def _save(self, step: str, slot: int, state: StepState) -> None:
+    def save(self, step: str, slot: int, state: StepState) -> None:
         """Journal one step of a row. On a full disk: stop the run, free the reserve and try once more; a result
         that still cannot be recorded is counted (`RunStats.unrecorded`: a re-run sends those calls again)."""
         journal = self.ctx.journal
@@ -312,8 +312,8 @@ class RowExecutor:
         except DiskFull:
             self.ctx.stats.unrecorded += 1
 
-    def _fail(self, step: StepPlan, slot: int, state: StepState, exc: PixelmillError,
-              attempts: int = 0) -> StepState:
+    def fail(self, step: StepPlan, slot: int, state: StepState, exc: PixelmillError,
+             attempts: int = 0) -> StepState:
         """Record the row as failed on this model, with the error and the `attempts` of the call that failed
         (0 when no request failed: a bad input, or an answer that could not be stored)."""
         error: dict[str, Any] = {"kind": exc.kind, "message": redact(str(exc), self.ctx.secrets)}
@@ -334,7 +334,7 @@ class RowExecutor:
         state.info["error"] = error
         state.info["attempts"] = state.attempts
         state.info["cost_usd"] = round(state.cost, 6)
-        self._save(step.config.name, slot, state)
+        self.save(step.config.name, slot, state)
         self.ctx.stats.count_failure(exc.kind)
         return state
 
@@ -351,7 +351,7 @@ def _log_turn(turn_log: list[dict[str, Any]], t: int, prompt: str, outputs: list
         turn_log.append({"prompt": prompt, "images": outputs, "text": "\n".join(texts) or None})
 
 
-def _finish(state: StepState, turn_log: list[dict[str, Any]], multi: bool) -> None:
+def finish(state: StepState, turn_log: list[dict[str, Any]], multi: bool) -> None:
     """Mark a step done: its outputs are the final turn's images (all images of a one-turn step)."""
     if multi:
         state.outputs = list(turn_log[-1]["images"])

@@ -1,10 +1,11 @@
-"""One batch run (`--batch`) of a one-step generate job on OpenAI: recover, submit, wait, collect.
+"""One batch run (`--batch`) of a one-step job: recover, submit, wait, collect, through a provider's batch API
+(providers/batchwire.py: `BatchWire`; `wire_for` picks the provider's).
 
 Order of a run, so that a crash anywhere neither loses a paid line nor creates a second batch for a row:
 1. recover what an earlier run left: a batch still `building` never reached the provider and is dropped (its
    rows free); an `uploaded` one may have been created by a run killed before it journaled the answer, so the
-   provider's batches are listed for its name (metadata `pixelmill_run` = this RUNDIR's id, `pixelmill_batch`
-   = its number) and it is adopted when found, created only when not;
+   provider's batches are listed for its name (`pixelmill-<RUNDIR's id>-<its number>`) and it is adopted when
+   found, created only when not;
 2. submit: the source is read in order; every row pending for the step and in no live batch becomes one JSONL
    line, written to a file on disk as it is made (never the whole batch in memory), recorded in the journal
    in chunks as the file grows (writing/batches.py: a row already live fails the insert); a file is closed at
@@ -13,7 +14,7 @@ Order of a run, so that a crash anywhere neither loses a paid line nor creates a
 3. `--detach` stops here (exit 4: "submitted; run the same command again to collect");
 4. wait: each live batch is polled, its state and line counts shown, until it ends;
 5. collect: the output and error files are streamed to disk and read line by line; each line is mapped to its
-   row by `custom_id`; images are written exactly as synchronous runs write them (engine/row.py `_store`, the
+   row by `custom_id`; images are written exactly as synchronous runs write them (engine/row.py `store`, the
    file names of DESIGN 2.3) and the row's step journaled done (cost at the batch rate from the reported usage),
    failed (refused, rejected, or the line's error), or left pending when the batch left it unanswered (expired,
    cancelled): the next batch takes it. The batch is marked collected, which frees its rows.
@@ -27,7 +28,6 @@ fails with that reason; the other rows are batched.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -36,11 +36,12 @@ from pixelmill.engine.context import RunContext
 from pixelmill.engine.inputs import gather_inputs
 from pixelmill.engine.outcome import merge_result
 from pixelmill.engine.plan import RunPlan, StepPlan
-from pixelmill.engine.row import RowExecutor, _finish
+from pixelmill.engine.row import RowExecutor, finish
 from pixelmill.errors import ConfigError, InputError, PixelmillError, ProviderError, redact
 from pixelmill.models.cost import actual_cost
-from pixelmill.providers.base import ImageRequest
-from pixelmill.providers.openai import batch as wire
+from pixelmill.providers.base import ImageRequest, Provider
+from pixelmill.providers.batchwire import BatchSummary, BatchWire, LineAnswer
+from pixelmill.providers.openai.batch import OpenAIBatchWire
 from pixelmill.providers.openai.provider import AzureProvider, OpenAIProvider
 from pixelmill.reading.records import read_records
 from pixelmill.writing.batches import BatchBook, BatchEntry
@@ -66,11 +67,18 @@ def check_batch(plan: RunPlan, max_cost: float | None) -> None:
     if isinstance(step.provider, AzureProvider):
         raise ConfigError("--batch: Azure OpenAI's batch API takes no image requests (reference: async-apis.md); "
                           "run without --batch")
-    if not isinstance(step.provider, OpenAIProvider):
+    if wire_for(step.provider) is None:
         raise ConfigError(f"--batch: {step.provider.name} has no batch API that pixelmill drives (OpenAI only, "
                           "for now); run without --batch")
     if step.fallbacks:
         raise ConfigError("--batch: a step with fallback models cannot be batched; drop the fallbacks or --batch")
+
+
+def wire_for(provider: Provider) -> BatchWire | None:
+    """The batch API of `provider`, or None when it has none pixelmill drives."""
+    if isinstance(provider, OpenAIProvider) and not isinstance(provider, AzureProvider):
+        return OpenAIBatchWire(provider)
+    return None
 
 
 class BatchFlow:
@@ -80,9 +88,10 @@ class BatchFlow:
                  notice: Callable[[str], None], id_field: str | None) -> None:
         self.ctx = ctx
         self.step: StepPlan = plan.steps[0]
-        assert isinstance(self.step.provider, OpenAIProvider)
-        self.wire = wire.OpenAIBatchWire(self.step.provider)
-        self.rows = rows  # its `_store`, `_save` and `_fail`: images and states exactly as synchronous runs
+        wire = wire_for(self.step.provider)
+        assert wire is not None  # check_batch refused the others
+        self.wire = wire
+        self.rows = rows  # its `store`, `save` and `fail`: images and states exactly as synchronous runs
         self.detach = detach
         self.notice = notice
         self.id_field = id_field
@@ -91,9 +100,9 @@ class BatchFlow:
         self.unanswered = 0  # lines of batches collected this round that came back unanswered
         self.name = self.step.config.name
         self.folder = ctx.rundir / ".pixelmill" / "batches"
-        self.max_lines = min(ctx.config.limits.batch_max_lines or wire.MAX_LINES, wire.MAX_LINES)
+        self.max_lines = min(ctx.config.limits.batch_max_lines or wire.max_lines, wire.max_lines)
         self.poll = ctx.config.limits.batch_poll
-        self.max_bytes = wire.MAX_FILE_BYTES
+        self.max_bytes = wire.max_bytes
 
     # ------------------------------------------------------------ the run
     async def run(self) -> None:
@@ -132,16 +141,17 @@ class BatchFlow:
                 self.book.drop(entry.seq)
             elif entry.state == "uploaded":
                 assert entry.file_id is not None
-                found = await self.wire.find(self._metadata(entry.seq), entry.file_id)
+                found = await self.wire.find(self._name(entry.seq), entry.file_id)
                 if found is not None:
-                    self.notice(f"batch {entry.seq}: found {found['id']} at the provider (created by a run stopped "
+                    self.notice(f"batch {entry.seq}: found {found.id} at the provider (created by a run stopped "
                                 "before it was recorded); not created again")
-                    self.book.submitted(entry.seq, str(found["id"]), _summary(found))
+                    self.book.submitted(entry.seq, found.id, found.as_json())
                 else:
                     await self._create(entry.seq, entry.file_id)
 
-    def _metadata(self, seq: int) -> dict[str, str]:
-        return {"pixelmill_run": self.book.run_id(), "pixelmill_batch": str(seq)}
+    def _name(self, seq: int) -> str:
+        """The provider-side name of batch `seq`: this RUNDIR's id and the batch's number, unique to it."""
+        return f"pixelmill-{self.book.run_id()}-{seq:05d}"
 
     # ------------------------------------------------------------ 2. submit
     async def _submit(self) -> int:
@@ -178,7 +188,7 @@ class BatchFlow:
                 request = await self._request(record, slot, state or StepState())
                 if request is None:
                     continue
-                data = wire.line(f"r{slot:09d}", request)
+                data = self.wire.line(f"r{slot:09d}", request)
                 if current is not None and (current.lines >= self.max_lines
                                             or current.bytes + len(data) > self.max_bytes):
                     await self._send(current)
@@ -226,7 +236,7 @@ class BatchFlow:
                 raise InputError(f"--batch: this row needs {len(plan.calls)} calls (n above what one call makes); "
                                  "lower --n or run without --batch")
         except PixelmillError as exc:
-            self.rows._fail(step, slot, state, exc)
+            self.rows.fail(step, slot, state, exc)
             return None
         return ImageRequest(task=task, model=step.wire_model,  # type: ignore[arg-type]
                             prompt=inputs.turns[0].prompt, params=plan.calls[0], images=inputs.images,
@@ -241,17 +251,19 @@ class BatchFlow:
         """Close, upload and create one batch; its lines are journaled before anything is sent."""
         building.record(self.book, self.name)
         building.close()
-        file_id = await self.wire.upload(building.path)
+        file_id = await self.wire.upload(building.path, self._name(building.seq))
         self.book.uploaded(building.seq, file_id)
         building.path.unlink(missing_ok=True)
         await self._create(building.seq, file_id)
 
     async def _create(self, seq: int, file_id: str) -> None:
         _hook("before_create")
-        batch = await self.wire.create(file_id, self._task(), self._metadata(seq))
+        model = ImageRequest(task=self._task(), model=self.step.wire_model, prompt="",  # type: ignore[arg-type]
+                             params={}, row=-1)
+        batch = await self.wire.create(file_id, model, self._name(seq))
         _hook("after_create")  # a kill here: the next run finds the batch by listing (`_recover`)
-        self.book.submitted(seq, str(batch["id"]), _summary(batch))
-        self.notice(f"batch {seq} submitted: {batch['id']}")
+        self.book.submitted(seq, batch.id, batch.as_json())
+        self.notice(f"batch {seq} submitted: {batch.id}")
 
     def _task(self) -> str:
         return "generate" if self.step.config.task == "generate" else "edit"
@@ -267,14 +279,13 @@ class BatchFlow:
                 return
             for entry in live:
                 assert entry.batch_id is not None
-                batch = await self.wire.get(entry.batch_id)
-                summary = _summary(batch)
-                self.book.note(entry.seq, summary)
+                summary = await self.wire.get(entry.batch_id)
+                self.book.note(entry.seq, summary.as_json())
                 line = _progress(entry, summary)
                 if shown.get(entry.seq) != line:
                     shown[entry.seq] = line
                     self.notice(line)
-                if summary["status"] in wire.TERMINAL:
+                if summary.ended:
                     await self._collect(entry, summary)
             try:
                 await asyncio.wait_for(stop.wait(), interval)
@@ -282,43 +293,33 @@ class BatchFlow:
                 interval = min(interval * 2, self.poll)
 
     # ------------------------------------------------------------ 5. collect
-    async def _collect(self, entry: BatchEntry, summary: dict[str, Any]) -> None:
+    async def _collect(self, entry: BatchEntry, summary: BatchSummary) -> None:
         answered: set[int] = set()
-        for key in ("output_file_id", "error_file_id"):
-            file_id = summary.get(key)
-            if not file_id:
+        async for answer in self.wire.answers(summary, self.folder):
+            row = self.book.row_of(entry.seq, answer.custom_id)
+            if row is None or row in answered:
                 continue
-            path = self.folder / f"batch-{entry.seq:05d}-{key[:-8]}.jsonl"
-            await self.wire.download(str(file_id), path)
-            async for item in wire.lines_of(path):
-                custom_id = item.get("custom_id")
-                row = self.book.row_of(entry.seq, custom_id) if isinstance(custom_id, str) else None
-                if row is None or row in answered:
-                    continue
-                if await self._line(row, item):
-                    answered.add(row)
-            path.unlink(missing_ok=True)
+            if await self._line(row, answer):
+                answered.add(row)
         left = entry.lines - len(answered)
         self.unanswered += left
-        status = summary["status"]
-        if status == "failed":
-            self.notice(f"batch {entry.seq} ({entry.batch_id}) failed validation: {_errors(summary)}; its rows are "
+        if summary.state == "failed":
+            reason = redact(summary.errors or "no reason given", ())
+            self.notice(f"batch {entry.seq} ({entry.batch_id}) failed validation: {reason}; its rows are "
                         "submitted again by the next run")
         elif left:
-            self.notice(f"batch {entry.seq} ({entry.batch_id}) {status}: {left} line(s) unanswered stay pending "
-                        "and go into the next batch")
-        self.book.collected(entry.seq, summary)
+            self.notice(f"batch {entry.seq} ({entry.batch_id}) {summary.status}: {left} line(s) unanswered stay "
+                        "pending and go into the next batch")
+        self.book.collected(entry.seq, summary.as_json())
 
-    async def _line(self, slot: int, item: dict[str, Any]) -> bool:
-        """Map one output or error line to its row. False: the line is no answer (expired or cancelled
-        leftovers), the row stays pending."""
+    async def _line(self, slot: int, answer: LineAnswer) -> bool:
+        """Map one answer line to its row. False: the line is no answer (expired or cancelled leftovers), the
+        row stays pending."""
         step, ctx = self.step, self.ctx
         state = ctx.journal.states(self.name, [slot]).get(slot) or StepState()
         if state.status == "done":
             return True
-        response = item.get("response")
-        error = item.get("error")
-        if isinstance(error, dict) and error.get("code") in ("batch_expired", "batch_cancelled"):
+        if self.wire.unanswered(answer):
             return False
         key, index = self._key_of(slot)
         plan = step.plan(self._task())
@@ -326,27 +327,26 @@ class BatchFlow:
         request = ImageRequest(task=self._task(), model=step.wire_model, prompt="",  # type: ignore[arg-type]
                                params=params, row=index, timeout=step.timeout)
         state.attempts += 1
-        if isinstance(response, dict) and response.get("status_code") == 200:
-            try:
-                result = await self.wire.result(response, request, step.spec)
-            except ProviderError as exc:
-                self.rows._fail(step, slot, state, exc)
-                return True
-            cost = (actual_cost(step.spec, params, result.usage, len(result.images)) or 0.0) \
-                * (1.0 - (step.spec.price.batch_discount or 0.0))
-            ctx.stats.spent += cost
-            ctx.stats.requests += 1
-            state.cost += cost
-            paths = await self.rows._store(step, key, index, state, plan, result)
-            merge_result(state.info, result, params, cost, paths, 0, False, by_path=plan.convert_to is None)
-            state.info["batch"] = True
-            state.calls_done = 1
-            _finish(state, [], False)
-            self.rows._save(self.name, slot, state)
-            ctx.stats.rows_done += 1
+        try:
+            result = await self.wire.result(answer, request, step.spec)
+        except ProviderError as exc:
+            self.rows.fail(step, slot, state, exc)
             return True
-        failure = self.wire.error(item, step.wire_model)
-        self.rows._fail(step, slot, state, failure)
+        if result is None:
+            self.rows.fail(step, slot, state, self.wire.error(answer, step.wire_model))
+            return True
+        cost = (actual_cost(step.spec, params, result.usage, len(result.images)) or 0.0) \
+            * (1.0 - (step.spec.price.batch_discount or 0.0))
+        ctx.stats.spent += cost
+        ctx.stats.requests += 1
+        state.cost += cost
+        paths = await self.rows.store(step, key, index, state, plan, result)
+        merge_result(state.info, result, params, cost, paths, 0, False, by_path=plan.convert_to is None)
+        state.info["batch"] = True
+        state.calls_done = 1
+        finish(state, [], False)
+        self.rows.save(self.name, slot, state)
+        ctx.stats.rows_done += 1
         return True
 
     def _key_of(self, slot: int) -> tuple[str, int]:
@@ -379,29 +379,9 @@ class _Building:
         self.fh.close()
 
 
-def _summary(batch: dict[str, Any]) -> dict[str, Any]:
-    counts = batch.get("request_counts") if isinstance(batch.get("request_counts"), dict) else {}
-    assert isinstance(counts, dict)
-    return {"status": str(batch.get("status")), "id": batch.get("id"),
-            "total": int(counts.get("total") or 0), "completed": int(counts.get("completed") or 0),
-            "failed": int(counts.get("failed") or 0), "output_file_id": batch.get("output_file_id"),
-            "error_file_id": batch.get("error_file_id"), "expires_at": batch.get("expires_at"),
-            "errors": batch.get("errors"), "seen": time.time()}
-
-
-def _progress(entry: BatchEntry, summary: dict[str, Any]) -> str:
-    return (f"batch {entry.seq} ({entry.batch_id}): {summary['status']}, {summary['completed']} done, "
-            f"{summary['failed']} failed of {entry.lines} lines")
-
-
-def _errors(summary: dict[str, Any]) -> str:
-    errors = summary.get("errors")
-    data = errors.get("data") if isinstance(errors, dict) else None
-    if not isinstance(data, list) or not data:
-        return "no reason given"
-    parts = [f"line {e.get('line')}: {e.get('message')}" if e.get("line") else str(e.get("message"))
-             for e in data[:5] if isinstance(e, dict)]
-    return redact("; ".join(parts), ())
+def _progress(entry: BatchEntry, summary: BatchSummary) -> str:
+    return (f"batch {entry.seq} ({entry.batch_id}): {summary.status}, {summary.completed} done, "
+            f"{summary.failed} failed of {entry.lines} lines")
 
 
 def _hook(name: str) -> None:

@@ -2,9 +2,10 @@
 the input file's upload, a batch's creation, retrieval, listing and cancel, the output and error files streamed
 to disk, and one output line turned into the `ImageResult` (or the error) a synchronous call would have given.
 
-Policy is the engine's (engine/batch/): what goes in which batch, the journal, waiting and collecting. Every
-call here is sent once (no retry inside): `POST /v1/batches` has no idempotency key, so a lost answer is found
-again by listing batches for the metadata the engine set (`find`), never by sending it twice.
+Policy is the engine's (engine/batch/): what goes in which batch, the journal, waiting and collecting; this
+module speaks the contract of providers/batchwire.py. Every call here is sent once (no retry inside):
+`POST /v1/batches` has no idempotency key, so a lost answer is found again by listing batches for the name the
+engine gave it (metadata `pixelmill_batch`) or its input file (`find`), never by sending it twice.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from pixelmill.errors import ProviderError, TransientError
 from pixelmill.models.table import ModelSpec
 from pixelmill.providers.base import ImageRequest, ImageResult
+from pixelmill.providers.batchwire import BatchState, BatchSummary, LineAnswer
 from pixelmill.providers.http import Reply, parse_json, transport_error
 from pixelmill.providers.openai.errors import ErrorContext, error_from_reply
 from pixelmill.providers.openai.provider import OpenAIProvider
@@ -28,7 +30,9 @@ from pixelmill.providers.openai.provider import OpenAIProvider
 ENDPOINTS = {"generate": "/v1/images/generations", "edit": "/v1/images/edits"}
 MAX_LINES = 50_000
 MAX_FILE_BYTES = 200 * 1024 * 1024
-TERMINAL = ("completed", "failed", "expired", "cancelled")
+# The provider's states in the contract's words (`validating`, `in_progress`, `finalizing`, `cancelling`: running).
+_STATES: dict[str, BatchState] = {"completed": "completed", "failed": "failed", "expired": "expired",
+                                  "cancelled": "cancelled"}
 _CALL_TIME = 300.0
 _ANSWER_BYTES = 16 * 1024 * 1024  # a batch object or a list page
 
@@ -48,6 +52,9 @@ def line(custom_id: str, request: ImageRequest) -> bytes:
 
 class OpenAIBatchWire:
     """The batch calls of one OpenAI provider (its key, base URL and connection pool)."""
+
+    max_lines = MAX_LINES
+    max_bytes = MAX_FILE_BYTES
 
     def __init__(self, provider: OpenAIProvider) -> None:
         self.provider = provider
@@ -72,7 +79,10 @@ class OpenAIBatchWire:
         return ErrorContext(label=label, model=model, spec=spec, key_hint=self.provider._key_hint(),
                             secrets=self.provider.secrets())
 
-    async def upload(self, path: Path) -> str:
+    def line(self, custom_id: str, request: ImageRequest) -> bytes:
+        return line(custom_id, request)
+
+    async def upload(self, path: Path, name: str) -> str:
         """Upload a JSONL file (`purpose=batch`), streamed from disk. Returns the file id."""
         with path.open("rb") as fh:
             form = aiohttp.FormData()
@@ -84,23 +94,23 @@ class OpenAIBatchWire:
             raise TransientError("openai batch upload: the answer names no file id")
         return file_id
 
-    async def create(self, file_id: str, task: str, metadata: dict[str, str]) -> dict[str, Any]:
+    async def create(self, file_id: str, request: ImageRequest, name: str) -> BatchSummary:
         answer = await self._json("POST", "batches", label="openai batch create", data={
-            "input_file_id": file_id, "endpoint": ENDPOINTS[task], "completion_window": "24h",
-            "metadata": metadata})
-        return _batch(answer, "openai batch create")
+            "input_file_id": file_id, "endpoint": ENDPOINTS[request.task], "completion_window": "24h",
+            "metadata": {"pixelmill_batch": name}})
+        return summary(_batch(answer, "openai batch create"))
 
-    async def get(self, batch_id: str) -> dict[str, Any]:
-        return _batch(await self._json("GET", f"batches/{batch_id}", label="openai batch status"),
-                      "openai batch status")
+    async def get(self, batch_id: str) -> BatchSummary:
+        return summary(_batch(await self._json("GET", f"batches/{batch_id}", label="openai batch status"),
+                              "openai batch status"))
 
-    async def cancel(self, batch_id: str) -> dict[str, Any]:
-        return _batch(await self._json("POST", f"batches/{batch_id}/cancel", label="openai batch cancel"),
-                      "openai batch cancel")
+    async def cancel(self, batch_id: str) -> BatchSummary:
+        return summary(_batch(await self._json("POST", f"batches/{batch_id}/cancel", label="openai batch cancel"),
+                              "openai batch cancel"))
 
-    async def find(self, metadata: dict[str, str], file_id: str | None) -> dict[str, Any] | None:
-        """The batch created with `metadata` (or on input file `file_id`), listing every page; None when none
-        exists (its creation never reached the provider)."""
+    async def find(self, name: str, file_id: str | None) -> BatchSummary | None:
+        """The batch created under `name` (metadata) or on input file `file_id`, listing every page; None when
+        none exists (its creation never reached the provider)."""
         after: str | None = None
         while True:
             params = {"limit": "100", **({"after": after} if after else {})}
@@ -109,15 +119,32 @@ class OpenAIBatchWire:
             if not isinstance(data, list):
                 return None
             for batch in data:
-                if not isinstance(batch, dict):
+                if not isinstance(batch, dict) or not isinstance(batch.get("id"), str):
                     continue
                 meta = batch.get("metadata") or {}
-                if all(meta.get(k) == v for k, v in metadata.items()) or (file_id and
-                                                                            batch.get("input_file_id") == file_id):
-                    return batch
+                if (isinstance(meta, dict) and meta.get("pixelmill_batch") == name) or (
+                        file_id and batch.get("input_file_id") == file_id):
+                    return summary(batch)
             if not page.get("has_more") or not data:
                 return None
             after = str(data[-1].get("id"))
+
+    async def answers(self, batch: BatchSummary, folder: Path) -> AsyncIterator[LineAnswer]:
+        """The output file's lines, then the error file's, each downloaded to `folder` first and removed after."""
+        for n, file_id in enumerate(batch.files):
+            path = folder / f"answers-{batch.id}-{n}.jsonl"
+            await self.download(file_id, path)
+            try:
+                async for item in lines_of(path):
+                    custom_id = item.get("custom_id")
+                    if isinstance(custom_id, str):
+                        yield LineAnswer(custom_id, item)
+            finally:
+                path.unlink(missing_ok=True)
+
+    def unanswered(self, answer: LineAnswer) -> bool:
+        error = answer.body.get("error")
+        return isinstance(error, dict) and error.get("code") in ("batch_expired", "batch_cancelled")
 
     async def download(self, file_id: str, dest: Path) -> None:
         """Stream a file's content to `dest` (an output file may be GBs: never held in memory)."""
@@ -137,15 +164,19 @@ class OpenAIBatchWire:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise transport_error(exc, label=label, time_limit=3600, maybe_billed=False) from exc
 
-    async def result(self, answer: dict[str, Any], request: ImageRequest, spec: ModelSpec) -> ImageResult:
+    async def result(self, answer: LineAnswer, request: ImageRequest, spec: ModelSpec) -> ImageResult | None:
         """A successful line's body as the synchronous call's result (images decoded, usage kept)."""
+        response = answer.body.get("response")
+        if not isinstance(response, dict) or response.get("status_code") != 200:
+            return None
         label = f"openai batch {request.model}"
-        request_id = _text(answer.get("request_id"))
-        return await self.provider._result(answer.get("body"), request, spec, request_id, label)
+        request_id = _text(response.get("request_id"))
+        return await self.provider._result(response.get("body"), request, spec, request_id, label)
 
-    def error(self, entry: dict[str, Any], model: str) -> ProviderError:
+    def error(self, answer: LineAnswer, model: str) -> ProviderError:
         """A failed line as the error its synchronous call would have raised (refused, rejected, transient)."""
         label = f"openai batch {model}"
+        entry = answer.body
         response = entry.get("response")
         if isinstance(response, dict) and isinstance(response.get("status_code"), int):
             headers = CIMultiDictProxy(CIMultiDict({"x-request-id": _text(response.get("request_id")) or ""}))
@@ -169,6 +200,36 @@ async def lines_of(path: Path) -> AsyncIterator[dict[str, Any]]:
                     continue
                 if isinstance(value, dict):
                     yield value
+
+
+def summary(batch: dict[str, Any]) -> BatchSummary:
+    """An OpenAI batch object in the contract's words."""
+    counts = batch.get("request_counts") if isinstance(batch.get("request_counts"), dict) else {}
+    assert isinstance(counts, dict)
+    status = str(batch.get("status"))
+    expires = batch.get("expires_at")
+    return BatchSummary(
+        id=str(batch["id"]), state=_STATES.get(status, "running"), status=status,
+        total=_int(counts.get("total")), completed=_int(counts.get("completed")), failed=_int(counts.get("failed")),
+        expires_at=float(expires) if isinstance(expires, int | float) else None, errors=_errors(batch),
+        files=[str(f) for f in (batch.get("output_file_id"), batch.get("error_file_id")) if isinstance(f, str) and f])
+
+
+def _errors(batch: dict[str, Any]) -> str | None:
+    errors = batch.get("errors")
+    data = errors.get("data") if isinstance(errors, dict) else None
+    if not isinstance(data, list) or not data:
+        return None
+    parts = [f"line {e.get('line')}: {e.get('message')}" if e.get("line") else str(e.get("message"))
+             for e in data[:5] if isinstance(e, dict)]
+    return "; ".join(parts) or None
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _data_url(data: bytes, mime: str) -> str:
