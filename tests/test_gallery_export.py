@@ -135,3 +135,32 @@ def test_export_refuses_what_it_cannot_do_cleanly(emulator_thread: Emulator, tmp
     assert result.code == 0 and "1 of 2 marks name no row of" in result.output
     assert [r["id"] for r in read_output(tmp_path / "out")] == ["cup"]
     assert orjson.loads((tmp_path / "out" / "output.jsonl").read_bytes().splitlines()[0])["images"]
+
+
+def test_reports_find_results_by_identity_when_the_source_changed_without_a_rerun(
+        emulator_thread: Emulator, tmp_path: Path) -> None:
+    """The source reordered, one row gone and one new, and no run since: the gallery, export and status attach
+    every result to its own row (by id, and by content for rows without one), never by where rows stood."""
+    src = write_jsonl(tmp_path / "in.jsonl", ROWS[:3])
+    run = tmp_path / "run"
+    assert run_api(emulator_thread, src, run, quality="low", id_field="id").exit_code == 0
+    images = {r["id"]: r["images"] for r in read_output(run)}
+    write_jsonl(src, [ROWS[2], {"id": "new", "prompt": "a new thing"}, ROWS[0]])  # "vase" gone
+    for _ in range(2):  # and the same again: a report changes nothing a later report reads
+        rows = page_rows(run)
+        assert {n: r["s"] for n, r in rows.items()} == {"bowl": "done", "new": "pending", "cup": "done"}
+        assert rows["bowl"]["g"][0]["im"][0]["h"].endswith(images["bowl"][0])
+        assert rows["cup"]["g"][0]["im"][0]["h"].endswith(images["cup"][0])
+    marks = marks_file(tmp_path / "marks.jsonl", [(rows["bowl"], "keep"), (rows["cup"], "keep")])
+    result = cli("export", run, "--keep", marks, "-o", tmp_path / "kept")
+    assert result.code == 0, result.output
+    assert [(r["id"], r["images"]) for r in read_output(tmp_path / "kept")] == \
+        [("bowl", images["bowl"]), ("cup", images["cup"])]
+    status = cli("status", run, "--json")
+    assert status.code == 0, status.output
+    counted = orjson.loads(status.output)
+    assert (counted["rows"], counted["done"], counted["failed"], counted["pending"]) == (3, 2, 0, 1)
+    assert [(s["done"], s["pending"]) for s in counted["steps"]] == [(2, 1)]
+    assert "changed since the last run" in counted["source_note"]
+    # A re-run then sends exactly the one new row: nothing the reports did made a done row look new.
+    assert run_api(emulator_thread, src, run, quality="low", id_field="id").stats.requests == 1

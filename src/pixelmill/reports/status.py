@@ -207,6 +207,12 @@ def _read(journal: Journal, rundir: Path, rows: int | None) -> RunStatus:
         steps.append(step)
 
     done, failed = _row_outcomes(db, step_names)
+    if config is not None and rows is not None and _source_changed(journal, config):
+        # Edited since the run last read it: the journal's positions are those of the old source, so the rows are
+        # counted as they stand now, each found by its identity (a full read; only when the source changed).
+        done, failed = _count_by_identity(config, journal, steps)
+        source_note = (f"the source {config.source} changed since the last run: counts are of its rows now; run the "
+                       "same command again to process the rows it does not have results for")
     unanswered_calls, unanswered_cost = journal.unanswered()
     last_write = db.execute("SELECT MAX(updated) FROM results").fetchone()[0]
     status = RunStatus(
@@ -234,6 +240,35 @@ def _read(journal: Journal, rundir: Path, rows: int | None) -> RunStatus:
     )
     status.command = resume_command(journal, config, status)
     return status
+
+
+def _source_changed(journal: Journal, config: RunConfig) -> bool:
+    from pixelmill.writing.output import source_token
+
+    seen = journal.get_meta("source_seen")
+    return bool(seen) and source_token(config.source) != seen
+
+
+def _count_by_identity(config: RunConfig, journal: Journal, steps: list[StepStatus]) -> tuple[int, int]:
+    """Done and failed rows, per step and whole, of the source as it is now (the output's look-up: read only)."""
+    from pixelmill.writing.output import OutputCounts, output_rows
+
+    per_step = {step.name: {"done": 0, "failed": 0} for step in steps}
+    counts = OutputCounts()
+    plain = config.model_copy(update={"embed_images": False})
+    for row in output_rows(plain, journal, counts):
+        pm = row.get("pixelmill") if isinstance(row.get("pixelmill"), dict) else {}
+        assert isinstance(pm, dict)
+        objects = pm if config.pipeline else {config.steps[0].name: pm}
+        for name, tally in per_step.items():
+            obj = objects.get(name)
+            state = obj.get("status") if isinstance(obj, dict) else None
+            if state in tally:
+                tally[state] += 1
+    for step in steps:
+        step.done, step.failed = per_step[step.name]["done"], per_step[step.name]["failed"]
+        step.pending = max(0, counts.rows - step.done - step.failed)
+    return counts.done, counts.failed
 
 
 # Results of the rows in the source at the last read: a row deleted from the input is not counted (its spend is).

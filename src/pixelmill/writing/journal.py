@@ -21,12 +21,13 @@ Tables:
   its outcome is recorded, across runs (`live_jobs` lists them: a re-run polls them, `pixelmill cancel`
   cancels them).
 
-Each run reads the source afresh (`begin_read`) and claims an entry for every row it reads (`claim`; the output
-writer claims the rest when a run stopped early, then `end_read` forgets the positions of rows no longer in the
-source). A read cut short by a kill leaves the positions of the rows it did not reach as they were. A row keeps
-its results wherever it moved; identical rows without an id are told apart by order (the first takes the first
-entry); an inserted row gets a new entry; a deleted row's entry stays (its spend still counts) but is no longer
-in the output; a row whose id stayed but whose content changed has its results set aside and is sent again.
+Each run reads the source afresh (`begin_read`) and claims an entry for every row it reads (`claim`; the run's
+output pass places the rest when a run stopped early and forgets the positions of rows no longer in the source:
+`settle_lookup`). Reports find rows the same way (`begin_lookup`, `match`) without writing anything. A read cut
+short by a kill leaves the positions of the rows it did not reach as they were. A row keeps its results wherever
+it moved; identical rows without an id are told apart by order (the first takes the first entry); an inserted row
+gets a new entry; a deleted row's entry stays (its spend still counts) but is no longer in the output; a row whose
+id stayed but whose content changed has its results set aside and is sent again.
 Journals of the first layout (rows keyed by position) are adopted row by row when content and position agree.
 
 A RUNDIR is bound to one configuration (`bind`), judged per step (writing/fingerprints.py): a step whose
@@ -514,23 +515,52 @@ class Journal:
                 raise
         return entries, changed
 
+    def begin_lookup(self) -> None:
+        """A new pass of `match` over the source (an output, a report): no entry is matched yet."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS matched (row INTEGER PRIMARY KEY, position INTEGER)")
+        self.db.execute("DELETE FROM temp.matched")
+
     def match(self, rows: list[RowIdentity]) -> dict[int, int]:
-        """position -> entry for the rows that have an entry with their content (the output's look-up): claims
-        what the run did not read (it stopped early), never creates an entry nor sets results aside."""
+        """position -> entry for the rows that have an entry with their identity and content: the output's and
+        the reports' look-up, made after `begin_lookup`, in source order. It reads the journal only (what it has
+        matched in this pass lives in a TEMP table, outside the journal's file), so a source edited since the
+        last run (rows moved, removed, added) still finds every result by its row's identity, never by where the
+        row stood when the run read it. Identical rows (same identity and content) take their entries in order."""
         found: dict[int, int] = {}
-        with self._disk():
-            self.db.execute("BEGIN")
-            try:
-                for row in rows:
-                    entry, _ = self._claim_one(row, create=False)
-                    if entry is not None:
-                        found[row.position] = entry.slot
-                self.db.execute("COMMIT")
-            except BaseException:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise
+        db = self.db
+        for row in rows:
+            hit = db.execute(
+                "SELECT row, digest FROM records WHERE identity = ? AND row NOT IN (SELECT row FROM temp.matched) "
+                "ORDER BY (digest = ?) DESC, (position = ?) DESC, row LIMIT 1",
+                (row.identity, row.digest, row.position)).fetchone()
+            if hit is None:  # a journal of the first layout: the entry at this position, if its content agrees
+                hit = db.execute("SELECT row, digest FROM records WHERE identity IS NULL AND position = ? AND "
+                                 "digest = ?", (row.position, row.digest)).fetchone()
+            if hit is None or hit[1] != row.digest:  # unknown, or its id now holds other content: not its results
+                continue
+            db.execute("INSERT INTO temp.matched (row, position) VALUES (?, ?)", (hit[0], row.position))
+            found[row.position] = int(hit[0])
         return found
+
+    def settle_lookup(self) -> None:
+        """The run's own output pass read the whole source: each entry it matched stands where its row stands
+        now (claimed in this read), and entries it did not match are no longer in the source (what `end_read`
+        does for a run's read, here for the rows a run stopped early never reached). Only the run that holds
+        RUNDIR calls this: reports never write the journal."""
+        db = self.db
+        read = self._current_read()
+        with self._disk():
+            db.execute("BEGIN")
+            try:
+                db.execute("UPDATE records SET position = NULL WHERE position IS NOT NULL AND identity IS NOT NULL "
+                           "AND row NOT IN (SELECT row FROM temp.matched)")
+                db.execute("UPDATE records SET position = (SELECT m.position FROM temp.matched m WHERE m.row = "
+                           "records.row), claimed = ? WHERE row IN (SELECT row FROM temp.matched)", (read,))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
 
     def _claim_one(self, row: RowIdentity, *, create: bool) -> tuple[Entry | None, bool]:
         db = self.db

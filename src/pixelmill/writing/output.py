@@ -48,10 +48,14 @@ def step_object(state: StepState | None) -> dict[str, Any]:
     return {"status": state.status, **info}
 
 
-def output_rows(config: RunConfig, journal: Journal, counts: OutputCounts) -> Iterator[dict[str, Any]]:
+def output_rows(config: RunConfig, journal: Journal, counts: OutputCounts, *,
+                settle: bool = False) -> Iterator[dict[str, Any]]:
     """Every row of the source in order, each with its own results: found by the row's identity (id, else
-    content), wherever it stands now, a chunk of rows at a time (memory flat in the dataset's size)."""
+    content), wherever it stands now, a chunk of rows at a time (memory flat in the dataset's size). It reads the
+    journal only, unless `settle` (the run's own output, under its lock): then the journal learns where the rows
+    stand now (`Journal.settle_lookup`)."""
     chunk: list[Record] = []
+    journal.begin_lookup()
     for record in _records(config):
         chunk.append(record)
         if len(chunk) >= CHUNK:
@@ -59,7 +63,19 @@ def output_rows(config: RunConfig, journal: Journal, counts: OutputCounts) -> It
             chunk = []
     if chunk:
         yield from _chunk_rows(config, journal, chunk, counts)
-    journal.end_read()  # the whole source was read: entries no row claimed are no longer in it
+    if settle:
+        journal.settle_lookup()  # the whole source was read: entries no row matched are no longer in it
+        journal.set_meta("source_seen", source_token(config.source) or "")
+
+
+def source_token(source: Path) -> str | None:
+    """The source file's size and modification time: what tells a report that the source changed since the run
+    last read it (None: not a file)."""
+    try:
+        st = source.stat()
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}" if source.is_file() else None
 
 
 def _chunk_rows(config: RunConfig, journal: Journal, chunk: list[Record],
@@ -133,7 +149,7 @@ def _write_output(config: RunConfig, journal: Journal) -> tuple[Path, OutputCoun
 
     def rows() -> Iterator[dict[str, Any]]:
         passes.append(OutputCounts())
-        return output_rows(plain, journal, passes[-1])
+        return output_rows(plain, journal, passes[-1], settle=True)
 
     if config.format == "parquet":
         from pixelmill.writing.image_columns import layout_of
@@ -158,7 +174,7 @@ def _write_output(config: RunConfig, journal: Journal) -> tuple[Path, OutputCoun
     tmp, tmp_meta = target.with_name(f".{target.name}.tmp"), metadata.with_name(f".{metadata.name}.tmp")
     try:
         with open(tmp, "wb") as f, open(tmp_meta, "wb") as meta:
-            for row in output_rows(plain, journal, counts):
+            for row in output_rows(plain, journal, counts, settle=True):
                 meta.write(jsonio.dumps(imagefolder_row(row, fields, steps), newline=True))
                 if config.embed_images:
                     row.update({name: [_embed(rundir, p) for p in row[name]] for name in fields if name in row})
