@@ -15,6 +15,8 @@ Public API (small and stable):
     poll_answer(reply, label=...)                    -> dict   (not JSON: TransientError; polls are free)
     quiet_poll(exc)                                  -> TransientError (a poll's transport failure, never billed)
     detail_fields(body)                              -> Detail(message, field, type, categories)
+    KeyedJobProvider                                 (base class: key, base URL, connection pool, secrets,
+                                                      model look-up of one family)
 
 The key rule (`provider_url`). URLs an answer hands back are followed exactly as given; the key goes only to the
 provider's own API: the base URL's host itself, or a host of the same site, that is the same registrable domain
@@ -34,21 +36,69 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import orjson
 import pybase64
 
 from pixelmill.errors import ConfigError, ResultLost, TransientError, UnknownOutcome, redact_clip
-from pixelmill.providers.base import InputImage, ProviderSettings
+from pixelmill.models.table import Family, ModelSpec, builtin_table, permissive_spec
+from pixelmill.netpolicy import userinfo_secrets
+from pixelmill.providers.base import InputImage, JobProvider, ProviderSettings
 from pixelmill.providers.boundary import code, seq, text
 from pixelmill.providers.http import HttpClient, Reply, decode_base64, parse_json, sniff_image_mime
 
-__all__ = ["Detail", "MediaGone", "data_uri", "detail_fields", "fetch_media", "first", "job_base_url", "poll_answer",
-           "provider_url", "quiet_poll", "resolve_key", "submit_answer"]
+__all__ = ["Detail", "KeyedJobProvider", "MediaGone", "data_uri", "detail_fields", "fetch_media", "first",
+           "job_base_url", "poll_answer", "provider_url", "quiet_poll", "resolve_key", "submit_answer"]
 
 _MAX_MESSAGE = 400
+
+
+class KeyedJobProvider(JobProvider):
+    """What the remote-job providers share before their wire: the key (`key_variables`, then DF_API_KEY), the base
+    URL (`base_url_of`), one connection pool, the secrets a message must never show, and the model look-up of one
+    family (a model of another family is refused naming its provider; an unknown id goes to the provider as is)."""
+
+    family: ClassVar[Family]
+    key_variables: ClassVar[tuple[str, ...]]  # the environment variables of the key, in order (DF_API_KEY last)
+    key_where: ClassVar[str]  # where a user makes a key (said when none is found)
+    display: ClassVar[str]  # the provider's name in a sentence ("fal", "BFL", "Replicate")
+    other_model: ClassVar[str]  # what to give instead of another family's model ("a BFL model")
+
+    def __init__(self, settings: ProviderSettings, env: Mapping[str, str]) -> None:
+        super().__init__(settings, env)
+        self._key = resolve_key(settings, env, self.key_variables, provider=self.name, where=self.key_where)
+        self.base_url = self.base_url_of(settings, env)
+        self._http = HttpClient(self.name, connect_timeout=settings.connect_timeout,
+                                max_connections=int(settings.options.get("max_connections", 1024)))
+
+    def base_url_of(self, settings: ProviderSettings, env: Mapping[str, str]) -> str:
+        raise NotImplementedError
+
+    def key_parts(self) -> tuple[str, ...]:
+        """Parts of the key that are secrets on their own (fal's `id:secret`)."""
+        return ()
+
+    def secrets(self) -> tuple[str, ...]:
+        found = (self._key, *self.key_parts(), *userinfo_secrets(self.base_url))
+        return tuple(dict.fromkeys(v for v in found if v and len(v) >= 8))
+
+    def spec_for(self, model: str) -> ModelSpec:
+        spec = builtin_table().get(model)
+        if spec is None:
+            return permissive_spec(model, self.family)  # an endpoint the table does not know: the provider decides
+        if spec.family != self.family:
+            raise ConfigError(f"{model} is a {spec.family} model, not a {self.display} one: use --provider "
+                              f"{spec.family}, or {self.other_model} (`pixelmill models --provider {self.name}` "
+                              "lists them)")
+        return spec
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _label(self, model: str) -> str:
+        return f"{self.name} {model}"
 
 
 def first(*values: str | None) -> str | None:

@@ -36,7 +36,6 @@ import orjson
 import pybase64
 
 from pixelmill.errors import (
-    ConfigError,
     FatalError,
     InputError,
     ProviderError,
@@ -45,15 +44,14 @@ from pixelmill.errors import (
     TransientError,
     UnknownOutcome,
 )
-from pixelmill.models.table import ModelSpec, builtin_table, permissive_spec
-from pixelmill.netpolicy import strip_userinfo, userinfo_secrets
+from pixelmill.models.table import ModelSpec
+from pixelmill.netpolicy import strip_userinfo
 from pixelmill.params import ImageParams, WirePlan
 from pixelmill.providers.base import (
     GeneratedImage,
     ImageRequest,
     ImageResult,
     JobHandle,
-    JobProvider,
     JobStatus,
     ProviderSettings,
     Task,
@@ -61,8 +59,9 @@ from pixelmill.providers.base import (
 from pixelmill.providers.bfl.errors import error_from_reply, request_id_of
 from pixelmill.providers.bfl.params import model_inputs, plan_bfl
 from pixelmill.providers.boundary import malformed, number, obj, scrub_error, scrub_result, text
-from pixelmill.providers.http import EMULATOR_HEADER, HttpClient
+from pixelmill.providers.http import EMULATOR_HEADER
 from pixelmill.providers.jobwire import (
+    KeyedJobProvider,
     MediaGone,
     fetch_media,
     first,
@@ -70,7 +69,6 @@ from pixelmill.providers.jobwire import (
     poll_answer,
     provider_url,
     quiet_poll,
-    resolve_key,
     submit_answer,
 )
 from pixelmill.providers.openai.params import check_prompt
@@ -86,42 +84,22 @@ _PENDING = frozenset({"pending", "queued", "processing", "running", "in_progress
 _MODERATED = {"request moderated": "request_moderated", "content moderated": "content_moderated"}
 
 
-class BflProvider(JobProvider):
+class BflProvider(KeyedJobProvider):
     """api.bfl.ai (or a regional host, or a server given with --base-url that speaks the same API)."""
 
     name: ClassVar[str] = "bfl"
-    family: ClassVar[str] = "bfl"
+    family = "bfl"
+    key_variables = ("BFL_API_KEY", "DF_API_KEY")
+    key_where = "keys are made at https://dashboard.bfl.ai"
+    display = "BFL"
+    other_model = "a BFL model"
 
-    def __init__(self, settings: ProviderSettings, env: Mapping[str, str]) -> None:
-        super().__init__(settings, env)
-        self._key = resolve_key(settings, env, ("BFL_API_KEY", "DF_API_KEY"), provider="bfl",
-                                where="keys are made at https://dashboard.bfl.ai")
-        self.base_url = job_base_url(first(settings.base_url) or DEFAULT_BASE_URL, provider="bfl",
-                                     example="https://api.bfl.ai/v1", version="v1")
-        self._http = HttpClient(self.name, connect_timeout=settings.connect_timeout,
-                                max_connections=int(settings.options.get("max_connections", 1024)))
-
-    def secrets(self) -> tuple[str, ...]:
-        found = (self._key, *userinfo_secrets(self.base_url))
-        return tuple(dict.fromkeys(v for v in found if v and len(v) >= 8))
-
-    def spec_for(self, model: str) -> ModelSpec:
-        spec = builtin_table().get(model)
-        if spec is None:
-            return permissive_spec(model, "bfl")  # a newer BFL endpoint: BFL decides
-        if spec.family != "bfl":
-            raise ConfigError(f"{model} is a {spec.family} model, not a BFL one: use --provider {spec.family}, or "
-                              "a BFL model (`pixelmill models --provider bfl` lists them)")
-        return spec
+    def base_url_of(self, settings: ProviderSettings, env: Mapping[str, str]) -> str:
+        return job_base_url(first(settings.base_url) or DEFAULT_BASE_URL, provider="bfl",
+                            example="https://api.bfl.ai/v1", version="v1")
 
     def plan(self, spec: ModelSpec, params: ImageParams, task: Task) -> WirePlan:
         return plan_bfl(spec, params, task)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    def _label(self, model: str) -> str:
-        return f"bfl {model}"
 
     # ------------------------------------------------------------ submit
 

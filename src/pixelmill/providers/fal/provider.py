@@ -39,7 +39,6 @@ from urllib.parse import quote
 import orjson
 
 from pixelmill.errors import (
-    ConfigError,
     FatalError,
     InputError,
     ProviderError,
@@ -49,15 +48,14 @@ from pixelmill.errors import (
     TransientError,
     UnknownOutcome,
 )
-from pixelmill.models.table import ModelSpec, builtin_table, permissive_spec
-from pixelmill.netpolicy import strip_userinfo, userinfo_secrets
+from pixelmill.models.table import ModelSpec
+from pixelmill.netpolicy import strip_userinfo
 from pixelmill.params import ImageParams, WirePlan
 from pixelmill.providers.base import (
     GeneratedImage,
     ImageRequest,
     ImageResult,
     JobHandle,
-    JobProvider,
     JobStatus,
     ProviderSettings,
     Task,
@@ -65,8 +63,9 @@ from pixelmill.providers.base import (
 from pixelmill.providers.boundary import field, malformed, number, obj, scrub_error, scrub_result, seq, text
 from pixelmill.providers.fal.errors import error_from_reply, job_error, request_id_of
 from pixelmill.providers.fal.params import model_inputs, plan_fal
-from pixelmill.providers.http import EMULATOR_HEADER, HttpClient
+from pixelmill.providers.http import EMULATOR_HEADER
 from pixelmill.providers.jobwire import (
+    KeyedJobProvider,
     MediaGone,
     data_uri,
     fetch_media,
@@ -75,7 +74,6 @@ from pixelmill.providers.jobwire import (
     poll_answer,
     provider_url,
     quiet_poll,
-    resolve_key,
     submit_answer,
 )
 from pixelmill.providers.openai.params import check_prompt
@@ -90,47 +88,29 @@ _CANCEL_WORDS = {"OK": "cancelled", "CANCELLATION_REQUESTED": "requested", "ALRE
                  "NOT_FOUND": "not_found"}
 
 
-class FalProvider(JobProvider):
+class FalProvider(KeyedJobProvider):
     """fal's queue (`https://queue.fal.run`), or a server given with --base-url that speaks it."""
 
     name: ClassVar[str] = "fal"
-    family: ClassVar[str] = "fal"
+    family = "fal"
+    key_variables = ("FAL_KEY", "DF_API_KEY")
+    key_where = "keys are made at https://fal.ai/dashboard/keys"
+    display = "fal"
+    other_model = "give fal's endpoint id"
 
-    def __init__(self, settings: ProviderSettings, env: Mapping[str, str]) -> None:
-        super().__init__(settings, env)
-        self._key = resolve_key(settings, env, ("FAL_KEY", "DF_API_KEY"), provider="fal",
-                                where="keys are made at https://fal.ai/dashboard/keys")
+    def base_url_of(self, settings: ProviderSettings, env: Mapping[str, str]) -> str:
         host = first(env.get("FAL_QUEUE_RUN_HOST"))
-        self.base_url = job_base_url(first(settings.base_url) or (f"https://{host}" if host else DEFAULT_BASE_URL),
-                                     provider="fal", example=DEFAULT_BASE_URL)
-        self._http = HttpClient(self.name, connect_timeout=settings.connect_timeout,
-                                max_connections=int(settings.options.get("max_connections", 1024)))
+        return job_base_url(first(settings.base_url) or (f"https://{host}" if host else DEFAULT_BASE_URL),
+                            provider="fal", example=DEFAULT_BASE_URL)
 
-    def secrets(self) -> tuple[str, ...]:
-        parts = self._key.split(":") if ":" in self._key else []
-        found = (self._key, *parts, *userinfo_secrets(self.base_url))
-        return tuple(dict.fromkeys(v for v in found if v and len(v) >= 8))
-
-    def spec_for(self, model: str) -> ModelSpec:
-        spec = builtin_table().get(model)
-        if spec is None:
-            return permissive_spec(model, "fal")  # any fal endpoint by id: fal decides
-        if spec.family != "fal":
-            raise ConfigError(f"{model} is a {spec.family} model, not a fal one: use --provider {spec.family}, or "
-                              "give fal's endpoint id (`pixelmill models --provider fal` lists them)")
-        return spec
+    def key_parts(self) -> tuple[str, ...]:
+        return tuple(self._key.split(":")) if ":" in self._key else ()
 
     def plan(self, spec: ModelSpec, params: ImageParams, task: Task) -> WirePlan:
         return plan_fal(spec, params, task)
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Key {self._key}"}
-
-    def _label(self, model: str) -> str:
-        return f"fal {model}"
 
     # ------------------------------------------------------------ submit
 

@@ -54,14 +54,14 @@ from pixelmill.providers.base import (
     ImageRequest,
     ImageResult,
     JobHandle,
-    JobProvider,
     JobStatus,
     ProviderSettings,
     Task,
 )
 from pixelmill.providers.boundary import number, obj, scrub_error, scrub_result, seq, text
-from pixelmill.providers.http import EMULATOR_HEADER, HttpClient, Reply
+from pixelmill.providers.http import EMULATOR_HEADER, Reply
 from pixelmill.providers.jobwire import (
+    KeyedJobProvider,
     MediaGone,
     data_uri,
     fetch_media,
@@ -70,7 +70,6 @@ from pixelmill.providers.jobwire import (
     poll_answer,
     provider_url,
     quiet_poll,
-    resolve_key,
     submit_answer,
 )
 from pixelmill.providers.openai.params import check_prompt
@@ -132,30 +131,30 @@ def _epoch(value: Any) -> float | None:
     return when.timestamp()
 
 
-class ReplicateProvider(JobProvider):
+class ReplicateProvider(KeyedJobProvider):
     """Replicate's predictions API (see the module docstring)."""
 
     name: ClassVar[str] = "replicate"
-    family: ClassVar[str] = "replicate"
+    family = "replicate"
+    key_variables = ("REPLICATE_API_TOKEN", "DF_API_KEY")
+    key_where = "tokens are at replicate.com/account/api-tokens"
+    display = "Replicate"
+    other_model = "a Replicate model"
 
     def __init__(self, settings: ProviderSettings, env: Mapping[str, str]) -> None:
         super().__init__(settings, env)
-        self._key = resolve_key(settings, env, ("REPLICATE_API_TOKEN", "DF_API_KEY"), provider="replicate",
-                                where="tokens are at replicate.com/account/api-tokens")
-        self.base_url = normalize_base_url(
-            first(settings.base_url, env.get("REPLICATE_BASE_URL"), env.get("DF_BASE_URL")) or DEFAULT_BASE_URL
-        )
-        if userinfo_secrets(self.base_url):
-            raise ConfigError("the base URL carries a user and password: Replicate takes a token; drop them")
-        self._http = HttpClient(self.name, connect_timeout=settings.connect_timeout,
-                                max_connections=int(settings.options.get("max_connections", 1024)))
         # `prefer_wait` (an option of the model's entry in a pipeline file): seconds the create may wait, 1-60.
         self.wait = max(1, min(60, int(settings.options.get("prefer_wait", WAIT_SECONDS))))
 
     # ------------------------------------------------------------ configuration
 
-    def secrets(self) -> tuple[str, ...]:
-        return (self._key,) if len(self._key) >= 8 else ()
+    def base_url_of(self, settings: ProviderSettings, env: Mapping[str, str]) -> str:
+        url = normalize_base_url(
+            first(settings.base_url, env.get("REPLICATE_BASE_URL"), env.get("DF_BASE_URL")) or DEFAULT_BASE_URL
+        )
+        if userinfo_secrets(url):
+            raise ConfigError("the base URL carries a user and password: Replicate takes a token; drop them")
+        return url
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._key}"}
@@ -391,8 +390,6 @@ class ReplicateProvider(JobProvider):
     def _ctx(self, label: str, model: str, stage: Stage, prediction: str | None = None) -> ErrorContext:
         return ErrorContext(label=label, model=model, stage=stage, secrets=self.secrets(), prediction=prediction)
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
 
 def _asked(params: Mapping[str, Any]) -> int:
