@@ -75,6 +75,15 @@ def test_eta_and_projected_spend() -> None:
     assert unknown.eta() is None and unknown.projected() is None and "ETA ?" in unknown.line()
 
 
+def test_remote_jobs_running_are_shown_beside_the_calls_in_flight() -> None:
+    stats = RunStats(total=10)
+    stats.in_flight, stats.jobs_live = 6, 4
+    progress = Progress(stats, stream=io.StringIO(), tty=False)
+    assert "6 in flight (4 remote jobs running)" in progress.line()
+    stats.jobs_live = 0
+    assert "6 in flight |" in progress.line()
+
+
 def test_live_display_on_a_terminal(emulator_thread: Emulator, tmp_path: Path) -> None:
     emulator_thread.configure(latency=0.05, faults={"rate_limit": 0.15}, retry_after=0.01, seed=3)
     src = write_jsonl(tmp_path / "in.jsonl", prompts(60))

@@ -99,7 +99,7 @@ class Progress:
         parts = [
             f"rows {self.processed()}{total} ({s.rows_done + s.rows_skipped} done, {s.rows_failed} failed)",
             f"{s.images} images, {s.images_per_minute():.0f}/min",
-            f"{s.in_flight} in flight",
+            f"{s.in_flight} in flight" + _jobs(s),
             f"ETA {_duration(eta)}" if eta is not None else "ETA ?",
             f"${self.spent():.4f} spent" + (f", ~${projected:.4f} projected" if projected is not None else "")
             + (f" of ${self.budget:.2f}" if self.budget is not None else ""),
@@ -155,7 +155,7 @@ class Progress:
             (f"{done} done", "green"), "  ",
             (f"{s.rows_failed} failed", "red" if s.rows_failed else ""), "  ",
             f"{s.images} images  {s.images_per_minute():.1f}/min  ",
-            f"{s.in_flight} in flight  ",
+            f"{s.in_flight} in flight{_jobs(s)}  ",
             f"elapsed {_duration(s.elapsed())}  ETA {_duration(eta) if eta is not None else '?'}",
         )
         money = Text.assemble(
@@ -308,6 +308,12 @@ def _quiet_lines(lines: list[str]) -> list[str]:
         if in_failures or line.startswith(keep):
             out.append(line)
     return out
+
+
+def _jobs(stats: RunStats) -> str:
+    """Remote jobs running at the provider (fal, Replicate, ...): a call in flight that is a submitted job waits
+    on the provider's queue, not on this process, and the display says so."""
+    return f" ({stats.jobs_live} remote jobs running)" if stats.jobs_live else ""
 
 
 def _isatty(stream: TextIO) -> bool:
