@@ -46,7 +46,7 @@ from pixelmill.testing.batches import (
     StoredFile,
     iter_lines,
 )
-from pixelmill.testing.exchange import STATUS_OF_FAULT, tag
+from pixelmill.testing.exchange import STATUS_OF_FAULT, cut, tag
 from pixelmill.testing.faults import read_markers
 from pixelmill.testing.keys import bearer
 from pixelmill.testing.state import EmulatorState
@@ -254,6 +254,9 @@ class OpenAIBatchRoutes:
         batch.times[VALIDATING] = batch.created
         self.store.batches[batch.id] = batch
         self.store.counters.batches_created["openai"] += 1
+        if batch.fate == "reset":  # created, and the answer lost: the client's outcome is unknown
+            cut(request)
+            return web.Response()
         return web.json_response(self._object(batch), dumps=_dumps)
 
     async def get_batch(self, request: web.Request) -> web.StreamResponse:
