@@ -11,7 +11,9 @@ input file (`{key, request}`) is answered exactly as `generateContent` would ans
 validation and answers): a request that would be a 400 is an `{key, error}` line, a refusal marker
 (`[[fault:moderation]]`, `prompt_blocked`, `image_safety`, `no_image`, `text_only`) a 200 `response` without an
 image, `[[fault:server_error]]` (and the other 5xx) an error line. Results are one file, `files/batch-<id>`, in
-input order. An EXPIRED (twice `batch_window`) or FAILED batch returns no results and bills nothing.
+input order. An EXPIRED (twice `batch_window`) or FAILED batch returns no results and bills nothing. The `reset`
+fate creates the batch, then closes the create's connection with no answer (found again by listing).
+Downloads carry the emulator's mark (`x-pixelmill-emulator`), as its synchronous answers do.
 
 Choices where the reference says UNCONFIRMED: an error line is `{"key", "error": {code (google.rpc code),
 message, status}}`; a failed batch's error is the Operation's top-level `error`; a CANCELLED batch keeps the
