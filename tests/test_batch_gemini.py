@@ -154,6 +154,8 @@ def test_the_wire_uploads_in_chunks_finds_by_display_name_and_cancels(emu: Emula
             cancelled = await wire.cancel(created.id)
             assert cancelled.state == "cancelled" and cancelled.status == "BATCH_STATE_CANCELLED"
             assert [a async for a in wire.answers(cancelled, tmp_path)] == []
+            with pytest.raises(Rejected, match="the batch or file is gone at the provider"):
+                await wire.get("batches/no-such-batch")
         finally:
             await provider.aclose()
 

@@ -37,7 +37,7 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from pixelmill.errors import ProviderError, TransientError, Unreachable
+from pixelmill.errors import ProviderError, Rejected, TransientError, Unreachable
 from pixelmill.models.table import ModelSpec
 from pixelmill.netpolicy import strip_userinfo
 from pixelmill.providers.base import ImageRequest, ImageResult
@@ -112,8 +112,11 @@ class GeminiBatchWire:
     def _error(self, status: int, raw: bytes, headers: Any, model: str) -> ProviderError:
         spec = self.provider.spec_for(model or "batch")
         secrets = self.provider.secrets()
-        return scrub_error(error_from_answer(status, raw, headers, spec, model or "batch", secrets=secrets),
-                           secrets)
+        error = error_from_answer(status, raw, headers, spec, model or "batch", secrets=secrets)
+        if status == 404 and not model:  # a batch or file, not a model: the model table's advice does not apply
+            error = Rejected(f"{str(error).split('. ', 1)[0]}; the batch or file is gone at the provider (deleted, "
+                             "or past the File API's 48 h)", http_status=404, code=error.code)
+        return scrub_error(error, secrets)
 
     def line(self, custom_id: str, request: ImageRequest) -> bytes:
         return line(custom_id, request)
@@ -175,7 +178,10 @@ class GeminiBatchWire:
         except TransientError as exc:
             if isinstance(exc, Unreachable):  # nothing was sent
                 raise
-            found = await self.find(name, file_id)
+            try:
+                found = await self.find(name, file_id)
+            except ProviderError:
+                raise exc from None  # the create's own error: the next run's recovery lists again
             if found is None:
                 raise
             return found
