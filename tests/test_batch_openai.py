@@ -116,10 +116,10 @@ def test_a_kill_between_create_and_journaling_creates_no_second_batch(emu: Emula
 
 def test_refused_where_no_batch_api(emu: Emulator, tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", prompts(2))
-    result = cli("generate", src, "-o", tmp_path / "run", "--provider", "gemini", "--model", "gemini-2.5-flash-image",
-                 "--base-url", emu.gemini_base_url, "--batch", env={"GEMINI_API_KEY": "k" * 20})
+    result = cli("generate", src, "-o", tmp_path / "run", "--provider", "fal", "--base-url", emu.jobs_base_url,
+                 "--batch", env={"FAL_KEY": "k" * 20})
     assert result.code == 2 and "--batch" in result.output
-    assert emu.batches.counters.batches_created["gemini"] == 0
+    assert not emu.batches.counters.batches_created and not emu.batches.counters.files_uploaded
 
 
 def test_ctrl_c_while_waiting_exits_3_and_the_batch_keeps_running(emu: Emulator, tmp_path: Path) -> None:

@@ -199,3 +199,22 @@ def test_openai_and_gemini_share_v1_paths_by_key(client: genai.Client, emulator_
     assert [f.id for f in oai.files.list()] == [oai_file.id]
     assert [f.name for f in client.files.list()] == [gemini_file]
     assert [b.id for b in oai.batches.list()] == [] and list(client.batches.list()) == []
+
+
+def test_the_reset_fate_creates_the_batch_and_loses_the_answer(client: genai.Client,
+                                                                emulator_thread: Emulator) -> None:
+    import importlib
+    import importlib.util
+
+    # google-genai sends through httpx or its fork httpx2, whichever it finds: either's transport error will do.
+    transport = tuple(importlib.import_module(name).TransportError for name in ("httpx", "httpx2")
+                      if importlib.util.find_spec(name))
+    emulator_thread.configure(batch_fates=("reset",))
+    source = _upload(client, [{"key": "a", "request": _request("a kite")}])
+    with pytest.raises(transport):
+        client.batches.create(model=MODEL, src=source, config={"display_name": "lost-0001"})
+    assert emulator_thread.batches.counters.batches_created["gemini"] == 1
+    [job] = [j for j in client.batches.list() if j.display_name == "lost-0001"]
+    assert job.name is not None
+    done = _wait(client, job.name)
+    assert done.state is not None and done.state.name == "JOB_STATE_SUCCEEDED"

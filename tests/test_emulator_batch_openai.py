@@ -230,3 +230,15 @@ def test_batch_routes_need_a_key(emulator_thread: Emulator) -> None:
         wrong.batches.list()
     with pytest.raises(openai.AuthenticationError):
         wrong.files.create(file=("a.jsonl", b"{}\n"), purpose="batch")
+
+
+def test_the_reset_fate_creates_the_batch_and_loses_the_answer(client: openai.OpenAI,
+                                                                emulator_thread: Emulator) -> None:
+    emulator_thread.configure(batch_fates=("reset",))
+    source = _upload(client, [_gen("a")])
+    with pytest.raises(openai.APIConnectionError):
+        client.batches.create(input_file_id=source, endpoint=GEN, completion_window="24h",
+                              metadata={"pixelmill_batch": "lost-0001"})
+    assert emulator_thread.batches.counters.batches_created["openai"] == 1
+    [batch] = [b for b in client.batches.list() if (b.metadata or {}).get("pixelmill_batch") == "lost-0001"]
+    assert _wait(client, batch.id).status == "completed"

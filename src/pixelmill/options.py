@@ -134,8 +134,8 @@ class JobOptions:
     max_cost: float | None = option(None, "Budget in USD for this run directory, across resumes [default: none].",
                                     panel=LIMITS)
     retry_failed: bool = option(False, "Also re-request rows that failed.", panel=RUN)
-    batch: bool = option(False, "Send rows through the provider's batch API (OpenAI): half price, answered within "
-                                "24 h; re-running the same command collects.", panel=RUN)
+    batch: bool = option(False, "Send rows through the provider's batch API (OpenAI, Gemini): half price, answered "
+                                "within 24 h; re-running the same command collects.", panel=RUN)
     detach: bool = option(False, "With --batch: submit the batches and exit 4; run the same command again to "
                                  "collect.", panel=RUN)
     restart: bool = option(False, "Discard the run in the output folder and start over.", panel=RUN)

@@ -54,7 +54,7 @@ from pixelmill.engine.retry import RetryPolicy
 from pixelmill.engine.row import Row, RowExecutor
 from pixelmill.engine.stats import RunStats
 from pixelmill.engine.systematic import FailureWatch
-from pixelmill.errors import DiskFull, InternalError, redact
+from pixelmill.errors import DiskFull, InternalError, ProviderError, redact
 from pixelmill.netpolicy import strip_userinfo
 from pixelmill.reading.images import InputPolicy
 from pixelmill.reading.records import Record, read_records
@@ -143,8 +143,12 @@ class Runner:
                                 watch=FailureWatch(self.halt.stop))
                 executor = RowExecutor(ctx, self.plan.steps, sender)
                 if config.batch:
-                    await BatchFlow(ctx, self.plan, executor, detach=config.detach, notice=self.notice,
-                                    id_field=config.id_field).run()
+                    try:
+                        await BatchFlow(ctx, self.plan, executor, detach=config.detach, notice=self.notice,
+                                        id_field=config.id_field).run()
+                    except ProviderError as exc:  # a batch call failed: the key, the model, a lost answer
+                        self.halt.stop(f"{exc}; what was submitted is journaled: run the same command again to "
+                                       "go on", exc.kind)
                 else:
                     await self._run_rows(ctx, executor)
                 self.stats.jobs_left = len(journal.live_jobs())

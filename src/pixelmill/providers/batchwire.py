@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import orjson
+
 from pixelmill.errors import ProviderError
 from pixelmill.models.table import ModelSpec
 from pixelmill.providers.base import ImageRequest, ImageResult
@@ -105,3 +107,17 @@ class BatchWire(Protocol):
     def error(self, answer: LineAnswer, model: str) -> ProviderError:
         """A failed line as the error its synchronous call would have raised (refused, rejected, transient)."""
         ...
+
+
+async def lines_of(path: Path) -> AsyncIterator[dict[str, Any]]:
+    """The JSON lines of a downloaded file, one at a time (a broken line is skipped: its row stays unanswered
+    and is sent again)."""
+    with path.open("rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                try:
+                    value = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(value, dict):
+                    yield value

@@ -37,7 +37,7 @@ FAULTS: tuple[str, ...] = (
 )
 
 # What `batch_fates` may name (see `batches` for what each does).
-BATCH_FATES: tuple[str, ...] = ("normal", "expire", "fail", "slow", "stall")
+BATCH_FATES: tuple[str, ...] = ("normal", "expire", "fail", "slow", "stall", "reset")
 
 # Not a failure: Gemini answers carry thought parts (with draft images) before the final image.
 MODIFIERS: tuple[str, ...] = ("thoughts",)
@@ -95,7 +95,8 @@ class EmulatorConfig(BaseModel):
     # `batch_latency` seconds after its creation; `batch_window` seconds stand for 24 h (OpenAI's completion
     # window; Gemini's 48 h expiry is twice that). `batch_fates` decides the next batches created, in order
     # (then `normal`): `expire` (the window closes with half the lines answered), `fail` (validation fails),
-    # `slow` (ten times the latency), `stall` (no line is answered until the batch is cancelled or expires).
+    # `slow` (ten times the latency), `stall` (no line is answered until the batch is cancelled or expires),
+    # `reset` (the batch is created and runs normally, but the create's connection is closed with no answer).
     batch_latency: float = Field(default=1.0, ge=0)
     batch_window: float = Field(default=3600.0, gt=0)
     batch_fates: tuple[str, ...] = ()

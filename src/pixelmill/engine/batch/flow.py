@@ -20,7 +20,8 @@ Order of a run, so that a crash anywhere neither loses a paid line nor creates a
    cancelled): the next batch takes it. The batch is marked collected, which frees its rows.
 
 Refused before anything is sent (ConfigError): --max-cost, more than one step, Azure (its batch API takes no image
-requests), a provider other than OpenAI, fallback models. A row whose step would need more than one call
+requests), Vertex AI (its batch prediction reads Cloud Storage or BigQuery), a provider other than OpenAI and Gemini
+(providers/gemini/batch.py: Gemini Batch Mode), fallback models. A row whose step would need more than one call
 (multi-turn, `n` above one call's), or a call of another task than the step's (a batch has one endpoint),
 fails with that reason; the other rows are batched.
 """
@@ -31,6 +32,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from pixelmill.engine.context import RunContext
 from pixelmill.engine.inputs import gather_inputs
@@ -41,6 +43,8 @@ from pixelmill.errors import ConfigError, InputError, PixelmillError, ProviderEr
 from pixelmill.models.cost import actual_cost
 from pixelmill.providers.base import ImageRequest, Provider
 from pixelmill.providers.batchwire import BatchSummary, BatchWire, LineAnswer
+from pixelmill.providers.gemini.batch import GeminiBatchWire
+from pixelmill.providers.gemini.provider import GeminiProvider
 from pixelmill.providers.openai.batch import OpenAIBatchWire
 from pixelmill.providers.openai.provider import AzureProvider, OpenAIProvider
 from pixelmill.reading.records import read_records
@@ -51,6 +55,7 @@ CHUNK = 256  # rows read, and lines journaled, at a time
 ROUNDS = 4  # batches of one run: the first, then resubmissions of what expired or failed batches left
 # What the next run will be told: --detach, and Ctrl-C while waiting.
 DETACHED = "submitted; run the same command again to collect"
+VERTEX_HOST = "aiplatform.googleapis.com"  # Vertex AI's Gemini endpoints: no Batch Mode through the File API
 
 
 def check_batch(plan: RunPlan, max_cost: float | None) -> None:
@@ -67,9 +72,13 @@ def check_batch(plan: RunPlan, max_cost: float | None) -> None:
     if isinstance(step.provider, AzureProvider):
         raise ConfigError("--batch: Azure OpenAI's batch API takes no image requests (reference: async-apis.md); "
                           "run without --batch")
+    if isinstance(step.provider, GeminiProvider) and VERTEX_HOST in urlsplit(step.provider.base_url).netloc:
+        raise ConfigError("--batch: Vertex AI's batch prediction reads its requests from Cloud Storage or BigQuery, "
+                          "not from the Gemini API's File API; pixelmill drives Gemini Batch Mode of the Gemini API "
+                          "(generativelanguage.googleapis.com): drop --base-url, or run without --batch")
     if wire_for(step.provider) is None:
-        raise ConfigError(f"--batch: {step.provider.name} has no batch API that pixelmill drives (OpenAI only, "
-                          "for now); run without --batch")
+        raise ConfigError(f"--batch: {step.provider.name} has no batch API that pixelmill drives (OpenAI's Batch "
+                          "API and Gemini Batch Mode only); use --provider openai or gemini, or run without --batch")
     if step.fallbacks:
         raise ConfigError("--batch: a step with fallback models cannot be batched; drop the fallbacks or --batch")
 
@@ -78,6 +87,8 @@ def wire_for(provider: Provider) -> BatchWire | None:
     """The batch API of `provider`, or None when it has none pixelmill drives."""
     if isinstance(provider, OpenAIProvider) and not isinstance(provider, AzureProvider):
         return OpenAIBatchWire(provider)
+    if isinstance(provider, GeminiProvider):
+        return GeminiBatchWire(provider)
     return None
 
 

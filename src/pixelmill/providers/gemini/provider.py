@@ -231,7 +231,13 @@ def parse_answer(raw: bytes, model: str, *, secrets: tuple[str, ...] = ()) -> Im
     """A 200 answer -> the final image and metadata, or `Refused` when it holds no image. Quotes of the
     server's words are redacted with `secrets` before they are cut."""
     label = f"Gemini {model}"
-    body = _unwrap(parse_json(raw, label=label, http_status=200), label)
+    return read_answer(parse_json(raw, label=label, http_status=200), model, secrets=secrets)
+
+
+def read_answer(answer: Any, model: str, *, secrets: tuple[str, ...] = ()) -> ImageResult:
+    """`parse_answer` of a `GenerateContentResponse` already parsed (a batch's answer line carries one)."""
+    label = f"Gemini {model}"
+    body = _unwrap(answer, label)
     request_id = text(body.get("responseId"))
     candidates = field(body, "candidates", list, label=label, request_id=request_id)
     if not candidates:

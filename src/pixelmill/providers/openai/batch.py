@@ -22,7 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from pixelmill.errors import ProviderError, TransientError
 from pixelmill.models.table import ModelSpec
 from pixelmill.providers.base import ImageRequest, ImageResult
-from pixelmill.providers.batchwire import BatchState, BatchSummary, LineAnswer
+from pixelmill.providers.batchwire import BatchState, BatchSummary, LineAnswer, lines_of
 from pixelmill.providers.http import Reply, parse_json, transport_error
 from pixelmill.providers.openai.errors import ErrorContext, error_from_reply
 from pixelmill.providers.openai.provider import OpenAIProvider
@@ -186,20 +186,6 @@ class OpenAIBatchWire:
         assert isinstance(err, dict)
         return TransientError(f"{label}: {err.get('code') or 'error'}: {err.get('message') or 'no message'}",
                               code=_text(err.get("code")))
-
-
-async def lines_of(path: Path) -> AsyncIterator[dict[str, Any]]:
-    """The JSON lines of a downloaded file, one at a time (a broken line is skipped: its row stays unanswered
-    and is sent again)."""
-    with path.open("rb") as fh:
-        for raw in fh:
-            if raw.strip():
-                try:
-                    value = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(value, dict):
-                    yield value
 
 
 def summary(batch: dict[str, Any]) -> BatchSummary:

@@ -11,7 +11,9 @@ input file (`{key, request}`) is answered exactly as `generateContent` would ans
 validation and answers): a request that would be a 400 is an `{key, error}` line, a refusal marker
 (`[[fault:moderation]]`, `prompt_blocked`, `image_safety`, `no_image`, `text_only`) a 200 `response` without an
 image, `[[fault:server_error]]` (and the other 5xx) an error line. Results are one file, `files/batch-<id>`, in
-input order. An EXPIRED (twice `batch_window`) or FAILED batch returns no results and bills nothing.
+input order. An EXPIRED (twice `batch_window`) or FAILED batch returns no results and bills nothing. The `reset`
+fate creates the batch, then closes the create's connection with no answer (found again by listing).
+Downloads carry the emulator's mark (`x-pixelmill-emulator`), as its synchronous answers do.
 
 Choices where the reference says UNCONFIRMED: an error line is `{"key", "error": {code (google.rpc code),
 message, status}}`; a failed batch's error is the Operation's top-level `error`; a CANCELLED batch keeps the
@@ -56,7 +58,7 @@ from pixelmill.testing.batches import (
     StoredFile,
     iter_lines,
 )
-from pixelmill.testing.exchange import STATUS_OF_FAULT, exchange, tag
+from pixelmill.testing.exchange import EMULATOR_HEADER, STATUS_OF_FAULT, cut, exchange, tag
 from pixelmill.testing.faults import read_markers
 from pixelmill.testing.keys import gemini_key
 from pixelmill.testing.state import EmulatorState
@@ -237,7 +239,8 @@ class GeminiBatchRoutes:
         if not stored.generated:
             raise we.gemini_invalid("Only generated files can be downloaded; uploaded files cannot.")
         exchange(request).record.bytes_out = stored.size
-        return web.FileResponse(stored.path, headers={"Content-Type": stored.mime})
+        # The emulator's mark, as on its synchronous answers: a real run never takes these images for its own.
+        return web.FileResponse(stored.path, headers={"Content-Type": stored.mime, EMULATOR_HEADER: "1"})
 
     async def delete_file(self, request: web.Request) -> web.StreamResponse:
         self._auth(request, "files")
@@ -292,6 +295,9 @@ class GeminiBatchRoutes:
         batch.times[VALIDATING] = batch.created
         self.store.batches[batch.id] = batch
         self.store.counters.batches_created["gemini"] += 1
+        if batch.fate == "reset":  # created, and the answer lost: the client's outcome is unknown
+            cut(request)
+            return web.Response()
         return _json(_operation(batch))
 
     async def get_batch(self, request: web.Request) -> web.StreamResponse:

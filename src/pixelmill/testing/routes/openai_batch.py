@@ -9,7 +9,8 @@ faults) a 5xx line; successes carry the `ImagesResponse` with its usage and are 
 lines come in a shuffled order. An expired batch keeps its answered lines (billed) and lists the rest in the
 error file with `error.code = "batch_expired"`; a cancelled batch keeps its answered lines and lists nothing
 for the rest (the code for cancelled leftovers is UNCONFIRMED, so a client must treat an absent line as not
-done and not billed).
+done and not billed). The `reset` fate (testing/config.py) creates the batch, then closes the create's
+connection with no answer: the client must find it by listing, not create it again.
 
 Choices where the reference says UNCONFIRMED: edit lines use the JSON edits body (`images: [{image_url:
 "data:…"}]` or `[{file_id: "file-…"}]`, a file id must name an uploaded file); a batch takes one model (a line
@@ -46,7 +47,7 @@ from pixelmill.testing.batches import (
     StoredFile,
     iter_lines,
 )
-from pixelmill.testing.exchange import STATUS_OF_FAULT, tag
+from pixelmill.testing.exchange import STATUS_OF_FAULT, cut, tag
 from pixelmill.testing.faults import read_markers
 from pixelmill.testing.keys import bearer
 from pixelmill.testing.state import EmulatorState
@@ -254,6 +255,9 @@ class OpenAIBatchRoutes:
         batch.times[VALIDATING] = batch.created
         self.store.batches[batch.id] = batch
         self.store.counters.batches_created["openai"] += 1
+        if batch.fate == "reset":  # created, and the answer lost: the client's outcome is unknown
+            cut(request)
+            return web.Response()
         return web.json_response(self._object(batch), dumps=_dumps)
 
     async def get_batch(self, request: web.Request) -> web.StreamResponse:
