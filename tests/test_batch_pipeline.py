@@ -200,3 +200,29 @@ def test_a_batch_step_on_a_provider_without_batches_is_refused_naming_it(emu: Em
     assert result.code == 2
     assert "step 'painted': batch: gemini has no batch API" in result.output
     assert emu.batches.counters.batches_created["gemini"] == 0
+
+
+def test_ctrl_c_while_a_pipelines_batch_runs_exits_3_and_the_rerun_goes_on(emu: Emulator, tmp_path: Path) -> None:
+    import signal
+
+    from tests.runs import cli_process
+
+    emu.configure(batch_fates=("slow",), batch_latency=0.5)  # answered after 5 s
+    _rows(tmp_path, 3)
+    path = _pipeline(tmp_path, emu, first=True, second=False)
+    args = ("run", path, "-o", tmp_path / "run", "--quiet")
+    proc = cli_process(*args)
+    deadline = time.monotonic() + 60
+    while emu.batches.counters.batches_created["openai"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert b"1 batch(es) keep running at the provider" in err and b"run the same command again to collect" in err
+    assert [r["pixelmill"]["product"]["status"] for r in read_output(tmp_path / "run")] == ["pending"] * 3
+    again = cli(*args)
+    assert again.code == 0, again.output
+    assert emu.batches.counters.batches_created["openai"] == 1
+    assert [(r["pixelmill"]["product"]["status"], r["pixelmill"]["marble"]["status"])
+            for r in read_output(tmp_path / "run")] == [("done", "done")] * 3
