@@ -226,3 +226,23 @@ def test_ctrl_c_while_a_pipelines_batch_runs_exits_3_and_the_rerun_goes_on(emu: 
     assert emu.batches.counters.batches_created["openai"] == 1
     assert [(r["pixelmill"]["product"]["status"], r["pixelmill"]["marble"]["status"])
             for r in read_output(tmp_path / "run")] == [("done", "done")] * 3
+
+
+def test_a_generate_steps_conversations_generate_then_edit_in_batches_of_each_task(emu: Emulator,
+                                                                                   tmp_path: Path) -> None:
+    rows = [{"id": "a", "conversations": [{"role": "user", "content": "a red fox"},
+                                          {"role": "user", "content": "give it a scarf"}]},
+            {"id": "b", "prompt": "a blue bird"}]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    args = ("generate", src, "--base-url", emu.openai_base_url, "--id-field", "id", "--quality", "low", "--quiet")
+    assert cli(*args, "-o", tmp_path / "sync").code == 0
+    result = cli(*args, "-o", tmp_path / "run", "--batch")
+    assert result.code == 0, result.output
+    journal = Journal.open(tmp_path / "run")
+    tasks = [(entry.task, entry.lines) for entry in BatchBook(journal).batches()]
+    journal.close()
+    assert tasks == [("generate", 2), ("edit", 1)]  # a batch has one endpoint: turn 2 edits turn 1's image
+    out, sync = read_output(tmp_path / "run"), read_output(tmp_path / "sync")
+    assert [r["images"] for r in out] == [r["images"] for r in sync]
+    assert out[0]["pixelmill"]["turns"] == sync[0]["pixelmill"]["turns"]
+    assert all(r["pixelmill"]["status"] == "done" for r in out)

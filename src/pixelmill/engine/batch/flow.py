@@ -63,7 +63,7 @@ def check_batch(plan: RunPlan, config: RunConfig) -> frozenset[str]:
     batched: list[str] = []
     for step in plan.steps:
         asked = step.config.batch or (config.batch and not pipeline)
-        problem = _unbatchable(step)
+        problem = _unbatchable(step, "`batch: true`" if step.config.batch else "--batch")
         if problem is None and (asked or config.batch):
             batched.append(step.config.name)
         elif problem is not None and asked:
@@ -80,15 +80,15 @@ def check_batch(plan: RunPlan, config: RunConfig) -> frozenset[str]:
     return frozenset(batched)
 
 
-def _unbatchable(step: StepPlan) -> str | None:
-    """Why `step` cannot be batched, or None."""
+def _unbatchable(step: StepPlan, flag: str = "--batch") -> str | None:
+    """Why `step` cannot be batched, or None; `flag` is what asked for it (the fix names it)."""
     if isinstance(step.provider, AzureProvider):
-        return "Azure OpenAI's batch API takes no image requests (reference: async-apis.md); run without batch"
+        return f"Azure OpenAI's batch API takes no image requests (reference: async-apis.md); run without {flag}"
     if wire_for(step.provider) is None:
         return (f"{step.provider.name} has no batch API that pixelmill drives (OpenAI only, for now); run without "
-                "batch")
+                f"{flag}")
     if step.fallbacks:
-        return "a step with fallback models cannot be batched; drop the fallbacks or batch"
+        return f"a step with fallback models cannot be batched; drop the fallbacks or {flag}"
     return None
 
 
