@@ -246,3 +246,25 @@ def test_a_generate_steps_conversations_generate_then_edit_in_batches_of_each_ta
     assert [r["images"] for r in out] == [r["images"] for r in sync]
     assert out[0]["pixelmill"]["turns"] == sync[0]["pixelmill"]["turns"]
     assert all(r["pixelmill"]["status"] == "done" for r in out)
+
+
+def test_a_conversation_a_synchronous_run_left_after_turn_one_goes_on_in_a_batch(emu: Emulator,
+                                                                                 tmp_path: Path) -> None:
+    (tmp_path / "pics").mkdir()
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "pics" / "a.png", format="PNG")
+    turns = [{"role": "user", "content": t} for t in ("make it blue", "add a hat")]
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "c", "images": "pics/a.png", "conversations": turns}])
+    args = ("edit", src, "--base-url", emu.openai_base_url, "--id-field", "id", "--quality", "low", "--quiet")
+    emu.configure(fail_after=1, fail_with="auth")  # turn 1 is answered, turn 2 stops the run
+    assert cli(*args, "-o", tmp_path / "run").code == 3
+    [row] = read_output(tmp_path / "run")
+    assert row["pixelmill"]["status"] == "pending"
+    emu.configure(fail_after=None)
+    result = cli(*args, "-o", tmp_path / "run", "--batch")
+    assert result.code == 0, result.output
+    assert sorted(emu.batches.counters.billed("openai")) == ["r000000001t1"]  # only turn 2 went into a batch
+    assert cli(*args, "-o", tmp_path / "sync").code == 0
+    [row], [sync] = read_output(tmp_path / "run"), read_output(tmp_path / "sync")
+    assert row["output_image"] == sync["output_image"]
+    assert [(t["prompt"], t["images"]) for t in row["pixelmill"]["turns"]] == \
+        [(t["prompt"], t["images"]) for t in sync["pixelmill"]["turns"]]

@@ -25,8 +25,9 @@ from typing import IO
 
 from pixelmill.engine.context import RunContext
 from pixelmill.engine.inputs import gather_inputs
+from pixelmill.engine.outcome import done_call
 from pixelmill.engine.plan import StepPlan
-from pixelmill.engine.row import Frontier, Row, RowExecutor
+from pixelmill.engine.row import Frontier, Row, RowExecutor, log_turn
 from pixelmill.errors import InputError, InternalError, PixelmillError
 from pixelmill.providers.base import ImageRequest
 from pixelmill.providers.batchwire import BatchWire
@@ -135,8 +136,10 @@ class StepBatches:
             if t == 0:
                 images = inputs.images
             else:
-                # The previous turn's images, read back from RUNDIR, as the synchronous path sends them.
-                images = [*await self.rows.reload(state.info["turns"][t - 1]["images"]), *inputs.later_images[t - 1]]
+                # The previous turn's images (its one call's), read back from RUNDIR, as the synchronous path sends
+                # them.
+                previous = done_call(state.info, t - 1).get("outputs", [])
+                images = [*await self.rows.reload(previous), *inputs.later_images[t - 1]]
             task, plan = step.turn_plan(inputs.task, t, len(turns), len(images))
             if len(plan.calls) != 1:
                 raise InputError(f"batch: this row needs {len(plan.calls)} calls (n above what one call makes); "
@@ -148,7 +151,12 @@ class StepBatches:
             self._failed(row, state, InternalError.of(exc))
             return None
         if len(turns) > 1:
-            # What the collect needs to log the turn (the source is not read there), journaled before the line.
+            # Turns an earlier run made and has not logged yet (the synchronous path logs a turn after saving
+            # its call), logged as that path logs them on a resume; then what the collect needs to log this turn
+            # (the source is not read there), journaled before the line.
+            log = state.info.setdefault("turns", [])
+            for u in range(len(log), t):
+                log_turn(log, u, turns[u].prompt, list(done_call(state.info, u).get("outputs", [])), [], True)
             state.status = "pending"
             state.info.pop("error", None)
             state.info["batch_turn"] = {"turn": t, "turns": len(turns), "prompt": turns[t].prompt}
