@@ -472,14 +472,14 @@ class Pipeline:
              mask: str | None = None, output_field: str | None = None, prompt_field: str | None = None,
              image_field: str | None = None, mask_field: str | None = None, name_template: str | None = None,
              fallback: list[str | Mapping[str, Any]] | None = None, param: Mapping[str, Any] | None = None,
-             **image_params: ImageParam) -> Pipeline:
+             batch: bool | None = None, **image_params: ImageParam) -> Pipeline:
         """Add a step (the keys of a pipeline file's step); `image_params` are its image parameters (n, size,
         aspect_ratio, resolution, quality, ...: an unknown one is an error naming it when the pipeline is run).
         Returns the pipeline, so that steps chain."""
         keys = {"name": name, "task": task, "model": model, "prompt": prompt, "images": images, "mask": mask,
                 "output_field": output_field, "prompt_field": prompt_field, "image_field": image_field,
                 "mask_field": mask_field, "name_template": name_template, "fallback": fallback, "param": param,
-                **image_params}
+                "batch": batch, **image_params}
         self._steps.append({k: v for k, v in keys.items() if v is not None})
         return self
 

@@ -238,7 +238,7 @@ def models(
 # ---------------------------------------------------------------- spend and visibility: estimate, status, gallery
 _PIPELINE_SUFFIXES = (".yaml", ".yml")
 # The options `estimate` takes for a pipeline file (the budget and what selects rows); the rest are the file's.
-_PIPELINE_OPTIONS = ("output", "limit", "max_cost", "retry_failed", "restart", "restart_step")
+_PIPELINE_OPTIONS = ("output", "limit", "max_cost", "retry_failed", "restart", "restart_step", "batch")
 
 
 def _estimate(input: Path, task: str = "generate", json: bool = False, **kwargs: Any) -> int:

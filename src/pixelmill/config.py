@@ -50,6 +50,9 @@ class StepConfig(BaseModel):
     output_field: str | None = None
     name_template: str | None = None  # image file names below RUNDIR/images; default "{step}/{key}_{i}"
     params: ImageParams = Field(default_factory=ImageParams)
+    # `batch: true` (pipelines): this step's rows go through the provider's batch API (engine/batch/). Not part of
+    # the fingerprint, like `--batch`: a run may switch (a row is never in two live batches either way).
+    batch: bool = False
 
     @field_validator("name_template")
     @classmethod
@@ -164,8 +167,9 @@ class RunConfig(BaseModel):
     allowed_paths: tuple[Path, ...] = ()
     api_key: str | None = Field(default=None, repr=False, exclude=True)
     models_file: Path | None = None
-    # --batch: rows go through the provider's batch API (engine/batch/); --detach: submit and exit 4. Neither is
-    # part of the fingerprint: a run may switch between them (a row is never in two live batches either way).
+    # --batch: rows go through the provider's batch API (engine/batch/): the one step of generate/edit, every step
+    # of a pipeline that can be batched; --detach: submit and exit 4. Neither is part of the fingerprint: a run
+    # may switch between them (a row is never in two live batches either way).
     batch: bool = False
     detach: bool = False
 

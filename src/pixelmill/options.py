@@ -190,6 +190,11 @@ class PipelineOptions:
     max_cost: float | None = option(
         None, "Budget in USD for this run directory, across resumes [default: the file's, else none].", panel=LIMITS)
     retry_failed: bool = option(False, "Also re-request rows that failed.", panel=RUN)
+    batch: bool = option(False, "Send the rows of every step that can be batched through the provider's batch "
+                                "API (OpenAI): half price; re-running the same command collects [default: the "
+                                "steps with `batch: true`].", panel=RUN)
+    detach: bool = option(False, "With batch steps: submit the batches and exit 4; run the same command again to "
+                                 "collect.", panel=RUN)
     restart: bool = option(False, "Discard the run in the output folder and start over.", panel=RUN)
     restart_step: list[str] | None = option(
         None, "Make step NAME again, with the steps that read its outputs; the others keep their done rows "
@@ -306,6 +311,7 @@ def pipeline_config(path: Path | Mapping[str, Any], options: PipelineOptions | N
     overrides = {
         "output": o.output, "format": o.format, "limit": o.limit, "api_key": o.api_key,
         "retry_failed": o.retry_failed or None, "restart": o.restart or None,
+        "batch": o.batch or o.detach or None, "detach": o.detach or None,
         "restart_steps": tuple(o.restart_step) if o.restart_step else None,
         "verify_images": o.verify_images or None, "report_broken": o.report_broken or None,
         "embed_images": o.embed_images or None, "allow_private_urls": o.allow_private_urls or None,

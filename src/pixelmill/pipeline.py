@@ -49,7 +49,7 @@ TOP_KEYS = {"source", "output", "models", "limits", "steps", "id_field", "format
 REF_KEYS = {"provider", "model", "base_url", "base_model", "api_version", "options"}
 PARAM_KEYS = set(ImageParams.model_fields) - {"extra"}
 STEP_KEYS = {"name", "task", "model", "fallback", "prompt", "prompt_field", "images", "image_field", "mask",
-             "mask_field", "output_field", "name_template", "param"} | PARAM_KEYS
+             "mask_field", "output_field", "name_template", "param", "batch"} | PARAM_KEYS
 LIMIT_KEYS = set(Limits.model_fields)
 _FIELD_REF = re.compile(r"^\{([^{}]+)\}$")
 
@@ -271,6 +271,10 @@ def _step(body: Any, index: int, aliases: dict[str, tuple[ModelRef, dict[str, An
     if not isinstance(extra, dict):
         raise where.error("must be a mapping of provider parameters", step=name, key="param")
     task = body.get("task", "generate")
+    batch = body.get("batch", False)
+    if not isinstance(batch, bool):
+        raise where.error("must be true or false (send this step's rows through the provider's batch API)",
+                          step=name, key="batch")
     prompt = body.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise where.error("must be text (a template with {field} placeholders, or a fixed prompt)", step=name,
@@ -296,6 +300,7 @@ def _step(body: Any, index: int, aliases: dict[str, tuple[ModelRef, dict[str, An
             output_field=body.get("output_field"),
             name_template=body.get("name_template"),
             params=ImageParams(**params, extra=extra),
+            batch=batch,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -13,12 +13,17 @@ of space is freed so that the journal can record the row as it stands, pending, 
 answer whose images could not be written is counted (`RunStats.unstored`) and its row is sent again by a re-run.
 Each file's byte size is kept in the row's info (`sizes`), for a re-run to check that done rows still have their
 files (engine/runner.py).
+
+In a run with batch steps (engine/batch/), `batched` names them: `run` carries a row through its synchronous
+steps and stops at the first batch step with work left, returning it (`Frontier`: the step, the row's fields with
+the earlier steps' outputs, its state) for the batch flow to make the row a line of that step's batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pixelmill.engine.call import Failure, Sender, Stopped
@@ -58,17 +63,34 @@ class Row:
     slot: int  # its entry in the journal (found by the row's identity), which its results are saved under
 
 
+@dataclass(slots=True)
+class Frontier:
+    """Where a row waits for a batch step: the step, the row's fields (earlier steps' outputs included, their
+    names in `rundir_fields`: they resolve against RUNDIR) and the step's state."""
+
+    step: StepPlan
+    data: dict[str, Any]
+    state: StepState
+    rundir_fields: set[str] = field(default_factory=set)
+
+
 class RowExecutor:
     """Carries rows through every step of the run, one row per `run` call (many run at once)."""
 
-    def __init__(self, ctx: RunContext, steps: list[StepPlan], sender: Sender) -> None:
+    def __init__(self, ctx: RunContext, steps: list[StepPlan], sender: Sender,
+                 batched: frozenset[str] = frozenset()) -> None:
         self.ctx = ctx
         self.steps = steps
         self.sender = sender
         self.jobs = JobSender(sender)  # the calls of remote-job providers (engine/jobs.py)
+        self.batched = batched  # the steps a batch flow sends (engine/batch/): `run` stops there
 
-    async def run(self, row: Row) -> None:
+    async def run(self, row: Row, retry: Callable[[StepState], bool] | None = None) -> Frontier | None:
+        """Carry `row` through its steps; returns where it waits for a batch step, if it does. `retry` says
+        which failed steps are sent again (default: all of them with --retry-failed)."""
         ctx = self.ctx
+        if retry is None:
+            retry = _retry_all if ctx.config.retry_failed else _retry_none
         assert row.record.data is not None
         data = dict(row.record.data)
         rundir_fields: set[str] = set()
@@ -85,14 +107,16 @@ class RowExecutor:
                 data[step.config.out_field] = state.outputs
                 rundir_fields.add(step.config.out_field)
                 continue
-            if state.status == "failed" and not ctx.config.retry_failed:
+            if state.status == "failed" and not retry(state):
                 failed_step = name
                 continue
             if ctx.halt.stopping.is_set():
-                return
+                return None
+            if name in self.batched:
+                return Frontier(step, data, state, rundir_fields)
             state = await self._run_step(step, row, data, rundir_fields, state)
             if state.status == "pending":  # stopped mid-row: the rest stays pending
-                return
+                return None
             if state.status == "failed":
                 failed_step = name
             else:
@@ -100,6 +124,7 @@ class RowExecutor:
                 rundir_fields.add(step.config.out_field)
         if failed_step is None:
             ctx.stats.rows_done += 1
+        return None
 
     async def _run_step(self, step: StepPlan, row: Row, data: dict[str, Any], rundir_fields: set[str],
                         state: StepState) -> StepState:
@@ -239,12 +264,12 @@ class RowExecutor:
                     call_no += 1
                     state.calls_done = call_no
                     if last and number == len(plan.calls) - 1:  # the step's last call: one save marks it done
-                        _log_turn(turn_log, t, turn.prompt, turn_outputs, turn_texts, multi)
+                        log_turn(turn_log, t, turn.prompt, turn_outputs, turn_texts, multi)
                         finish(state, turn_log, multi)
                     self.save(step.config.name, row.slot, state)
-            _log_turn(turn_log, t, turn.prompt, turn_outputs, turn_texts, multi)
+            log_turn(turn_log, t, turn.prompt, turn_outputs, turn_texts, multi)
             if not last:
-                previous_images = await self._reload(turn_outputs)
+                previous_images = await self.reload(turn_outputs)
                 if step.provider.chat:
                     history.append(ChatTurn(turn.prompt, images, restore_content(model_content, ctx.store)))
         if state.status != "done":  # every call was made in an earlier run, which stopped before this point
@@ -276,7 +301,8 @@ class RowExecutor:
         self.ctx.stats.images += len(paths)
         return paths
 
-    async def _reload(self, paths: list[str]) -> list[InputImage]:
+    async def reload(self, paths: list[str]) -> list[InputImage]:
+        """The images of an earlier turn, read back from RUNDIR: the next turn's input."""
         from pixelmill.reading.images import inspect_image
 
         out = []
@@ -312,6 +338,13 @@ class RowExecutor:
         except DiskFull:
             self.ctx.stats.unrecorded += 1
 
+    def upstream_failed(self, step: StepPlan, slot: int) -> None:
+        """`step` failed for the row outside `run` (a batch line): the steps after it are recorded as not run."""
+        names = [s.config.name for s in self.steps]
+        for later in names[names.index(step.config.name) + 1:]:
+            self.save(later, slot, StepState("failed", info={"error": {
+                "kind": "upstream", "message": f"not run: step {step.config.name!r} failed for this row"}}))
+
     def fail(self, step: StepPlan, slot: int, state: StepState, exc: PixelmillError,
              attempts: int = 0) -> StepState:
         """Record the row as failed on this model, with the error and the `attempts` of the call that failed
@@ -339,13 +372,21 @@ class RowExecutor:
         return state
 
 
+def _retry_all(state: StepState) -> bool:
+    return True
+
+
+def _retry_none(state: StepState) -> bool:
+    return False
+
+
 def _bill(result: ImageResult) -> float | None:
     """What the provider said the call cost (`extra["cost_usd"]`: a remote job's bill), when it said."""
     value = result.extra.get("cost_usd")
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 else None
 
 
-def _log_turn(turn_log: list[dict[str, Any]], t: int, prompt: str, outputs: list[str], texts: list[str],
+def log_turn(turn_log: list[dict[str, Any]], t: int, prompt: str, outputs: list[str], texts: list[str],
               multi: bool) -> None:
     if multi and len(turn_log) <= t:
         turn_log.append({"prompt": prompt, "images": outputs, "text": "\n".join(texts) or None})

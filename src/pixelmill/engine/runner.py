@@ -90,8 +90,9 @@ class Runner:
         # Who each step sends to now (provider, base URL): whether an emulator's results are this run's.
         self._senders = {s.config.name: (s.provider.name, _base_url(s.provider)) for s in plan.steps}
         self._told_rehearsal = False
-        if config.batch:
-            check_batch(plan, config.limits.max_cost)  # ConfigError: nothing sent
+        # The steps sent through batch APIs (engine/batch/); ConfigError, with nothing sent, for what cannot be.
+        self.batched = check_batch(plan, config) if config.batch or any(s.batch for s in config.steps) \
+            else frozenset()
         self.files = FileCheck(config.output, list(config.steps), decode=config.verify_images,
                                report_only=config.report_broken)
 
@@ -141,8 +142,8 @@ class Runner:
                                      limits.retry_base, limits.retry_cap)
                 sender = Sender(Admission(limiter, budget, self.halt.stopping), policy, self.stats,
                                 watch=FailureWatch(self.halt.stop))
-                executor = RowExecutor(ctx, self.plan.steps, sender)
-                if config.batch:
+                executor = RowExecutor(ctx, self.plan.steps, sender, self.batched)
+                if self.batched:
                     try:
                         await BatchFlow(ctx, self.plan, executor, detach=config.detach, notice=self.notice,
                                         id_field=config.id_field).run()

@@ -125,7 +125,8 @@ def estimate(config: RunConfig, *, env: Mapping[str, str] | None = None) -> RunE
         _row(plan, steps, record.index, record.data, done_rows)
     for runtime, step in zip(plan.steps, steps, strict=True):
         step.batch = batch_cost(runtime.spec, step.cost) if step.priced else None
-        if config.batch and step.batch is not None:  # --batch: the run pays the batch rate; online is the aside
+        # --batch (or a pipeline step's `batch: true`): the run pays the batch rate; online is the aside.
+        if (config.batch or runtime.config.batch) and step.batch is not None:
             step.online, step.cost = step.cost, step.batch
         if step.fallbacks:
             notices.append(f"step {step.name!r}: {step.fallbacks} fallback model(s) are not counted: they are "

@@ -5,8 +5,9 @@ crashed one knows exactly what is on the provider's side.
 Tables:
 - `batches`: one per batch, numbered in order (`seq`, also in the name given to the provider, so that a batch
   whose creation answer a crash lost is found again by listing the provider's batches): its step, provider,
-  `state`, the input `file_id`, the provider's `batch_id`, its line count, when it was created, and `info`
-  (the provider's last word: state, counts, output and error file ids, expiry).
+  `task` (its one endpoint: generate or edit; a step's conversations generate, then edit), `state`, the input
+  `file_id`, the provider's `batch_id`, its line count, when it was created, and `info` (the provider's last
+  word: state, counts, output and error file ids, expiry).
 - `batch_lines`: one per line: the batch, the step and row it belongs to, its `custom_id`, and `live` (1 until
   the batch is collected or given up). A partial unique index on (step, row) WHERE live = 1 makes "a row is in
   at most one live batch" a fact SQLite enforces, not a hope: adding a row that is already live fails.
@@ -41,7 +42,8 @@ CREATE TABLE IF NOT EXISTS batches (
     batch_id TEXT,
     lines INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
-    info TEXT NOT NULL DEFAULT '{}'
+    info TEXT NOT NULL DEFAULT '{}',
+    task TEXT
 );
 CREATE TABLE IF NOT EXISTS batch_lines (
     seq INTEGER NOT NULL,
@@ -71,6 +73,7 @@ class BatchEntry:
     lines: int
     created: float
     info: dict[str, Any] = field(default_factory=dict)
+    task: str | None = None  # generate | edit; None in a journal written before batches had one (the step's)
 
 
 class BatchBook:
@@ -80,13 +83,15 @@ class BatchBook:
         self.journal = journal
         self.db = journal.db
         self.db.executescript(_SCHEMA)
+        if "task" not in _columns(journal):  # a journal from before batches had a task
+            self.db.execute("ALTER TABLE batches ADD COLUMN task TEXT")
 
     # ------------------------------------------------------------ building
-    def start(self, step: str, provider: str) -> int:
-        """A new batch, `building`: returns its number."""
+    def start(self, step: str, provider: str, task: str | None = None) -> int:
+        """A new batch of `task` lines, `building`: returns its number."""
         with self.journal._disk():
-            cur = self.db.execute("INSERT INTO batches (step, provider, state, created) VALUES (?, ?, 'building', ?)",
-                                  (step, provider, time.time()))
+            cur = self.db.execute("INSERT INTO batches (step, provider, state, created, task) "
+                                  "VALUES (?, ?, 'building', ?, ?)", (step, provider, time.time(), task))
         assert cur.lastrowid is not None
         return int(cur.lastrowid)
 
@@ -205,7 +210,12 @@ def read_batches(journal: Journal) -> list[BatchEntry]:
     found = journal.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'batches'").fetchone()
     if found is None:
         return []
-    rows = journal.db.execute("SELECT seq, step, provider, state, file_id, batch_id, lines, created, info FROM "
-                              "batches ORDER BY seq")
+    task = "task" if "task" in _columns(journal) else "NULL"
+    rows = journal.db.execute("SELECT seq, step, provider, state, file_id, batch_id, lines, created, info, "
+                              f"{task} FROM batches ORDER BY seq")
     return [BatchEntry(int(r[0]), str(r[1]), str(r[2]), str(r[3]), r[4], r[5], int(r[6]), float(r[7]),
-                       orjson.loads(r[8])) for r in rows]
+                       orjson.loads(r[8]), r[9]) for r in rows]
+
+
+def _columns(journal: Journal) -> set[str]:
+    return {str(r[1]) for r in journal.db.execute("PRAGMA table_info(batches)")}

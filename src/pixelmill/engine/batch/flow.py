@@ -1,86 +1,105 @@
-"""One batch run (`--batch`) of a one-step job: recover, submit, wait, collect, through a provider's batch API
-(providers/batchwire.py: `BatchWire`; `wire_for` picks the provider's).
+"""A run with batch steps (`--batch`, a pipeline step's `batch: true`): rows go through a provider's batch API
+(providers/batchwire.py: `BatchWire`; `wire_for` picks the provider's) for those steps, and through the
+synchronous engine for the others.
 
 Order of a run, so that a crash anywhere neither loses a paid line nor creates a second batch for a row:
 1. recover what an earlier run left: a batch still `building` never reached the provider and is dropped (its
    rows free); an `uploaded` one may have been created by a run killed before it journaled the answer, so the
    provider's batches are listed for its name (`pixelmill-<RUNDIR's id>-<its number>`) and it is adopted when
    found, created only when not;
-2. submit: the source is read in order; every row pending for the step and in no live batch becomes one JSONL
-   line, written to a file on disk as it is made (never the whole batch in memory), recorded in the journal
-   in chunks as the file grows (writing/batches.py: a row already live fails the insert); a file is closed at
-   the provider's limits (lines, bytes), uploaded (file id journaled), and its batch created (batch id
-   journaled): only then does anything wait;
-3. `--detach` stops here (exit 4: "submitted; run the same command again to collect");
-4. wait: each live batch is polled, its state and line counts shown, until it ends;
-5. collect: the output and error files are streamed to disk and read line by line; each line is mapped to its
-   row by `custom_id`; images are written exactly as synchronous runs write them (engine/row.py `store`, the
-   file names of DESIGN 2.3) and the row's step journaled done (cost at the batch rate from the reported usage),
-   failed (refused, rejected, or the line's error), or left pending when the batch left it unanswered (expired,
-   cancelled): the next batch takes it. The batch is marked collected, which frees its rows.
+2. a frontier pass (frontier.py): the source is read in order and every row is moved as far as it can go now:
+   its synchronous steps are run (with the engine's limits), and at a batch step with work left it becomes one
+   JSONL line of that step's open batch (building.py: written to disk as it is made, journaled in chunks as the
+   file grows, a row already live fails the insert); a file is closed at the provider's limits, uploaded (file
+   id journaled) and its batch created (batch id journaled); at the end of the pass the open batches are sent;
+3. `--detach` stops once a pass has run and a poll of the live batches found none ended (exit 4: "submitted;
+   run the same command again to collect");
+4. wait: each live batch is polled, its state and line counts shown, while a pass may be running;
+5. collect (collect.py): an ended batch's answers are mapped to their rows and journaled as the synchronous path
+   journals a call (done, failed, or left pending when the batch left it unanswered), and the batch is marked
+   collected, which frees its rows; then another pass runs (passes never overlap: requests made while one runs
+   coalesce into the next), so a row goes on to its next step, or its conversation's next turn, as soon as its
+   own batch is back. The run ends when no batch is live and a pass found nothing more to send.
 
-Refused before anything is sent (ConfigError): --max-cost, more than one step, Azure (its batch API takes no image
-requests), Vertex AI (its batch prediction reads Cloud Storage or BigQuery), a provider other than OpenAI and Gemini
-(providers/gemini/batch.py: Gemini Batch Mode), fallback models. A row whose step would need more than one call
-(multi-turn, `n` above one call's), or a call of another task than the step's (a batch has one endpoint),
+A multi-turn row (a conversation) goes one turn per batch round: turn t's line carries turn t-1's images.
+A line that comes back unanswered is sent again in a later batch, at most `ROUNDS` batches per run.
+
+Refused before anything is sent (ConfigError): --max-cost; a step marked `batch: true` (or the one step of
+generate/edit with --batch) whose provider has no batch API pixelmill drives (OpenAI's Batch API and Gemini Batch
+Mode, providers/gemini/batch.py, are; Azure's batch API takes no image requests; Vertex AI's batch prediction
+reads Cloud Storage or BigQuery), or that has fallback models. `--batch` on a pipeline batches every step that
+can be; the others run synchronously. A row whose step would need more than one call for one turn (`n` above one
+call's)
 fails with that reason; the other rows are batched.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
+from pixelmill.config import RunConfig
+from pixelmill.engine.batch.building import ROUNDS, StepBatches, batch_name
+from pixelmill.engine.batch.collect import Collector
+from pixelmill.engine.batch.frontier import FrontierPass
 from pixelmill.engine.context import RunContext
-from pixelmill.engine.inputs import gather_inputs
-from pixelmill.engine.outcome import merge_result
 from pixelmill.engine.plan import RunPlan, StepPlan
-from pixelmill.engine.row import RowExecutor, finish
-from pixelmill.errors import ConfigError, InputError, PixelmillError, ProviderError, redact
-from pixelmill.models.cost import actual_cost
-from pixelmill.providers.base import ImageRequest, Provider
-from pixelmill.providers.batchwire import BatchSummary, BatchWire, LineAnswer
+from pixelmill.engine.row import RowExecutor
+from pixelmill.errors import ConfigError
+from pixelmill.providers.base import Provider
+from pixelmill.providers.batchwire import BatchSummary, BatchWire
 from pixelmill.providers.gemini.batch import GeminiBatchWire
 from pixelmill.providers.gemini.provider import GeminiProvider
 from pixelmill.providers.openai.batch import OpenAIBatchWire
 from pixelmill.providers.openai.provider import AzureProvider, OpenAIProvider
-from pixelmill.reading.records import read_records
 from pixelmill.writing.batches import BatchBook, BatchEntry
-from pixelmill.writing.journal import RowIdentity, StepState
 
-CHUNK = 256  # rows read, and lines journaled, at a time
-ROUNDS = 4  # batches of one run: the first, then resubmissions of what expired or failed batches left
 # What the next run will be told: --detach, and Ctrl-C while waiting.
 DETACHED = "submitted; run the same command again to collect"
 VERTEX_HOST = "aiplatform.googleapis.com"  # Vertex AI's Gemini endpoints: no Batch Mode through the File API
 
 
-def check_batch(plan: RunPlan, max_cost: float | None) -> None:
-    """Refuse, before anything is sent, what --batch does not do."""
-    if max_cost is not None:
+def check_batch(plan: RunPlan, config: RunConfig) -> frozenset[str]:
+    """The steps a run sends through batch APIs (none: a run without batch steps); refuses, before anything is
+    sent, what batch mode does not do."""
+    pipeline = config.pipeline
+    batched: list[str] = []
+    for step in plan.steps:
+        asked = step.config.batch or (config.batch and not pipeline)
+        problem = _unbatchable(step, "`batch: true`" if step.config.batch else "--batch")
+        if problem is None and (asked or config.batch):
+            batched.append(step.config.name)
+        elif problem is not None and asked:
+            where = f"step {step.config.name!r}: batch: " if pipeline else "--batch: "
+            raise ConfigError(f"{where}{problem}")
+    if config.batch and pipeline and not batched:
+        raise ConfigError("--batch: no step of this pipeline can be batched (OpenAI and Gemini steps without "
+                          "fallback models can); run without --batch")
+    if batched and config.limits.max_cost is not None:
         # A batch's lines are billed when it ends, not when sent: without reserving each batch's maximum when it
         # is created (not built yet), the budget could not be kept, so it is not offered.
         raise ConfigError("--batch with --max-cost is not supported yet (a batch's maximum is not reserved against "
                           "the budget); drop one of them")
-    if len(plan.steps) != 1:
-        raise ConfigError("--batch: only one-step runs (generate or edit) take --batch for now; run the "
-                          "pipeline's steps without it")
-    step = plan.steps[0]
+    return frozenset(batched)
+
+
+def _unbatchable(step: StepPlan, flag: str = "--batch") -> str | None:
+    """Why `step` cannot be batched, or None; `flag` is what asked for it (the fix names it)."""
     if isinstance(step.provider, AzureProvider):
-        raise ConfigError("--batch: Azure OpenAI's batch API takes no image requests (reference: async-apis.md); "
-                          "run without --batch")
+        return f"Azure OpenAI's batch API takes no image requests (reference: async-apis.md); run without {flag}"
     if isinstance(step.provider, GeminiProvider) and VERTEX_HOST in urlsplit(step.provider.base_url).netloc:
-        raise ConfigError("--batch: Vertex AI's batch prediction reads its requests from Cloud Storage or BigQuery, "
-                          "not from the Gemini API's File API; pixelmill drives Gemini Batch Mode of the Gemini API "
-                          "(generativelanguage.googleapis.com): drop --base-url, or run without --batch")
+        return ("Vertex AI's batch prediction reads its requests from Cloud Storage or BigQuery, not from the Gemini "
+                "API's File API; pixelmill drives Gemini Batch Mode of the Gemini API "
+                f"(generativelanguage.googleapis.com): drop --base-url, or run without {flag}")
     if wire_for(step.provider) is None:
-        raise ConfigError(f"--batch: {step.provider.name} has no batch API that pixelmill drives (OpenAI's Batch "
-                          "API and Gemini Batch Mode only); use --provider openai or gemini, or run without --batch")
+        return (f"{step.provider.name} has no batch API that pixelmill drives (OpenAI's Batch API and Gemini Batch "
+                f"Mode only); use --provider openai or gemini, or run without {flag}")
     if step.fallbacks:
-        raise ConfigError("--batch: a step with fallback models cannot be batched; drop the fallbacks or --batch")
+        return f"a step with fallback models cannot be batched; drop the fallbacks or {flag}"
+    return None
 
 
 def wire_for(provider: Provider) -> BatchWire | None:
@@ -93,51 +112,43 @@ def wire_for(provider: Provider) -> BatchWire | None:
 
 
 class BatchFlow:
-    """Carries the run's rows through batches: see the module docstring for the order of things."""
+    """Carries the run's rows through its synchronous and batch steps: see the module docstring."""
 
     def __init__(self, ctx: RunContext, plan: RunPlan, rows: RowExecutor, *, detach: bool,
                  notice: Callable[[str], None], id_field: str | None) -> None:
         self.ctx = ctx
-        self.step: StepPlan = plan.steps[0]
-        wire = wire_for(self.step.provider)
-        assert wire is not None  # check_batch refused the others
-        self.wire = wire
-        self.rows = rows  # its `store`, `save` and `fail`: images and states exactly as synchronous runs
+        self.plan = plan
+        self.rows = rows  # `batched` names the batch steps; its `store`, `save` and `fail` write as sync runs do
         self.detach = detach
         self.notice = notice
         self.id_field = id_field
         self.book = BatchBook(ctx.journal)
-        self.counting = 1
-        self.unanswered = 0  # lines of batches collected this round that came back unanswered
-        self.name = self.step.config.name
         self.folder = ctx.rundir / ".pixelmill" / "batches"
-        self.max_lines = min(ctx.config.limits.batch_max_lines or wire.max_lines, wire.max_lines)
         self.poll = ctx.config.limits.batch_poll
-        self.max_bytes = wire.max_bytes
+        self.leftovers: Counter[tuple[str, str]] = Counter()  # lines back unanswered in this run
+        # One builder per step a batch API can take (live batches of a step batched no more are still collected).
+        self.batches: dict[str, StepBatches] = {}
+        for number, step in enumerate(plan.steps):
+            wire = wire_for(step.provider) if _unbatchable(step) is None else None
+            if wire is not None:
+                self.batches[step.config.name] = StepBatches(ctx, step, number, wire, rows, self.book, self.folder,
+                                                             notice, self.leftovers)
+        self.collector = Collector(ctx, plan.steps, rows, self.book, self.folder, notice, self.leftovers)
+        self.passes = 0
+        self._shown: dict[int, str] = {}  # each batch's progress line last shown
 
     # ------------------------------------------------------------ the run
     async def run(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         await self._recover()
-        for round in range(ROUNDS):
-            self.unanswered = 0
-            self.counting = int(round == 0)  # a resubmission reads the source again: counted once
-            submitted = await self._submit()
-            if round and submitted:
-                self.notice(f"resubmitted {submitted} row(s) that an expired, cancelled or failed batch left "
-                            "unanswered")
-            if self.ctx.halt.stopping.is_set():
-                return
-            live = self.book.batches(live_only=True)
-            if not live:
-                return
-            if self.detach:
-                self.ctx.halt.stop(f"{len(live)} batch(es) {DETACHED} (or `pixelmill status` to follow them)",
-                                   "submitted")
-                return
-            await self._wait()
-            if self.ctx.halt.stopping.is_set() or not self.unanswered:
-                break
+        if self.detach:
+            await self._detached()
+        else:
+            await self._attended()
+        held = sum(b.held for b in self.batches.values())
+        if held:
+            self.notice(f"{held} row(s) stay pending: {ROUNDS} batches of this run left them unanswered; run the "
+                        "same command again to send them again")
         halt = self.ctx.halt
         left = len(self.book.batches(live_only=True))
         if left and halt.kind == "interrupted" and halt.reason is not None:
@@ -145,261 +156,104 @@ class BatchFlow:
             halt.reason += (f"; {left} batch(es) keep running at the provider (`pixelmill status` shows them): run "
                             "the same command again to collect them")
 
+    async def _attended(self) -> None:
+        """Passes and polls side by side until no batch is live and a pass found nothing more to send."""
+        stop = self.ctx.halt.stopping
+        stopping = asyncio.create_task(stop.wait())
+        running: asyncio.Task[None] | None = None
+        wanted = True  # a pass is due: at the start, then after each collect
+        interval = 0.25  # doubled after each poll up to --batch-poll's; back to the start when a batch is sent
+        sent = 0
+        try:
+            while not stop.is_set():
+                if running is not None and running.done():
+                    running.result()
+                    running = None
+                if wanted and running is None:
+                    wanted = False
+                    running = asyncio.create_task(self._pass())
+                live = self._submitted()
+                if not live and running is None and not wanted:
+                    return
+                if await self._poll(live):
+                    wanted, interval = True, 0.25
+                    continue
+                now_sent = sum(b.sent for b in self.batches.values())
+                if now_sent != sent:
+                    sent, interval = now_sent, 0.25
+                waits: list[asyncio.Future[Any]] = [stopping] + ([running] if running is not None else [])
+                await asyncio.wait(waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                interval = min(interval * 2, self.poll)
+            if running is not None:
+                await running  # it drains its calls in flight and drops its open batches
+        finally:
+            stopping.cancel()
+            if running is not None and not running.done():
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
+
+    async def _detached(self) -> None:
+        """--detach: collect what has ended, move rows on, send; exit 4 while any batch is live."""
+        stop = self.ctx.halt.stopping
+        while not stop.is_set():
+            await self._pass()
+            live = self._submitted()
+            if stop.is_set() or not live or not await self._poll(live):
+                break
+        live = self.book.batches(live_only=True)
+        if live and not stop.is_set():
+            self.ctx.halt.stop(f"{len(live)} batch(es) {DETACHED} (or `pixelmill status` to follow them)",
+                               "submitted")
+
+    async def _pass(self) -> None:
+        before = sum(b.resubmitted for b in self.batches.values())
+        await FrontierPass(self.ctx, self.plan.steps, self.rows, self.batches, self.book, id_field=self.id_field,
+                           concurrency=self.plan.concurrency, first=self.passes == 0, notice=self.notice).run()
+        self.passes += 1
+        again = sum(b.resubmitted for b in self.batches.values()) - before
+        if again:
+            self.notice(f"resubmitted {again} row(s) that an expired, cancelled or failed batch left unanswered")
+
+    def _submitted(self) -> list[BatchEntry]:
+        return [b for b in self.book.batches(live_only=True) if b.state == "submitted"]
+
     # ------------------------------------------------------------ 1. recover
     async def _recover(self) -> None:
         for entry in self.book.batches(live_only=True):
             if entry.state == "building":
                 self.book.drop(entry.seq)
-            elif entry.state == "uploaded":
+            elif entry.state == "uploaded" and (batches := self.batches.get(entry.step)) is not None:
                 assert entry.file_id is not None
-                found = await self.wire.find(self._name(entry.seq), entry.file_id)
+                found = await batches.wire.find(batch_name(self.book, entry.seq), entry.file_id)
                 if found is not None:
                     self.notice(f"batch {entry.seq}: found {found.id} at the provider (created by a run stopped "
                                 "before it was recorded); not created again")
                     self.book.submitted(entry.seq, found.id, found.as_json())
                 else:
-                    await self._create(entry.seq, entry.file_id)
+                    await batches.create(entry.seq, entry.file_id, entry.task)
 
-    def _name(self, seq: int) -> str:
-        """The provider-side name of batch `seq`: this RUNDIR's id and the batch's number, unique to it."""
-        return f"pixelmill-{self.book.run_id()}-{seq:05d}"
-
-    # ------------------------------------------------------------ 2. submit
-    async def _submit(self) -> int:
-        """Read the source; rows pending and in no live batch become lines, in input order. Returns how many."""
-        ctx, journal = self.ctx, self.ctx.journal
-        made = 0
-        current: _Building | None = None
-        records = read_records(ctx.config.source, ctx.config.source_format)
-        chunk: list[Any] = []
-
-        async def flush(chunk: list[Any]) -> None:
-            nonlocal current, made
-            entries, _ = journal.claim([RowIdentity.of(r, self.id_field) for r in chunk])
-            slots = [entries[r.index].slot for r in chunk]
-            states = journal.states(self.name, slots)
-            live = self.book.live_rows(self.name, slots)
-            for record in chunk:
-                ctx.stats.rows_read += self.counting
-                slot = entries[record.index].slot
-                state = states.get(slot)
-                if record.error is not None:
-                    if state is None:
-                        journal.save(self.name, slot, StepState("failed", info={"error": {
-                            "kind": "input", "message": record.error}}))
-                    if self.counting:
-                        ctx.stats.count_failure("input")
-                    continue
-                if state is not None and (state.status == "done" or
-                                          (state.status == "failed" and not ctx.config.retry_failed)):
-                    ctx.stats.rows_skipped += self.counting
-                    continue
-                if slot in live:
-                    continue
-                request = await self._request(record, slot, state or StepState())
-                if request is None:
-                    continue
-                data = self.wire.line(f"r{slot:09d}", request)
-                if current is not None and (current.lines >= self.max_lines
-                                            or current.bytes + len(data) > self.max_bytes):
-                    await self._send(current)
-                    current = None
-                if current is None:
-                    current = self._open()
-                current.add(slot, data)
-                made += 1
-                if len(current.pending) >= CHUNK:
-                    current.record(self.book, self.name)
-
-        limit = ctx.config.limit
-        for record in records:
-            if limit is not None and record.index >= limit:
-                break
-            chunk.append(record)
-            if len(chunk) >= CHUNK:
-                await flush(chunk)
-                chunk = []
-            if ctx.halt.stopping.is_set():
-                break
-        if chunk and not ctx.halt.stopping.is_set():
-            await flush(chunk)
-        if current is not None:
-            if ctx.halt.stopping.is_set():
-                current.close()
-                self.book.drop(current.seq)
-            else:
-                await self._send(current)
-        return made
-
-    async def _request(self, record: Any, slot: int, state: StepState) -> ImageRequest | None:
-        """The one call a row's step makes, or None when the row failed here (its input)."""
-        step = self.step
-        try:
-            inputs = await gather_inputs(step.config, step.spec, dict(record.data), rundir_fields=set(),
-                                         policy=self.ctx.inputs, rundir=self.ctx.rundir, session=self.ctx.session)
-            if len(inputs.turns) > 1:
-                raise InputError("--batch: multi-turn rows are not batched (one call per row); run without --batch")
-            task, plan = step.turn_plan(inputs.task, 0, 1, len(inputs.images))
-            if task != self._task():  # a batch has one endpoint: a generate step's rows with images would edit
-                raise InputError(f"--batch: this row would {task} in a {self._task()} step's batch; give every row "
-                                 "input images, or none")
-            if len(plan.calls) != 1:
-                raise InputError(f"--batch: this row needs {len(plan.calls)} calls (n above what one call makes); "
-                                 "lower --n or run without --batch")
-        except PixelmillError as exc:
-            self.rows.fail(step, slot, state, exc)
-            return None
-        return ImageRequest(task=task, model=step.wire_model,  # type: ignore[arg-type]
-                            prompt=inputs.turns[0].prompt, params=plan.calls[0], images=inputs.images,
-                            mask=inputs.mask, row=record.index, timeout=step.timeout)
-
-    def _open(self) -> _Building:
-        seq = self.book.start(self.name, self.step.provider.name)
-        path = self.folder / f"batch-{seq:05d}.jsonl"
-        return _Building(seq, path, path.open("wb"))
-
-    async def _send(self, building: _Building) -> None:
-        """Close, upload and create one batch; its lines are journaled before anything is sent."""
-        building.record(self.book, self.name)
-        building.close()
-        file_id = await self.wire.upload(building.path, self._name(building.seq))
-        self.book.uploaded(building.seq, file_id)
-        building.path.unlink(missing_ok=True)
-        await self._create(building.seq, file_id)
-
-    async def _create(self, seq: int, file_id: str) -> None:
-        _hook("before_create")
-        model = ImageRequest(task=self._task(), model=self.step.wire_model, prompt="",  # type: ignore[arg-type]
-                             params={}, row=-1)
-        batch = await self.wire.create(file_id, model, self._name(seq))
-        _hook("after_create")  # a kill here: the next run finds the batch by listing (`_recover`)
-        self.book.submitted(seq, batch.id, batch.as_json())
-        self.notice(f"batch {seq} submitted: {batch.id}")
-
-    def _task(self) -> str:
-        return "generate" if self.step.config.task == "generate" else "edit"
-
-    # ------------------------------------------------------------ 4. wait
-    async def _wait(self) -> None:
-        stop = self.ctx.halt.stopping
-        shown: dict[int, str] = {}
-        interval = 0.25  # doubled after each round up to --batch-poll's: a quick batch is collected quickly
-        while not stop.is_set():
-            live = [b for b in self.book.batches(live_only=True) if b.state == "submitted"]
-            if not live:
-                return
-            for entry in live:
-                assert entry.batch_id is not None
-                summary = await self.wire.get(entry.batch_id)
-                self.book.note(entry.seq, summary.as_json())
-                line = _progress(entry, summary)
-                if shown.get(entry.seq) != line:
-                    shown[entry.seq] = line
-                    self.notice(line)
-                if summary.ended:
-                    await self._collect(entry, summary)
-            try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except TimeoutError:
-                interval = min(interval * 2, self.poll)
-
-    # ------------------------------------------------------------ 5. collect
-    async def _collect(self, entry: BatchEntry, summary: BatchSummary) -> None:
-        answered: set[int] = set()
-        async for answer in self.wire.answers(summary, self.folder):
-            row = self.book.row_of(entry.seq, answer.custom_id)
-            if row is None or row in answered:
+    # ------------------------------------------------------------ 4. wait, 5. collect
+    async def _poll(self, live: list[BatchEntry]) -> int:
+        """Poll each live batch once and collect those that ended. Returns how many were collected."""
+        shown = self._shown
+        collected = 0
+        for entry in live:
+            batches = self.batches.get(entry.step)
+            if batches is None:  # its step is configured no more, or on a provider without batches: left live
                 continue
-            if await self._line(row, answer):
-                answered.add(row)
-        left = entry.lines - len(answered)
-        self.unanswered += left
-        if summary.state == "failed":
-            reason = redact(summary.errors or "no reason given", ())
-            self.notice(f"batch {entry.seq} ({entry.batch_id}) failed validation: {reason}; its rows are "
-                        "submitted again by the next run")
-        elif left:
-            self.notice(f"batch {entry.seq} ({entry.batch_id}) {summary.status}: {left} line(s) unanswered stay "
-                        "pending and go into the next batch")
-        self.book.collected(entry.seq, summary.as_json())
-
-    async def _line(self, slot: int, answer: LineAnswer) -> bool:
-        """Map one answer line to its row. False: the line is no answer (expired or cancelled leftovers), the
-        row stays pending."""
-        step, ctx = self.step, self.ctx
-        state = ctx.journal.states(self.name, [slot]).get(slot) or StepState()
-        if state.status == "done":
-            return True
-        if self.wire.unanswered(answer):
-            return False
-        key, index = self._key_of(slot)
-        plan = step.plan(self._task())
-        params = plan.calls[0]
-        request = ImageRequest(task=self._task(), model=step.wire_model, prompt="",  # type: ignore[arg-type]
-                               params=params, row=index, timeout=step.timeout)
-        state.attempts += 1
-        try:
-            result = await self.wire.result(answer, request, step.spec)
-        except ProviderError as exc:
-            self.rows.fail(step, slot, state, exc)
-            return True
-        if result is None:
-            self.rows.fail(step, slot, state, self.wire.error(answer, step.wire_model))
-            return True
-        cost = (actual_cost(step.spec, params, result.usage, len(result.images)) or 0.0) \
-            * (1.0 - (step.spec.price.batch_discount or 0.0))
-        ctx.stats.spent += cost
-        ctx.stats.requests += 1
-        state.cost += cost
-        paths = await self.rows.store(step, key, index, state, plan, result)
-        merge_result(state.info, result, params, cost, paths, 0, False, by_path=plan.convert_to is None)
-        state.info["batch"] = True
-        state.calls_done = 1
-        finish(state, [], False)
-        self.rows.save(self.name, slot, state)
-        ctx.stats.rows_done += 1
-        return True
-
-    def _key_of(self, slot: int) -> tuple[str, int]:
-        found = self.ctx.journal.db.execute("SELECT key, position FROM records WHERE row = ?", (slot,)).fetchone()
-        return (str(found[0]), -1 if found[1] is None else int(found[1])) if found else (f"row{slot}", slot)
-
-
-class _Building:
-    """A batch's JSONL file as it is written: lines go to disk at once; their rows wait in `pending` (at most
-    a chunk) to be journaled."""
-
-    def __init__(self, seq: int, path: Path, fh: IO[bytes]) -> None:
-        self.seq, self.path, self.fh = seq, path, fh
-        self.lines = 0
-        self.bytes = 0
-        self.pending: list[tuple[int, str]] = []
-
-    def add(self, slot: int, data: bytes) -> None:
-        self.fh.write(data)
-        self.lines += 1
-        self.bytes += len(data)
-        self.pending.append((slot, f"r{slot:09d}"))
-
-    def record(self, book: BatchBook, step: str) -> None:
-        if self.pending:
-            book.add_lines(self.seq, step, self.pending)
-            self.pending = []
-
-    def close(self) -> None:
-        self.fh.close()
+            assert entry.batch_id is not None
+            summary = await batches.wire.get(entry.batch_id)
+            self.book.note(entry.seq, summary.as_json())
+            line = _progress(entry, summary)
+            if shown.get(entry.seq) != line:
+                shown[entry.seq] = line
+                self.notice(line)
+            if summary.ended:
+                await self.collector.collect(entry, summary, batches.wire, entry.task or batches.task)
+                collected += 1
+        return collected
 
 
 def _progress(entry: BatchEntry, summary: BatchSummary) -> str:
     return (f"batch {entry.seq} ({entry.batch_id}): {summary.status}, {summary.completed} done, "
             f"{summary.failed} failed of {entry.lines} lines")
-
-
-def _hook(name: str) -> None:
-    """Tests kill the process at a named moment (PIXELMILL_BATCH_KILL_AT=after_create): a crash between creating a
-    batch and journaling its id, made real."""
-    import os
-    import signal
-
-    if os.environ.get("PIXELMILL_BATCH_KILL_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
