@@ -166,6 +166,7 @@ def test_the_wire_uploads_in_chunks_finds_by_display_name_and_cancels(emu: Emula
 
 
 def test_detach_exits_4_and_the_same_command_collects(emu: Emulator, tmp_path: Path) -> None:
+    emu.configure(batch_latency=5.0)  # still running when the second --detach looks, however slow the machine
     src = write_jsonl(tmp_path / "in.jsonl", prompts(5))
     first = cli(*args(emu, src, tmp_path / "run"), "--detach", env=ENV)
     assert first.code == 4, first.output

@@ -58,6 +58,7 @@ def test_split_by_lines_and_rerun_sends_nothing(emu: Emulator, tmp_path: Path) -
 
 
 def test_detach_exits_4_and_the_same_command_collects(emu: Emulator, tmp_path: Path) -> None:
+    emu.configure(batch_latency=5.0)  # still running when the second --detach looks, however slow the machine
     src = write_jsonl(tmp_path / "in.jsonl", prompts(5))
     args = ("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--batch", "--quiet")
     first = cli(*args, "--detach")

@@ -192,14 +192,14 @@ def test_detach_and_rerun_a_pipeline_until_every_batch_is_collected(emu: Emulato
 def test_a_batch_step_on_a_provider_without_batches_is_refused_naming_it(emu: Emulator, tmp_path: Path) -> None:
     _rows(tmp_path, 2)
     body = {"source": "in.jsonl", "steps": [
-        {"name": "painted", "model": {"provider": "gemini", "model": "gemini-2.5-flash-image",
-                                      "base_url": emu.gemini_base_url}, "batch": True}]}
-    path = tmp_path / "gem.yaml"
+        {"name": "painted", "model": {"provider": "fal", "model": "fal-ai/flux/schnell",
+                                      "base_url": emu.jobs_base_url}, "batch": True}]}
+    path = tmp_path / "fal.yaml"
     path.write_text(yaml.safe_dump(body), encoding="utf-8")
-    result = cli("run", path, "-o", tmp_path / "run", env={"GEMINI_API_KEY": "k" * 20})
+    result = cli("run", path, "-o", tmp_path / "run", env={"FAL_KEY": "k" * 20})
     assert result.code == 2
-    assert "step 'painted': batch: gemini has no batch API" in result.output
-    assert emu.batches.counters.batches_created["gemini"] == 0
+    assert "step 'painted': batch: fal has no batch API" in result.output
+    assert not emu.batches.counters.batches_created and not emu.batches.counters.files_uploaded
 
 
 def test_ctrl_c_while_a_pipelines_batch_runs_exits_3_and_the_rerun_goes_on(emu: Emulator, tmp_path: Path) -> None:
