@@ -176,6 +176,28 @@ def test_edit_batch_carries_its_input_images(emu: Emulator, tmp_path: Path) -> N
     assert sorted(emu.batches.counters.billed("openai")) == ["r000000001", "r000000002"]
 
 
+def test_a_line_is_checked_as_a_synchronous_call_is_before_it_joins_a_batch(emu: Emulator, tmp_path: Path) -> None:
+    """What a synchronous call refuses before sending (a prompt over the model's limit, more input images than it
+    takes) fails its row here, naming the field: it never reaches a batch, the other rows are batched."""
+    from PIL import Image
+
+    (tmp_path / "pics").mkdir()
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "pics" / "a.png", format="PNG")
+    rows = [{"id": "fine", "images": "pics/a.png", "prompt": "make it blue"},
+            {"id": "long", "images": "pics/a.png", "prompt": "blue " * 7000},
+            {"id": "many", "images": ["pics/a.png"] * 17, "prompt": "combine these"}]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    result = cli("edit", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--id-field", "id",
+                 "--batch", "--quiet")
+    assert result.code == 1, result.output
+    out = {r["id"]: r["pixelmill"] for r in read_output(tmp_path / "run")}
+    assert out["fine"]["status"] == "done", out["fine"]
+    for name, field, words in (("long", "prompt", "takes at most 32000"), ("many", "images", "takes at most 16")):
+        assert out[name]["status"] == "failed" and out[name]["error"]["kind"] == "input", out[name]
+        assert out[name]["error"]["field"] == field and words in out[name]["error"]["message"], out[name]
+    assert sorted(emu.batches.counters.billed("openai")) == ["r000000001"]  # only the fine row was a line
+
+
 def test_max_cost_is_refused_with_batch_before_anything_is_sent(emu: Emulator, tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", prompts(2))
     result = cli("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--batch",

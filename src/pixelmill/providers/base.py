@@ -168,6 +168,10 @@ class Provider(abc.ABC):
     async def call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
         """Send one request. Raise only `pixelmill.errors` types; map third-party exceptions at the boundary."""
 
+    def check(self, request: ImageRequest, spec: ModelSpec) -> None:  # noqa: B027 - optional hook
+        """The checks `call` makes before it sends anything (prompt length, input images, mask), raising
+        `InputError`: a request sent another way (a batch line) is checked the same."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Called once at the end of a run."""
 

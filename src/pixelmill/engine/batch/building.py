@@ -144,6 +144,10 @@ class StepBatches:
             if len(plan.calls) != 1:
                 raise InputError(f"batch: this row needs {len(plan.calls)} calls (n above what one call makes); "
                                  "lower n or run this step without batch")
+            request = ImageRequest(task=task, model=step.wire_model, prompt=turns[t].prompt,  # type: ignore[arg-type]
+                                   params=plan.calls[0], images=images, mask=inputs.mask if t == 0 else None,
+                                   row=row.record.index, timeout=step.timeout)
+            step.provider.check(request, step.spec)  # what a synchronous call refuses before sending, refused here
         except PixelmillError as exc:
             self._failed(row, state, exc)
             return None
@@ -161,9 +165,6 @@ class StepBatches:
             state.info.pop("error", None)
             state.info["batch_turn"] = {"turn": t, "turns": len(turns), "prompt": turns[t].prompt}
             self.rows.save(self.name, row.slot, state)
-        request = ImageRequest(task=task, model=step.wire_model, prompt=turns[t].prompt,  # type: ignore[arg-type]
-                               params=plan.calls[0], images=images, mask=inputs.mask if t == 0 else None,
-                               row=row.record.index, timeout=step.timeout)
         return request, custom_id(row.slot, self.step_no, t)
 
     def _failed(self, row: Row, state: StepState, exc: PixelmillError) -> None:

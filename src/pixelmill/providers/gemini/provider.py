@@ -130,8 +130,11 @@ class GeminiProvider(Provider):
             raise scrub_error(exc, secrets) from exc.__cause__
         return scrub_result(result, secrets)
 
-    async def _call(self, request: ImageRequest, spec: ModelSpec, secrets: tuple[str, ...]) -> ImageResult:
+    def check(self, request: ImageRequest, spec: ModelSpec) -> None:
         check_inputs(spec, request.images, mask=request.mask)
+
+    async def _call(self, request: ImageRequest, spec: ModelSpec, secrets: tuple[str, ...]) -> ImageResult:
+        self.check(request, spec)
         model = request.model.removeprefix("models/")
         reply = await self._http.send(
             "POST",

@@ -188,10 +188,13 @@ class OpenAIProvider(Provider):
             raise scrub_error(exc, secrets) from exc.__cause__
         return scrub_result(result, secrets)
 
-    async def _call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
+    def check(self, request: ImageRequest, spec: ModelSpec) -> None:
         if request.task != "variation":
             check_prompt(spec, request.prompt)
         check_inputs(spec, request.task, request.images, request.mask)
+
+    async def _call(self, request: ImageRequest, spec: ModelSpec) -> ImageResult:
+        self.check(request, spec)
         url, query = self.endpoint(request.task, request.model)
         label = f"{self.name} {request.model}"
         data: bytes | aiohttp.FormData
