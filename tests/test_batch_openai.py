@@ -175,14 +175,6 @@ def test_edit_batch_carries_its_input_images(emu: Emulator, tmp_path: Path) -> N
     assert sorted(emu.batches.counters.billed("openai")) == ["r000000001", "r000000002"]
 
 
-def test_max_cost_is_refused_with_batch_before_anything_is_sent(emu: Emulator, tmp_path: Path) -> None:
-    src = write_jsonl(tmp_path / "in.jsonl", prompts(2))
-    result = cli("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--batch",
-                 "--max-cost", "1")
-    assert result.code == 2 and "--max-cost" in result.output
-    assert emu.batches.counters.files_uploaded["openai"] == 0
-
-
 @pytest.mark.parametrize("seed", [1, 2])
 def test_sigkill_at_random_moments_then_rerun_bills_no_line_twice(emu: Emulator, tmp_path: Path,
                                                                    seed: int) -> None:

@@ -58,6 +58,7 @@ from pixelmill.errors import DiskFull, InternalError, redact
 from pixelmill.netpolicy import strip_userinfo
 from pixelmill.reading.images import InputPolicy
 from pixelmill.reading.records import Record, read_records
+from pixelmill.writing.batches import read_batches
 from pixelmill.writing.journal import Journal, RowIdentity, StepState
 from pixelmill.writing.store import ImageStore
 
@@ -126,7 +127,9 @@ class Runner:
                             "they may have been billed and are charged at their reservation")
             self.stats.spent_before = journal.spent()
             budget = Budget(limits.max_cost, spent=self.stats.spent_before)
-            if budget.limit is not None and budget.spent >= budget.limit and not journal.live_jobs():
+            if budget.limit is not None and budget.spent >= budget.limit and not journal.live_jobs() \
+                    and not any(b.state in ("uploaded", "submitted") for b in read_batches(journal)):
+                # (live jobs and batches are still collected: their reservations are in the spend already)
                 self.halt.stop(f"budget of ${budget.limit:.2f} already spent (${budget.spent:.4f}); raise "
                                "--max-cost to continue", "budget")
             else:

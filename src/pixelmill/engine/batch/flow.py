@@ -19,7 +19,10 @@ Order of a run, so that a crash anywhere neither loses a paid line nor creates a
    failed (refused, rejected, or the line's error), or left pending when the batch left it unanswered (expired,
    cancelled): the next batch takes it. The batch is marked collected, which frees its rows.
 
-Refused before anything is sent (ConfigError): --max-cost, more than one step, Azure (its batch API takes no image
+With --max-cost, each line reserves its maximum as it joins a batch and a batch is never built past the budget
+(engine/batch/budget.py: split, wait for bills, or stop with the budget's line).
+
+Refused before anything is sent (ConfigError): more than one step, Azure (its batch API takes no image
 requests), a provider other than OpenAI, fallback models. A row whose step would need more than one call
 (multi-turn, `n` above one call's), or a call of another task than the step's (a batch has one endpoint),
 fails with that reason; the other rows are batched.
@@ -32,6 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from pixelmill.engine.batch.budget import BatchBudget
+from pixelmill.engine.batch.resubmits import Resubmits
 from pixelmill.engine.context import RunContext
 from pixelmill.engine.inputs import gather_inputs
 from pixelmill.engine.outcome import merge_result
@@ -55,11 +60,6 @@ DETACHED = "submitted; run the same command again to collect"
 
 def check_batch(plan: RunPlan, max_cost: float | None) -> None:
     """Refuse, before anything is sent, what --batch does not do."""
-    if max_cost is not None:
-        # A batch's lines are billed when it ends, not when sent: without reserving each batch's maximum when it
-        # is created (not built yet), the budget could not be kept, so it is not offered.
-        raise ConfigError("--batch with --max-cost is not supported yet (a batch's maximum is not reserved against "
-                          "the budget); drop one of them")
     if len(plan.steps) != 1:
         raise ConfigError("--batch: only one-step runs (generate or edit) take --batch for now; run the "
                           "pipeline's steps without it")
@@ -96,6 +96,8 @@ class BatchFlow:
         self.notice = notice
         self.id_field = id_field
         self.book = BatchBook(ctx.journal)
+        self.money = BatchBudget(rows.sender.admission.budget, self.book, self.step, ctx.stats)  # --max-cost
+        self.resubmits = Resubmits(self.book, self.step.config.name, ctx.stats)
         self.counting = 1
         self.unanswered = 0  # lines of batches collected this round that came back unanswered
         self.name = self.step.config.name
@@ -108,24 +110,32 @@ class BatchFlow:
     async def run(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         await self._recover()
-        for round in range(ROUNDS):
+        round = resubmitting = 0
+        while True:
             self.unanswered = 0
             self.counting = int(round == 0)  # a resubmission reads the source again: counted once
-            submitted = await self._submit()
-            if round and submitted:
-                self.notice(f"resubmitted {submitted} row(s) that an expired, cancelled or failed batch left "
-                            "unanswered")
+            self.money.new_round()
+            self.resubmits.new_round()
+            await self._submit()
+            if self.resubmits.round:
+                self.notice(f"resubmitted {self.resubmits.round} row(s) that an expired, cancelled or failed batch "
+                            "left unanswered")
             if self.ctx.halt.stopping.is_set():
                 return
             live = self.book.batches(live_only=True)
             if not live:
+                if self.money.exhausted():  # rows held back, and no batch left to free budget for them
+                    self.ctx.halt.stop(self.money.reached_message(), "budget")
                 return
             if self.detach:
                 self.ctx.halt.stop(f"{len(live)} batch(es) {DETACHED} (or `pixelmill status` to follow them)",
                                    "submitted")
                 return
             await self._wait()
-            if self.ctx.halt.stopping.is_set() or not self.unanswered:
+            round += 1
+            resubmitting += bool(self.unanswered)
+            if self.ctx.halt.stopping.is_set() or not ((self.unanswered and resubmitting < ROUNDS)
+                                                       or self.money.held):
                 break
         halt = self.ctx.halt
         left = len(self.book.batches(live_only=True))
@@ -168,6 +178,7 @@ class BatchFlow:
             slots = [entries[r.index].slot for r in chunk]
             states = journal.states(self.name, slots)
             live = self.book.live_rows(self.name, slots)
+            self.resubmits.look(slots)
             for record in chunk:
                 ctx.stats.rows_read += self.counting
                 slot = entries[record.index].slot
@@ -188,6 +199,13 @@ class BatchFlow:
                 request = await self._request(record, slot, state or StepState())
                 if request is None:
                     continue
+                reserved = self.money.line_max(request)
+                if not self.money.admit(reserved):  # over the budget: the batch is sent with what fits
+                    if current is not None:
+                        await self._send(current)
+                        current = None
+                    continue
+                self.resubmits.joined(slot, state)
                 data = self.wire.line(f"r{slot:09d}", request)
                 if current is not None and (current.lines >= self.max_lines
                                             or current.bytes + len(data) > self.max_bytes):
@@ -195,7 +213,7 @@ class BatchFlow:
                     current = None
                 if current is None:
                     current = self._open()
-                current.add(slot, data)
+                current.add(slot, data, reserved)
                 made += 1
                 if len(current.pending) >= CHUNK:
                     current.record(self.book, self.name)
@@ -299,8 +317,11 @@ class BatchFlow:
             row = self.book.row_of(entry.seq, answer.custom_id)
             if row is None or row in answered:
                 continue
-            if await self._line(row, answer):
+            cost = await self._line(row, answer)
+            if cost is not None:
                 answered.add(row)
+                self.money.settle(entry.seq, answer.custom_id, cost)
+        self.money.release_rest(entry.seq)
         left = entry.lines - len(answered)
         self.unanswered += left
         if summary.state == "failed":
@@ -312,15 +333,15 @@ class BatchFlow:
                         "pending and go into the next batch")
         self.book.collected(entry.seq, summary.as_json())
 
-    async def _line(self, slot: int, answer: LineAnswer) -> bool:
-        """Map one answer line to its row. False: the line is no answer (expired or cancelled leftovers), the
-        row stays pending."""
+    async def _line(self, slot: int, answer: LineAnswer) -> float | None:
+        """Map one answer line to its row; returns what it cost. None: the line is no answer (expired or cancelled
+        leftovers), the row stays pending."""
         step, ctx = self.step, self.ctx
         state = ctx.journal.states(self.name, [slot]).get(slot) or StepState()
         if state.status == "done":
-            return True
+            return 0.0  # recorded by an earlier collection of this batch (its cost is in the results)
         if self.wire.unanswered(answer):
-            return False
+            return None
         key, index = self._key_of(slot)
         plan = step.plan(self._task())
         params = plan.calls[0]
@@ -331,10 +352,10 @@ class BatchFlow:
             result = await self.wire.result(answer, request, step.spec)
         except ProviderError as exc:
             self.rows.fail(step, slot, state, exc)
-            return True
+            return 0.0
         if result is None:
             self.rows.fail(step, slot, state, self.wire.error(answer, step.wire_model))
-            return True
+            return 0.0
         cost = (actual_cost(step.spec, params, result.usage, len(result.images)) or 0.0) \
             * (1.0 - (step.spec.price.batch_discount or 0.0))
         ctx.stats.spent += cost
@@ -347,7 +368,7 @@ class BatchFlow:
         finish(state, [], False)
         self.rows.save(self.name, slot, state)
         ctx.stats.rows_done += 1
-        return True
+        return cost
 
     def _key_of(self, slot: int) -> tuple[str, int]:
         found = self.ctx.journal.db.execute("SELECT key, position FROM records WHERE row = ?", (slot,)).fetchone()
@@ -362,13 +383,13 @@ class _Building:
         self.seq, self.path, self.fh = seq, path, fh
         self.lines = 0
         self.bytes = 0
-        self.pending: list[tuple[int, str]] = []
+        self.pending: list[tuple[int, str, float]] = []
 
-    def add(self, slot: int, data: bytes) -> None:
+    def add(self, slot: int, data: bytes, reserved: float = 0.0) -> None:
         self.fh.write(data)
         self.lines += 1
         self.bytes += len(data)
-        self.pending.append((slot, f"r{slot:09d}"))
+        self.pending.append((slot, f"r{slot:09d}", reserved))
 
     def record(self, book: BatchBook, step: str) -> None:
         if self.pending:
