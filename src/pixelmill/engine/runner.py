@@ -82,8 +82,10 @@ class Runner:
         *,
         stats: RunStats | None = None,
         notice: Callable[[str], None] = lambda _: None,
+        batch_collect_only: bool = False,
     ) -> None:
         self.config = config
+        self.batch_collect_only = batch_collect_only  # `pixelmill cancel`: collect the cancelled batches, send nothing
         self.plan = plan
         self.stats = stats or RunStats()
         self.notice = notice
@@ -146,8 +148,9 @@ class Runner:
                                 watch=FailureWatch(self.halt.stop))
                 executor = RowExecutor(ctx, self.plan.steps, sender)
                 if config.batch:
-                    await BatchFlow(ctx, self.plan, executor, detach=config.detach, notice=self.notice,
-                                    id_field=config.id_field).run()
+                    flow = BatchFlow(ctx, self.plan, executor, detach=config.detach, notice=self.notice,
+                                     id_field=config.id_field)
+                    await (flow.collect() if self.batch_collect_only else flow.run())
                 else:
                     await self._run_rows(ctx, executor)
                 self.stats.jobs_left = len(journal.live_jobs())

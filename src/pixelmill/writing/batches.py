@@ -152,13 +152,14 @@ class BatchBook:
                 raise
 
     def drop(self, seq: int) -> None:
-        """A batch that never reached the provider (`building`): forgotten, its rows free."""
+        """A batch that never reached the provider (`building`, or `uploaded` and not found there by its name):
+        forgotten, its rows free."""
         db = self.db
         with self.journal._disk():
             db.execute("BEGIN")
             try:
                 db.execute("DELETE FROM batch_lines WHERE seq = ?", (seq,))
-                db.execute("DELETE FROM batches WHERE seq = ? AND state = 'building'", (seq,))
+                db.execute("DELETE FROM batches WHERE seq = ? AND state IN ('building', 'uploaded')", (seq,))
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -229,6 +230,10 @@ class BatchBook:
             found = secrets.token_hex(8)
             self.journal.set_meta("batch_run_id", found)
         return found
+
+    def provider_name(self, seq: int) -> str:
+        """The provider-side name of batch `seq`: this RUNDIR's id and the batch's number, unique to it."""
+        return f"pixelmill-{self.run_id()}-{seq:05d}"
 
     def next_seq(self) -> int:
         return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM batches").fetchone()[0])

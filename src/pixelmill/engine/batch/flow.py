@@ -144,6 +144,12 @@ class BatchFlow:
             halt.reason += (f"; {left} batch(es) keep running at the provider (`pixelmill status` shows them): run "
                             "the same command again to collect them")
 
+    async def collect(self) -> None:
+        """Wait for the live batches and collect them, submitting nothing (`pixelmill cancel`, once it has
+        cancelled them at the provider and dropped those never created: engine/batch/cancel.py)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        await self._wait()
+
     # ------------------------------------------------------------ 1. recover
     async def _recover(self) -> None:
         for entry in self.book.batches(live_only=True):
@@ -161,7 +167,7 @@ class BatchFlow:
 
     def _name(self, seq: int) -> str:
         """The provider-side name of batch `seq`: this RUNDIR's id and the batch's number, unique to it."""
-        return f"pixelmill-{self.book.run_id()}-{seq:05d}"
+        return self.book.provider_name(seq)
 
     # ------------------------------------------------------------ 2. submit
     async def _submit(self) -> int:
