@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pixelmill.engine.batch.budget import BatchBudget
+from pixelmill.engine.batch.create import create_once
 from pixelmill.engine.batch.resubmits import Resubmits
 from pixelmill.engine.context import RunContext
 from pixelmill.engine.inputs import gather_inputs
@@ -281,13 +282,18 @@ class BatchFlow:
         await self._create(building.seq, file_id)
 
     async def _create(self, seq: int, file_id: str) -> None:
-        _hook("before_create")
         model = ImageRequest(task=self._task(), model=self.step.wire_model, prompt="",  # type: ignore[arg-type]
                              params={}, row=-1)
-        batch = await self.wire.create(file_id, model, self._name(seq))
-        _hook("after_create")  # a kill here: the next run finds the batch by listing (`_recover`)
+        try:  # a lost answer is looked for by listing, never created twice (engine/batch/create.py)
+            batch, found = await create_once(self.wire, file_id, model, self._name(seq))
+        except ProviderError as exc:
+            self.ctx.halt.stop(f"batch {seq} could not be created: {exc}; it stays recorded: run the same command "
+                               "again (it is looked for at the provider before it is created)", exc.kind)
+            return
+        # A kill here (the batch created, its id not journaled): the next run finds it by listing (`_recover`).
         self.book.submitted(seq, batch.id, batch.as_json())
-        self.notice(f"batch {seq} submitted: {batch.id}")
+        self.notice(f"batch {seq} submitted: {batch.id}" + (" (its create's answer was lost: found by listing)"
+                                                            if found else ""))
 
     def _task(self) -> str:
         return "generate" if self.step.config.task == "generate" else "edit"
@@ -410,12 +416,3 @@ def _progress(entry: BatchEntry, summary: BatchSummary) -> str:
     return (f"batch {entry.seq} ({entry.batch_id}): {summary.status}, {summary.completed} done, "
             f"{summary.failed} failed of {entry.lines} lines")
 
-
-def _hook(name: str) -> None:
-    """Tests kill the process at a named moment (PIXELMILL_BATCH_KILL_AT=after_create): a crash between creating a
-    batch and journaling its id, made real."""
-    import os
-    import signal
-
-    if os.environ.get("PIXELMILL_BATCH_KILL_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)

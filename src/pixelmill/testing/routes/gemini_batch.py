@@ -56,7 +56,7 @@ from pixelmill.testing.batches import (
     StoredFile,
     iter_lines,
 )
-from pixelmill.testing.exchange import STATUS_OF_FAULT, exchange, tag
+from pixelmill.testing.exchange import STATUS_OF_FAULT, cut, exchange, tag
 from pixelmill.testing.faults import read_markers
 from pixelmill.testing.keys import gemini_key
 from pixelmill.testing.state import EmulatorState
@@ -292,6 +292,11 @@ class GeminiBatchRoutes:
         batch.times[VALIDATING] = batch.created
         self.store.batches[batch.id] = batch
         self.store.counters.batches_created["gemini"] += 1
+        if config.batch_create_hold:
+            await asyncio.sleep(config.batch_create_hold)
+        if self.store.lose_create_answer(config.batch_lost_creates):
+            cut(request)  # created, and its answer lost: the client finds it by listing (display name)
+            return web.Response(status=200)  # never written: the transport is gone
         return _json(_operation(batch))
 
     async def get_batch(self, request: web.Request) -> web.StreamResponse:

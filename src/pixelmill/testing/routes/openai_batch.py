@@ -46,7 +46,7 @@ from pixelmill.testing.batches import (
     StoredFile,
     iter_lines,
 )
-from pixelmill.testing.exchange import STATUS_OF_FAULT, tag
+from pixelmill.testing.exchange import STATUS_OF_FAULT, cut, tag
 from pixelmill.testing.faults import read_markers
 from pixelmill.testing.keys import bearer
 from pixelmill.testing.state import EmulatorState
@@ -254,6 +254,11 @@ class OpenAIBatchRoutes:
         batch.times[VALIDATING] = batch.created
         self.store.batches[batch.id] = batch
         self.store.counters.batches_created["openai"] += 1
+        if config.batch_create_hold:
+            await asyncio.sleep(config.batch_create_hold)
+        if self.store.lose_create_answer(config.batch_lost_creates):
+            cut(request)  # created, and its answer lost: the client finds it by listing (metadata, input file)
+            return web.Response(status=200)  # never written: the transport is gone
         return web.json_response(self._object(batch), dumps=_dumps)
 
     async def get_batch(self, request: web.Request) -> web.StreamResponse:
