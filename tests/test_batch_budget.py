@@ -15,7 +15,7 @@ from pixelmill.writing.journal import Journal
 from tests.runs import prompts, read_output, run_api, write_jsonl
 
 FAST = {"batch_poll": 0.05, "batch_max_lines": 4}
-# The most one line may cost: gpt-image-1 (the default model), quality low, 1024x1024, at the batch rate (half the
+# The most one line may cost: gpt-image-2 (the default model), quality low, 1024x1024, at the batch rate (half the
 # synchronous maximum the table gives). The emulator bills less (its usage has fewer prompt tokens than the bound).
 LINE_MAX = 0.00616
 BUDGET = 10.5 * LINE_MAX  # two and a half batches of four lines at their maximum
@@ -97,4 +97,6 @@ def test_live_batches_reserve_their_maximum_across_runs(emu: Emulator, tmp_path:
     assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["done"] * 14
     spent, lines, _ = journal_numbers(tmp_path / "run")
     assert spent == pytest.approx(billed_cost(emu, tmp_path / "run")) and spent <= BUDGET
+    # Every bill was collected by this run: its own spend, the reservations it settled gone from the earlier spend.
+    assert final.stats.spent == pytest.approx(spent) and final.stats.spent_before == pytest.approx(0.0, abs=1e-9)
     assert not emu.batches.counters.billed_twice("openai")

@@ -44,7 +44,7 @@ class BatchBudget:
         self.next_line: float | None = None  # the maximum of the first row held back
         self._settled: dict[int, float] = {}  # batch -> reservations of its lines settled so far
         # Batches an earlier run left live: their reservations are in the spend read from the journal; they become
-        # this run's reservations, settled like the others (this run's own spend moves by bill - reservation).
+        # this run's reservations, settled like the others (their bills are this run's spend).
         self._earlier = {b.seq for b in book.batches(live_only=True)}
         if budget.limit is not None:
             live = book.reserved()
@@ -105,9 +105,9 @@ class BatchBudget:
         budget.reserved = max(0.0, budget.reserved - reserved)
         budget.spent += actual
         if seq in self._earlier:
-            # Counted in `spent_before` by the journal: this run's spend moves by the difference (the caller adds
-            # the bill), as for a remote job an earlier run submitted (engine/jobs.py `Earlier`).
-            self.stats.spent -= reserved
+            # Counted in `spent_before` (read from the journal) at its reservation: it leaves that figure, and the
+            # bill (the caller adds it) is this run's, so that "this run" shows what its collecting was billed.
+            self.stats.spent_before -= reserved
 
     def exhausted(self) -> bool:
         """Rows were held back and nothing is left to free budget for them: the run stops."""
