@@ -100,3 +100,22 @@ def test_live_batches_reserve_their_maximum_across_runs(emu: Emulator, tmp_path:
     # Every bill was collected by this run: its own spend, the reservations it settled gone from the earlier spend.
     assert final.stats.spent == pytest.approx(spent) and final.stats.spent_before == pytest.approx(0.0, abs=1e-9)
     assert not emu.batches.counters.billed_twice("openai")
+
+
+def test_a_batch_a_killed_run_was_building_frees_its_reservations(emu: Emulator, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(14))
+    options = {"quality": "low", "batch": True, "max_cost": BUDGET, "engine": FAST}
+    assert run_api(emu, src, tmp_path / "run", detach=True, **options).exit_code == 4
+    # A run killed while it wrote its next batch (never uploaded) left these lines and their reservations.
+    journal = Journal.open(tmp_path / "run")
+    book = BatchBook(journal)
+    entries = [int(r[0]) for r in journal.db.execute("SELECT row FROM records ORDER BY position")]
+    seq = book.start("generate", "openai")
+    book.add_lines(seq, "generate", [(row, f"r{row:09d}", LINE_MAX) for row in entries[10:14]])
+    assert journal.spent() == pytest.approx(14 * LINE_MAX)
+    journal.close()
+    final = run_api(emu, src, tmp_path / "run", **options)
+    assert final.exit_code == 0, final.aborted
+    assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["done"] * 14
+    spent, _, _ = journal_numbers(tmp_path / "run")
+    assert spent == pytest.approx(billed_cost(emu, tmp_path / "run")) and spent <= BUDGET

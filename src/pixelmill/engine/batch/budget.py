@@ -44,12 +44,17 @@ class BatchBudget:
         self.next_line: float | None = None  # the maximum of the first row held back
         self._settled: dict[int, float] = {}  # batch -> reservations of its lines settled so far
         # Batches an earlier run left live: their reservations are in the spend read from the journal; they become
-        # this run's reservations, settled like the others (their bills are this run's spend).
-        self._earlier = {b.seq for b in book.batches(live_only=True)}
-        if budget.limit is not None:
-            live = book.reserved()
-            budget.spent -= live
-            budget.reserved += live
+        # this run's reservations, settled like the others (their bills are this run's spend). Those of a batch
+        # still `building` go at once: the flow drops it (it never reached the provider).
+        self._earlier = {b.seq for b in book.batches(live_only=True) if b.state != "building"}
+        live = book.reserved()
+        kept = sum(book.reserved(seq) for seq in self._earlier)
+        budget.spent -= live
+        budget.reserved += kept
+        stats.spent_before -= live - kept
+        # Reservations to follow: a budget now, or lines an earlier run reserved (a run with --max-cost, then one
+        # without): without either, collecting reads no line's reservation.
+        self.active = budget.limit is not None or live > 0
 
     @property
     def limited(self) -> bool:
@@ -87,7 +92,7 @@ class BatchBudget:
 
     def settle(self, seq: int, custom_id: str, actual: float) -> None:
         """A collected line of batch `seq` cost `actual` (0: failed, not billed): its reservation ends."""
-        if not self.limited:
+        if not self.active:
             return
         reserved = self.book.reserved_of(seq, custom_id)
         self._settled[seq] = self._settled.get(seq, 0.0) + reserved
@@ -95,13 +100,13 @@ class BatchBudget:
 
     def release_rest(self, seq: int) -> None:
         """Batch `seq` is collected: the lines it left unanswered (billed nothing) release their reservations."""
-        if not self.limited:
+        if not self.active:
             return
         rest = max(0.0, self.book.reserved(seq) - self._settled.pop(seq, 0.0))
         self._end(seq, rest, 0.0)
 
     def _end(self, seq: int, reserved: float, actual: float) -> None:
-        budget = self.budget
+        budget = self.budget  # (without a limit, its numbers are kept but bound nothing)
         budget.reserved = max(0.0, budget.reserved - reserved)
         budget.spent += actual
         if seq in self._earlier:
