@@ -194,14 +194,21 @@ def test_a_create_whose_answer_is_lost_is_found_by_display_name(emu: Emulator, t
 
 
 def test_a_kill_between_create_and_journaling_creates_no_second_batch(emu: Emulator, tmp_path: Path) -> None:
+    emu.configure(batch_create_hold=30.0)  # the batch exists at once; its answer would come 30 s later
     src = write_jsonl(tmp_path / "in.jsonl", prompts(4))
-    proc = cli_process(*args(emu, src, tmp_path / "run"), env={**ENV, "PIXELMILL_BATCH_KILL_AT": "after_create"})
-    proc.communicate(timeout=120)
+    proc = cli_process(*args(emu, src, tmp_path / "run"), env=ENV)
+    deadline = time.monotonic() + 60
+    while emu.batches.counters.batches_created["gemini"] < 1 and proc.poll() is None:
+        assert time.monotonic() < deadline, "no batch was created"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # created at the provider, its id not journaled yet
+    proc.communicate(timeout=60)
     assert proc.returncode == -9
     journal = Journal.open(tmp_path / "run")
     [entry] = BatchBook(journal).batches()
     assert entry.state == "uploaded" and entry.batch_id is None  # the kill came before the id was journaled
     journal.close()
+    emu.configure(batch_create_hold=0.0)
     again = cli(*args(emu, src, tmp_path / "run"), env=ENV)
     assert again.code == 0, again.output
     assert "not created again" in again.output

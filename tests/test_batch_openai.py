@@ -4,6 +4,9 @@ detach (exit 4) and collect, and resume that never puts a row in two live batche
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -97,22 +100,46 @@ def test_expired_batch_keeps_its_answers_and_resubmits_the_rest(emu: Emulator, t
 
 
 def test_a_kill_between_create_and_journaling_creates_no_second_batch(emu: Emulator, tmp_path: Path) -> None:
+    emu.configure(batch_create_hold=30.0)  # the batch exists at once; its answer would come 30 s later
     src = write_jsonl(tmp_path / "in.jsonl", prompts(4))
     args = ("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--batch", "--quiet")
-    proc = cli_process(*args, env={"PIXELMILL_BATCH_KILL_AT": "after_create"})
-    proc.communicate(timeout=120)
-    assert proc.returncode == -9
+    proc = cli_process(*args)
+    kill_when_created(emu, proc, 1)
     assert emu.batches.counters.batches_created["openai"] == 1
     journal = Journal.open(tmp_path / "run")
     [entry] = BatchBook(journal).batches()
     assert entry.state == "uploaded" and entry.batch_id is None  # the kill came before the id was journaled
     journal.close()
+    emu.configure(batch_create_hold=0.0)
     again = cli(*args)
     assert again.code == 0, again.output
     assert "not created again" in again.output
     assert emu.batches.counters.batches_created["openai"] == 1
     assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["done"] * 4
     assert not emu.batches.counters.billed_twice("openai")
+
+
+def test_a_create_whose_answer_is_lost_is_found_by_listing(emu: Emulator, tmp_path: Path) -> None:
+    emu.configure(batch_lost_creates=1)  # created, then the connection reset before the answer
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(4))
+    result = cli("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--batch")
+    assert result.code == 0, result.output
+    assert "its create's answer was lost: found by listing" in result.output
+    counters = emu.batches.counters
+    assert counters.batches_created["openai"] == 1 and emu.batches.lost_creates == 1
+    assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["done"] * 4
+    assert sum(counters.billed("openai").values()) == 4 and not counters.billed_twice("openai")
+
+
+def kill_when_created(emu: Emulator, proc: subprocess.Popen[bytes], created: int) -> None:
+    """SIGKILL `proc` the moment the emulator has created its `created`-th batch (held answer: not yet recorded)."""
+    deadline = time.monotonic() + 60
+    while emu.batches.counters.batches_created["openai"] < created and proc.poll() is None:
+        assert time.monotonic() < deadline, "no batch was created"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -9
 
 
 def test_refused_where_no_batch_api(emu: Emulator, tmp_path: Path) -> None:
@@ -124,9 +151,6 @@ def test_refused_where_no_batch_api(emu: Emulator, tmp_path: Path) -> None:
 
 
 def test_ctrl_c_while_waiting_exits_3_and_the_batch_keeps_running(emu: Emulator, tmp_path: Path) -> None:
-    import signal
-    import time
-
     emu.configure(batch_fates=("slow",), batch_latency=0.5)  # answered after 5 s
     src = write_jsonl(tmp_path / "in.jsonl", prompts(3))
     args = ("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--batch", "--quiet")
@@ -198,32 +222,34 @@ def test_a_line_is_checked_as_a_synchronous_call_is_before_it_joins_a_batch(emu:
     assert sorted(emu.batches.counters.billed("openai")) == ["r000000001"]  # only the fine row was a line
 
 
-def test_max_cost_is_refused_with_batch_before_anything_is_sent(emu: Emulator, tmp_path: Path) -> None:
-    src = write_jsonl(tmp_path / "in.jsonl", prompts(2))
-    result = cli("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--batch",
-                 "--max-cost", "1")
-    assert result.code == 2 and "--max-cost" in result.output
-    assert emu.batches.counters.files_uploaded["openai"] == 0
-
-
 @pytest.mark.parametrize("seed", [1, 2])
 def test_sigkill_at_random_moments_then_rerun_bills_no_line_twice(emu: Emulator, tmp_path: Path,
                                                                    seed: int) -> None:
     import random
-    import signal
-    import time
 
     rng = random.Random(seed)
     emu.configure(batch_latency=0.6)
     src = write_jsonl(tmp_path / "in.jsonl", prompts(9))
     args = ("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--batch", "--quiet")
-    for moment in ("before_create", "after_create", None, None, None):
-        env = {"PIXELMILL_BATCH_KILL_AT": moment} if moment else {}
-        proc = cli_process(*args, env=env)
-        if moment is None:
+    created = 0
+    for moment in ("after_create", "lost_create", "random", "random", "random"):
+        if moment == "after_create":  # killed right after the batch was created, before its id is journaled
+            emu.configure(batch_create_hold=30.0)
+            proc = cli_process(*args)
+            kill_when_created(emu, proc, created + 1)
+            emu.configure(batch_create_hold=0.0)
+        elif moment == "lost_create":  # the next create's answer is reset, and the process killed at random
+            emu.configure(batch_lost_creates=1)
+            proc = cli_process(*args)
             time.sleep(rng.uniform(0.2, 2.0))
             proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=120)
+            proc.communicate(timeout=120)
+        else:
+            proc = cli_process(*args)
+            time.sleep(rng.uniform(0.2, 2.0))
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=120)
+        created = emu.batches.counters.batches_created["openai"]
     final = cli(*args)
     assert final.code == 0, final.output
     assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["done"] * 9

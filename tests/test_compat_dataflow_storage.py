@@ -176,7 +176,7 @@ def test_serving_maps_onto_the_engine_configuration(tmp_path: Path) -> None:
     assert (config.limits.concurrency, config.limits.timeout, config.limits.rpm) == (12, 90.0, 120.0)
     assert (step.params.quality, step.params.size, step.params.extra) == ("low", "1024x1536", {"moderation": "low"})
     plan = plan_run(config, env={})
-    assert plan.steps[0].provider._http.connect_timeout == 7.0  # type: ignore[attr-defined]
+    assert plan.steps[0].provider.http.connect_timeout == 7.0  # type: ignore[attr-defined]
 
     gemini = APIImageGenServing(api_url=None, image_io=ImageIO(str(tmp_path)), api_format="gemini")
     step = gemini.run_config(tmp_path, tmp_path / "g", image_field=None, output_field="images").steps[0]

@@ -262,7 +262,7 @@ async def test_one_session_carries_many_requests_in_flight(openai: OpenAIProvide
     assert len(results) == 64 and all(len(r.images) == 1 for r in results)
     assert emu.max_in_flight == 64
     assert elapsed < 2.0  # 64 x 0.3 s one after another would be 19 s
-    session = openai._http.session()
+    session = openai.http.session()
     assert session.connector is not None and session.connector.limit >= 1024
 
 

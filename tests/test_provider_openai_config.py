@@ -117,10 +117,10 @@ def test_azure_v1_api(endpoint: str, options: dict[str, str]) -> None:
 
 def test_azure_authenticates_with_api_key_or_entra_token() -> None:
     env = {"AZURE_OPENAI_API_KEY": "azure-test-key-123", "AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"}
-    assert provider_for(env)._headers == {"api-key": "azure-test-key-123"}
+    assert provider_for(env).headers == {"api-key": "azure-test-key-123"}
     del env["AZURE_OPENAI_API_KEY"]
     env["AZURE_OPENAI_AD_TOKEN"] = "entra-token-abcdef"
-    assert provider_for(env)._headers == {"Authorization": "Bearer entra-token-abcdef"}
+    assert provider_for(env).headers == {"Authorization": "Bearer entra-token-abcdef"}
 
 
 def test_spec_for() -> None:

@@ -336,9 +336,10 @@ def gallery(
 def cancel(
     rundir: Annotated[Path, typer.Argument(help="The run directory (the --output of the run).", show_default=False)],
 ) -> None:
-    """Cancel a run's live remote jobs (fal, Replicate, ...): their rows go back to pending, and running the same
-    command again submits them anew. Jobs that had already finished are kept, for that re-run to collect. Keys
-    come from the environment, as for the run; refused while a run is using RUNDIR (stop it first)."""
+    """Cancel a run's live remote jobs (fal, Replicate, ...) and batches (--batch): their rows go back to pending,
+    and running the same command again submits them anew. Jobs that had already finished are kept, for that re-run
+    to collect; a cancelled batch is collected at once (lines it answered before the cancel are kept). Keys come
+    from the environment, as for the run; refused while a run is using RUNDIR (stop it first)."""
     import asyncio
 
     from pixelmill.engine.cancel import cancel_run

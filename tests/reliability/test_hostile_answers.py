@@ -224,7 +224,7 @@ def test_any_json_maps_to_the_taxonomy(body: Any, status: int) -> None:
 
     async def openai_result() -> None:
         try:
-            check_result(await openai._result(body, request, spec, None, "openai m"))
+            check_result(await openai.read_result(body, request, spec, None, "openai m"))
         except ProviderError as exc:
             check_error(exc)
         finally:

@@ -1,5 +1,6 @@
 """`pixelmill cancel RUNDIR`: cancel a run's live remote jobs (submitted, not yet collected: engine/jobs.py) and
-record their rows as cancelled-pending, so that a re-run submits them anew.
+record their rows as cancelled-pending, so that a re-run submits them anew; and its live batches (`--batch`:
+engine/batch/cancel.py cancels them at the provider, then collects what they kept).
 
 The run's providers are built from the RUNDIR's saved configuration (keys from the environment, as for a run).
 Each live job is cancelled through its provider (`JobProvider.cancel`); its row stays pending, with the
@@ -9,8 +10,8 @@ anything else) keeps its reservation as a possibly billed call (`pixelmill.unans
 finished (`already_completed`) is not cancelled but kept live: it is paid, and a re-run collects it. A job whose
 cancel call failed stays live (the command says so and exits 1).
 
-It refuses while a run holds the RUNDIR (writing/lock.py) rather than stop it: that run owns its jobs; stop it
-with Ctrl-C (its running jobs stay journaled), then cancel.
+It refuses while a run holds the RUNDIR (writing/lock.py) rather than stop it: that run owns its jobs and batches;
+stop it with Ctrl-C (its running jobs and batches stay journaled), then cancel.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from pathlib import Path
 import orjson
 
 from pixelmill.config import RunConfig
+from pixelmill.engine.batch.cancel import BatchCancel, cancel_batches
 from pixelmill.engine.plan import StepPlan, plan_run
 from pixelmill.errors import ConfigError, PixelmillError, redact
 from pixelmill.providers.base import JobHandle, JobProvider
+from pixelmill.writing.batches import LIVE_STATES, read_batches
 from pixelmill.writing.journal import JOB, Journal, StepState, add_unanswered
 from pixelmill.writing.lock import RunLock
 
@@ -41,15 +44,20 @@ class CancelReport:
     charged: float = 0.0
     finished: int = 0  # had already finished: kept live for a re-run to collect
     errors: list[str] = field(default_factory=list)  # jobs whose cancel failed (still live)
+    batches: BatchCancel | None = None  # a --batch run's
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.errors else 0
+        return 1 if self.errors or (self.batches is not None and self.batches.errors) else 0
 
     def lines(self) -> list[str]:
+        batches = self.batches.lines() if self.batches is not None else []
         cancelled = self.removed + self.stopped
         if not cancelled and not self.finished and not self.errors:
-            return [f"{self.rundir}: no live remote jobs to cancel"]
+            if batches:
+                return [f"{self.rundir}: {batches[0]}", *batches[1:]]
+            what = "batches" if self.batches is not None else "remote jobs"
+            return [f"{self.rundir}: no live {what} to cancel"]
         out = [f"{self.rundir}: cancelled {cancelled} live remote job{'s' if cancelled != 1 else ''}"
                + (f" ({self.removed} before they ran, {self.stopped} while running or of unknown state: charged "
                   f"${self.charged:.4f}, as they may be billed)" if cancelled else "")]
@@ -63,31 +71,37 @@ class CancelReport:
         if self.errors:
             out.append("those jobs stay journaled: run `pixelmill cancel` again, or run the same command to "
                        "collect them")
-        return out
+        return out + batches
 
 
 async def cancel_run(rundir: Path, env: Mapping[str, str]) -> CancelReport:
-    """Cancel every live remote job of the run in `rundir` (see the module docstring)."""
+    """Cancel every live remote job and batch of the run in `rundir` (see the module docstring)."""
     if not (rundir / ".pixelmill" / "journal.sqlite").is_file():
         raise ConfigError(f"{rundir} holds no pixelmill run (no .pixelmill/journal.sqlite): give the folder that "
                           "was passed as --output")
     try:
         lock = RunLock(rundir).__enter__()
     except ConfigError as exc:
-        raise ConfigError(f"cannot cancel the jobs of a run in progress: {exc} Stop it first (Ctrl-C: its running "
-                          "jobs stay journaled), then run `pixelmill cancel` again.") from None
+        raise ConfigError(f"cannot cancel the jobs or batches of a run in progress: {exc} Stop it first (Ctrl-C: "
+                          "its running jobs and batches stay journaled), then run `pixelmill cancel` again.") from None
     journal = Journal.open(rundir)
     report = CancelReport(rundir)
     try:
         live = journal.live_jobs()
-        if not live:
+        batches = read_batches(journal)
+        if batches:
+            report.batches = BatchCancel()
+        if not live and not any(b.state in LIVE_STATES for b in batches):
             return report
-        config = _config(journal, rundir)
+        # The saved configuration, in this RUNDIR wherever the run was started from (a batch is collected here).
+        config = _config(journal, rundir).model_copy(update={"output": rundir})
         plan = plan_run(config, env=env)
         try:
             for step, row, state in live:
                 target = _target(plan.steps, step, state)
                 await _cancel_one(journal, target, step, row, state, report, plan.secrets)
+            if batches:
+                report.batches = await cancel_batches(journal, config, plan)
         finally:
             await plan.aclose()
     finally:

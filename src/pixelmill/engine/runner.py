@@ -58,6 +58,7 @@ from pixelmill.errors import DiskFull, InternalError, ProviderError, redact
 from pixelmill.netpolicy import strip_userinfo
 from pixelmill.reading.images import InputPolicy
 from pixelmill.reading.records import Record, read_records
+from pixelmill.writing.batches import read_batches
 from pixelmill.writing.journal import Journal, RowIdentity, StepState
 from pixelmill.writing.store import ImageStore
 
@@ -81,8 +82,10 @@ class Runner:
         *,
         stats: RunStats | None = None,
         notice: Callable[[str], None] = lambda _: None,
+        batch_collect_only: bool = False,
     ) -> None:
         self.config = config
+        self.batch_collect_only = batch_collect_only  # `pixelmill cancel`: collect the cancelled batches, send nothing
         self.plan = plan
         self.stats = stats or RunStats()
         self.notice = notice
@@ -127,7 +130,9 @@ class Runner:
                             "they may have been billed and are charged at their reservation")
             self.stats.spent_before = journal.spent()
             budget = Budget(limits.max_cost, spent=self.stats.spent_before)
-            if budget.limit is not None and budget.spent >= budget.limit and not journal.live_jobs():
+            if budget.limit is not None and budget.spent >= budget.limit and not journal.live_jobs() \
+                    and not any(b.state in ("uploaded", "submitted") for b in read_batches(journal)):
+                # (live jobs and batches are still collected: their reservations are in the spend already)
                 self.halt.stop(f"budget of ${budget.limit:.2f} already spent (${budget.spent:.4f}); raise "
                                "--max-cost to continue", "budget")
             else:
@@ -144,9 +149,10 @@ class Runner:
                                 watch=FailureWatch(self.halt.stop))
                 executor = RowExecutor(ctx, self.plan.steps, sender, self.batched)
                 if self.batched:
+                    flow = BatchFlow(ctx, self.plan, executor, detach=config.detach, notice=self.notice,
+                                     id_field=config.id_field)
                     try:
-                        await BatchFlow(ctx, self.plan, executor, detach=config.detach, notice=self.notice,
-                                        id_field=config.id_field).run()
+                        await (flow.collect() if self.batch_collect_only else flow.run())
                     except ProviderError as exc:  # a batch call failed: the key, the model, a lost answer
                         self.halt.stop(f"{exc}; what was submitted is journaled: run the same command again to "
                                        "go on", exc.kind)

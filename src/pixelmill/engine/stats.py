@@ -52,6 +52,9 @@ class RunStats:
     jobs_waiting: int = 0
     polls: int = 0
     jobs_left: int = 0
+    # --batch (engine/batch/): rows sent again in a new batch because an expired, cancelled or failed batch left
+    # them unanswered.
+    batch_resubmitted: int = 0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

@@ -261,6 +261,9 @@ class Progress:
             f"this run: {s.images} images from {s.requests} requests ({s.rate_limited} rate-limited, {s.retries} "
             f"retried) in {_duration(s.elapsed())}, {s.images_per_minute():.1f} images/min, ${s.spent:.4f}"
         )
+        if s.batch_resubmitted:
+            this_run += (f"; {s.batch_resubmitted} row(s) resubmitted after an expired, cancelled or failed "
+                         "batch")
         if s.unanswered:
             this_run += f"; {unanswered_line(s.unanswered, s.unanswered_cost).removeprefix('unanswered: ')}"
         try:

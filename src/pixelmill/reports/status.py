@@ -75,6 +75,9 @@ class RunStatus:
     pipeline: bool = False
     # --batch: each batch (seq, id, state, lines, done, failed, created, expires_at), oldest first
     batches: list[dict[str, Any]] = field(default_factory=list)
+    # --batch: rows sent again after a batch expired, was cancelled or failed, and how many times in all
+    resubmitted_rows: int = 0
+    resubmits: int = 0
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -238,6 +241,8 @@ def _read(journal: Journal, rundir: Path, rows: int | None) -> RunStatus:
                   "created": b.created, "expires_at": b.info.get("expires_at"), "collected": b.state == "collected"}
                  for b in read_batches(journal)],
     )
+    if status.batches:
+        status.resubmitted_rows, status.resubmits = _resubmits(db)
     status.command = resume_command(journal, config, status)
     return status
 
@@ -269,6 +274,14 @@ def _count_by_identity(config: RunConfig, journal: Journal, steps: list[StepStat
         step.done, step.failed = per_step[step.name]["done"], per_step[step.name]["failed"]
         step.pending = max(0, counts.rows - step.done - step.failed)
     return counts.done, counts.failed
+
+
+def _resubmits(db: Any) -> tuple[int, int]:
+    """(rows, times) resubmitted in a new batch (engine/batch/resubmits.py), on the steps that have batches."""
+    found = db.execute(
+        "SELECT COUNT(*), COALESCE(SUM(json_extract(info, '$.resubmits')), 0) FROM results "
+        "WHERE step IN (SELECT DISTINCT step FROM batches) AND json_extract(info, '$.resubmits') > 0").fetchone()
+    return int(found[0]), int(found[1])
 
 
 # Results of the rows in the source at the last read: a row deleted from the input is not counted (its spend is).
@@ -434,13 +447,18 @@ def _batch_lines(status: RunStatus, now: float) -> list[str]:
     lines = []
     for b in live:
         expiry = b.get("expires_at")
-        expires = f", expires in {_ago(float(expiry) - now)}" if isinstance(expiry, int | float) and expiry > now \
-            else ""
+        expires = ""
+        if isinstance(expiry, int | float):  # as the provider said when last polled
+            expires = f", expires in {_ago(float(expiry) - now)}" if expiry > now else \
+                f", past its expiry by {_ago(now - float(expiry))} (the next run collects what it kept)"
         lines.append(f"batch {b['seq']} {b['id'] or '(not created yet)'}: {b['state']}, {b['done']} done, "
                      f"{b['failed']} failed of {b['lines']} lines, {_ago(now - b['created'])} old{expires}")
     collected = len(status.batches) - len(live)
     if collected:
         lines.append(f"batches collected: {collected}")
+    if status.resubmitted_rows:
+        lines.append(f"resubmitted: {status.resubmitted_rows} row(s) sent again in a new batch ({status.resubmits} "
+                     "time(s) in all) after a batch expired, was cancelled or failed")
     return lines
 
 

@@ -151,6 +151,7 @@ class BatchStore:
         self.batches: dict[str, Batch] = {}
         self.counters = BatchCounters()
         self.fates_used = 0  # how many of the configured `batch_fates` have been handed out
+        self.lost_creates = 0  # creates whose answer was cut (`batch_lost_creates`)
         self._rng = random.Random(seed)
         self._dir: Path | None = None
         self._seq = 0
@@ -199,12 +200,20 @@ class BatchStore:
         self.batches.clear()
         self.counters = BatchCounters()
         self.fates_used = 0
+        self.lost_creates = 0
 
     def next_fate(self, fates: tuple[str, ...]) -> str:
         """The fate of the batch being created: the configured fates in order, then `normal`."""
         index = self.fates_used
         self.fates_used += 1
         return fates[index] if index < len(fates) else "normal"
+
+    def lose_create_answer(self, lost: int) -> bool:
+        """Whether the batch just created has its answer cut (the first `lost` creates since configured)."""
+        if self.lost_creates >= lost:
+            return False
+        self.lost_creates += 1
+        return True
 
     def shuffle(self, count: int) -> array.array[int]:
         order = list(range(count))

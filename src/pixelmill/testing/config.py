@@ -100,6 +100,13 @@ class EmulatorConfig(BaseModel):
     batch_latency: float = Field(default=1.0, ge=0)
     batch_window: float = Field(default=3600.0, gt=0)
     batch_fates: tuple[str, ...] = ()
+    # The next N batch creates (OpenAI `POST /v1/batches`, Gemini `:batchGenerateContent`) create the batch, then cut
+    # the connection before answering: a create whose answer is lost (the client must find it by listing, not
+    # create a second one). Counted from zero again whenever it is configured.
+    batch_lost_creates: int = Field(default=0, ge=0)
+    # Seconds a batch create holds its answer once the batch exists (a slow answer: a client killed meanwhile has
+    # created a batch it never recorded).
+    batch_create_hold: float = Field(default=0.0, ge=0)
 
     @field_validator("faults")
     @classmethod

@@ -69,6 +69,8 @@ class EmulatorState:
             self.admitted = 0
         if "batch_fates" in changes:
             self.batches.fates_used = 0
+        if "batch_lost_creates" in changes:
+            self.batches.lost_creates = 0
         self.log.resize(new.max_log)
         self._config = new
         return new

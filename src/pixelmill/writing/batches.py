@@ -8,9 +8,12 @@ Tables:
   `task` (its one endpoint: generate or edit; a step's conversations generate, then edit), `state`, the input
   `file_id`, the provider's `batch_id`, its line count, when it was created, and `info` (the provider's last
   word: state, counts, output and error file ids, expiry).
-- `batch_lines`: one per line: the batch, the step and row it belongs to, its `custom_id`, and `live` (1 until
-  the batch is collected or given up). A partial unique index on (step, row) WHERE live = 1 makes "a row is in
-  at most one live batch" a fact SQLite enforces, not a hope: adding a row that is already live fails.
+- `batch_lines`: one per line: the batch, the step and row it belongs to, its `custom_id`, the most it may cost
+  (`reserved`, at the batch rate: --max-cost, engine/batch/budget.py) and `live` (1 until the batch is collected
+  or given up). The reservations of live lines count in the journal's spend (`Journal.spent`), across runs and
+  processes, until their batch is collected (its lines' bills are then in the results). A partial unique index
+  on (step, row) WHERE live = 1 makes "a row is in at most one live batch" a fact SQLite enforces, not a hope:
+  adding a row that is already live fails.
 
 States, in order: `building` (lines recorded, the file being written or uploaded: nothing the provider knows of
 can be billed), `uploaded` (the input file's id recorded; a crash here may have created the batch: the next run
@@ -51,6 +54,7 @@ CREATE TABLE IF NOT EXISTS batch_lines (
     row INTEGER NOT NULL,
     custom_id TEXT NOT NULL,
     live INTEGER NOT NULL DEFAULT 1,
+    reserved REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (seq, custom_id)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS batch_lines_live ON batch_lines (step, row) WHERE live = 1;
@@ -85,6 +89,10 @@ class BatchBook:
         self.db.executescript(_SCHEMA)
         if "task" not in _columns(journal):  # a journal from before batches had a task
             self.db.execute("ALTER TABLE batches ADD COLUMN task TEXT")
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(batch_lines)")}
+        if "reserved" not in columns:  # a journal of the first layout: its lines reserved nothing
+            with journal._disk():
+                self.db.execute("ALTER TABLE batch_lines ADD COLUMN reserved REAL NOT NULL DEFAULT 0")
 
     # ------------------------------------------------------------ building
     def start(self, step: str, provider: str, task: str | None = None) -> int:
@@ -95,17 +103,18 @@ class BatchBook:
         assert cur.lastrowid is not None
         return int(cur.lastrowid)
 
-    def add_lines(self, seq: int, step: str, lines: Iterable[tuple[int, str]]) -> None:
-        """Record (row, custom_id) lines of batch `seq`, in one transaction. Raises `RowAlreadyLive` (nothing
-        recorded) when a row is live in another batch."""
+    def add_lines(self, seq: int, step: str, lines: Iterable[tuple[int, str] | tuple[int, str, float]]) -> None:
+        """Record (row, custom_id[, reserved]) lines of batch `seq`, in one transaction. Raises `RowAlreadyLive`
+        (nothing recorded) when a row is live in another batch."""
         db = self.db
         with self.journal._disk():
             db.execute("BEGIN")
             try:
                 n = 0
-                for row, custom_id in lines:
-                    db.execute("INSERT INTO batch_lines (seq, step, row, custom_id) VALUES (?, ?, ?, ?)",
-                               (seq, step, row, custom_id))
+                for line in lines:
+                    row, custom_id, reserved = line[0], line[1], (line[2] if len(line) > 2 else 0.0)
+                    db.execute("INSERT INTO batch_lines (seq, step, row, custom_id, reserved) VALUES (?, ?, ?, ?, ?)",
+                               (seq, step, row, custom_id, reserved))
                     n += 1
                 db.execute("UPDATE batches SET lines = lines + ? WHERE seq = ?", (n, seq))
                 db.execute("COMMIT")
@@ -121,7 +130,11 @@ class BatchBook:
         self._set(seq, "uploaded", file_id=file_id)
 
     def submitted(self, seq: int, batch_id: str, info: dict[str, Any]) -> None:
+        """The batch exists at the provider: from now on its age (`created`, which `pixelmill status` shows) is
+        counted from its creation, not from when its file began."""
         self._set(seq, "submitted", batch_id=batch_id, info=info)
+        with self.journal._disk():
+            self.db.execute("UPDATE batches SET created = ? WHERE seq = ?", (time.time(), seq))
 
     def note(self, seq: int, info: dict[str, Any]) -> None:
         """The provider's latest word on a live batch (state, counts, file ids)."""
@@ -144,13 +157,14 @@ class BatchBook:
                 raise
 
     def drop(self, seq: int) -> None:
-        """A batch that never reached the provider (`building`): forgotten, its rows free."""
+        """A batch that never reached the provider (`building`, or `uploaded` and not found there by its name):
+        forgotten, its rows free."""
         db = self.db
         with self.journal._disk():
             db.execute("BEGIN")
             try:
                 db.execute("DELETE FROM batch_lines WHERE seq = ?", (seq,))
-                db.execute("DELETE FROM batches WHERE seq = ? AND state = 'building'", (seq,))
+                db.execute("DELETE FROM batches WHERE seq = ? AND state IN ('building', 'uploaded')", (seq,))
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -187,6 +201,27 @@ class BatchBook:
                                 (seq, custom_id)).fetchone()
         return None if found is None else int(found[0])
 
+    def reserved_of(self, seq: int, custom_id: str) -> float:
+        """What line `custom_id` of batch `seq` reserved of the budget (0 when unknown)."""
+        found = self.db.execute("SELECT reserved FROM batch_lines WHERE seq = ? AND custom_id = ?",
+                                (seq, custom_id)).fetchone()
+        return 0.0 if found is None else float(found[0])
+
+    def reserved(self, seq: int | None = None) -> float:
+        """The reservations of batch `seq`'s lines (all of them), or of every live line."""
+        if seq is None:
+            found = self.db.execute("SELECT COALESCE(SUM(reserved), 0) FROM batch_lines WHERE live = 1").fetchone()
+        else:
+            found = self.db.execute("SELECT COALESCE(SUM(reserved), 0) FROM batch_lines WHERE seq = ?",
+                                    (seq,)).fetchone()
+        return float(found[0])
+
+    def left_by(self, step: str, rows: list[int]) -> dict[int, int]:
+        """row -> how many collected batches of `step` held it (for rows pending again: how many batches left
+        it unanswered, expired, cancelled or failed)."""
+        query = "SELECT row, COUNT(*) FROM batch_lines WHERE live = 0 AND step = ? AND row IN ({}) GROUP BY row"
+        return {int(r[0]): int(r[1]) for r in self.journal._select_in(query, rows, (step,))}
+
     def live_rows(self, step: str, rows: list[int]) -> set[int]:
         """Which of `rows` a live batch of `step` holds."""
         query = "SELECT row FROM batch_lines WHERE live = 1 AND step = ? AND row IN ({})"
@@ -200,6 +235,10 @@ class BatchBook:
             found = secrets.token_hex(8)
             self.journal.set_meta("batch_run_id", found)
         return found
+
+    def provider_name(self, seq: int) -> str:
+        """The provider-side name of batch `seq`: this RUNDIR's id and the batch's number, unique to it."""
+        return f"pixelmill-{self.run_id()}-{seq:05d}"
 
     def next_seq(self) -> int:
         return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM batches").fetchone()[0])

@@ -36,8 +36,8 @@ or a step it reads (their image files are listed for the runner to remove; their
 is refused otherwise, the refusal naming the narrowest way on; `--restart` clears the whole run.
 
 Commits happen per finished call, after the images are on disk: a kill loses at most the calls in flight, and
-their intents keep their cost in the spend. `spent` = results' cost + unanswered + live jobs' reservations + spend
-set aside + intents.
+their intents keep their cost in the spend. `spent` = results' cost + unanswered + live jobs' reservations + live
+batch lines' reservations (writing/batches.py) + spend set aside + intents.
 A write that fails for the disk's sake (full, quota, read-only, I/O error) raises `DiskFull`, the transaction
 rolled back, so that the run can stop sending and record what it has once space is freed (writing/store.py keeps
 a reserve for that).
@@ -719,12 +719,21 @@ class Journal:
     def spent(self) -> float:
         """Everything this RUNDIR has spent, across resumes (what `--max-cost` is measured against), the results
         of rows since changed or deleted included, calls that may have been billed without an answer at
-        their reservation (those recorded on rows, and intents not yet resolved), and remote jobs submitted and
-        not yet collected, at their reservation."""
+        their reservation (those recorded on rows, and intents not yet resolved), and remote jobs and batch lines
+        submitted and not yet collected, at their reservation."""
         results = float(self.db.execute(
             "SELECT COALESCE(SUM(cost + unanswered + live), 0) FROM results").fetchone()[0])
         intents = float(self.db.execute("SELECT COALESCE(SUM(reserved), 0) FROM intents").fetchone()[0])
-        return results + intents + float(self.get_meta("spent_set_aside") or 0.0)
+        return results + intents + self.batch_reserved() + float(self.get_meta("spent_set_aside") or 0.0)
+
+    def batch_reserved(self) -> float:
+        """What the lines of batches not yet collected reserved (`--batch --max-cost`: writing/batches.py keeps
+        them): part of `spent` until their batch is collected and its bills are in the results."""
+        try:
+            found = self.db.execute("SELECT COALESCE(SUM(reserved), 0) FROM batch_lines WHERE live = 1").fetchone()
+        except sqlite3.OperationalError:  # no batch was ever built here (or only before lines had reservations)
+            return 0.0
+        return float(found[0])
 
     def live(self) -> float:
         """The reservations of the remote jobs submitted and not yet collected (part of `spent`)."""

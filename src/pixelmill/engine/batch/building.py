@@ -23,12 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from pixelmill.engine.batch.budget import BatchBudget
+from pixelmill.engine.batch.create import create_once
+from pixelmill.engine.batch.resubmits import Resubmits
 from pixelmill.engine.context import RunContext
 from pixelmill.engine.inputs import gather_inputs
 from pixelmill.engine.outcome import done_call
 from pixelmill.engine.plan import StepPlan
 from pixelmill.engine.row import Frontier, Row, RowExecutor, log_turn
-from pixelmill.errors import InputError, InternalError, PixelmillError
+from pixelmill.errors import InputError, InternalError, PixelmillError, ProviderError
 from pixelmill.providers.base import ImageRequest
 from pixelmill.providers.batchwire import BatchWire
 from pixelmill.writing.batches import BatchBook
@@ -53,7 +56,7 @@ def turn_of(key: str) -> int | None:
 
 def batch_name(book: BatchBook, seq: int) -> str:
     """The provider-side name of batch `seq`: this RUNDIR's id and the batch's number, unique to it."""
-    return f"pixelmill-{book.run_id()}-{seq:05d}"
+    return book.provider_name(seq)
 
 
 class StepBatches:
@@ -61,8 +64,10 @@ class StepBatches:
 
     def __init__(self, ctx: RunContext, step: StepPlan, step_no: int, wire: BatchWire, rows: RowExecutor,
                  book: BatchBook, folder: Path, notice: Callable[[str], None],
-                 leftovers: Counter[tuple[str, str]]) -> None:
+                 leftovers: Counter[tuple[str, str]], money: BatchBudget) -> None:
         self.ctx, self.step, self.step_no, self.wire, self.rows = ctx, step, step_no, wire, rows
+        self.money = money  # --max-cost: each line reserves its maximum as it joins (engine/batch/budget.py)
+        self.resubmits = Resubmits(book, step.config.name, ctx.stats)
         self.book, self.folder, self.notice = book, folder, notice
         self.name = step.config.name
         self.leftovers = leftovers  # (step, custom_id) -> times it came back unanswered in this run
@@ -70,7 +75,6 @@ class StepBatches:
         self.max_bytes = wire.max_bytes
         self.open: dict[str, _Building] = {}  # task -> the batch being written
         self.lock = asyncio.Lock()  # rows join from several workers; a full file is sent before the next line
-        self.resubmitted = 0  # lines sent again in this run after their batch left them unanswered
         self.held = 0  # lines held back: ROUNDS batches of this run left them unanswered
         self.sent = 0  # batches created
 
@@ -89,9 +93,19 @@ class StepBatches:
         if seen >= ROUNDS:
             self.held += 1
             return False
-        self.resubmitted += bool(seen)
-        data = self.wire.line(key, request)
+        try:
+            data = self.wire.line(key, request)
+        except Exception as exc:  # an odd value: this row fails, the run goes on
+            self._failed(row, frontier.state, InternalError.of(exc))
+            return False
         async with self.lock:
+            reserved = self.money.line_max(self.step, request)
+            if not self.money.admit(reserved):  # over the budget: the open batch is sent with what fits
+                held = self.open.pop(request.task, None)
+                if held is not None:
+                    await self._send(held)
+                return False
+            self.resubmits.joined(row.slot, frontier.state)
             current = self.open.get(request.task)
             if current is not None and (current.lines >= self.max_lines
                                         or current.bytes + len(data) > self.max_bytes):
@@ -100,7 +114,7 @@ class StepBatches:
                 current = None
             if current is None:
                 current = self.open[request.task] = self._start(request.task)
-            current.add(row.slot, key, data)
+            current.add(row.slot, key, data, reserved)
             if len(current.pending) >= CHUNK:
                 current.record(self.book, self.name)
         return True
@@ -186,15 +200,22 @@ class StepBatches:
         await self.create(building.seq, file_id, building.task)
 
     async def create(self, seq: int, file_id: str, task: str | None) -> None:
-        """Create batch `seq` on its uploaded file and journal its id."""
-        _hook("before_create")
+        """Create batch `seq` on its uploaded file and journal its id; a create whose answer was lost is looked
+        for by listing, never created twice (engine/batch/create.py)."""
         model = ImageRequest(task=task or self.task, model=self.step.wire_model,  # type: ignore[arg-type]
                              prompt="", params={}, row=-1)
-        batch = await self.wire.create(file_id, model, batch_name(self.book, seq))
-        _hook("after_create")  # a kill here: the next run finds the batch by listing (flow.py `_recover`)
+        try:
+            batch, found = await create_once(self.wire, file_id, model, batch_name(self.book, seq))
+        except ProviderError as exc:
+            self.ctx.halt.stop(f"batch {seq} could not be created: {exc}; it stays recorded: run the same command "
+                               "again (it is looked for at the provider before it is created)", exc.kind)
+            return
+        # A kill here (the batch created, its id not journaled): the next run finds it by listing (flow.py
+        # `_recover`).
         self.book.submitted(seq, batch.id, batch.as_json())
         self.sent += 1
-        self.notice(f"batch {seq} submitted: {batch.id}")
+        self.notice(f"batch {seq} submitted: {batch.id}" + (" (its create's answer was lost: found by listing)"
+                                                            if found else ""))
 
 
 class _Building:
@@ -205,13 +226,13 @@ class _Building:
         self.seq, self.path, self.fh, self.task = seq, path, fh, task
         self.lines = 0
         self.bytes = 0
-        self.pending: list[tuple[int, str]] = []
+        self.pending: list[tuple[int, str, float]] = []
 
-    def add(self, slot: int, key: str, data: bytes) -> None:
+    def add(self, slot: int, key: str, data: bytes, reserved: float = 0.0) -> None:
         self.fh.write(data)
         self.lines += 1
         self.bytes += len(data)
-        self.pending.append((slot, key))
+        self.pending.append((slot, key, reserved))
 
     def record(self, book: BatchBook, step: str) -> None:
         if self.pending:
@@ -220,13 +241,3 @@ class _Building:
 
     def close(self) -> None:
         self.fh.close()
-
-
-def _hook(name: str) -> None:
-    """Tests kill the process at a named moment (PIXELMILL_BATCH_KILL_AT=after_create): a crash between creating a
-    batch and journaling its id, made real."""
-    import os
-    import signal
-
-    if os.environ.get("PIXELMILL_BATCH_KILL_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)

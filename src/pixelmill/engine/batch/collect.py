@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from pixelmill.engine.batch.budget import BatchBudget
 from pixelmill.engine.batch.building import turn_of
 from pixelmill.engine.context import RunContext
 from pixelmill.engine.outcome import merge_result
@@ -37,8 +38,9 @@ class Collector:
     """Maps ended batches' answers to their rows."""
 
     def __init__(self, ctx: RunContext, steps: list[StepPlan], rows: RowExecutor, book: BatchBook, folder: Path,
-                 notice: Callable[[str], None], leftovers: Counter[tuple[str, str]]) -> None:
+                 notice: Callable[[str], None], leftovers: Counter[tuple[str, str]], money: BatchBudget) -> None:
         self.ctx, self.rows, self.book, self.folder, self.notice = ctx, rows, book, folder, notice
+        self.money = money  # each answered line's reservation becomes its bill; the unanswered release theirs
         self.steps = {s.config.name: s for s in steps}
         self.last = steps[-1].config.name
         self.leftovers = leftovers
@@ -50,8 +52,11 @@ class Collector:
             row = self.book.row_of(entry.seq, answer.custom_id)
             if row is None or row in answered:
                 continue
-            if await self._line(step, wire, task, row, answer):
+            cost = await self._line(step, wire, task, row, answer)
+            if cost is not None:
                 answered.add(row)
+                self.money.settle(entry.seq, answer.custom_id, cost)
+        self.money.release_rest(entry.seq)
         left = entry.lines - len(answered)
         if left:
             for key, row in self.book.lines(entry.seq):
@@ -66,15 +71,16 @@ class Collector:
                         "pending and go into the next batch")
         self.book.collected(entry.seq, summary.as_json())
 
-    async def _line(self, step: StepPlan, wire: BatchWire, task: str, slot: int, answer: LineAnswer) -> bool:
-        """Map one answer line to its row. False: the line is no answer (expired or cancelled leftovers), the
+    async def _line(self, step: StepPlan, wire: BatchWire, task: str, slot: int, answer: LineAnswer) -> float | None:
+        """Map one answer line to its row; returns what it cost (0: failed, or journaled by an earlier collect of
+        this batch, its cost in the results). None: the line is no answer (expired or cancelled leftovers), the
         row stays pending."""
         ctx, name = self.ctx, step.config.name
         state = ctx.journal.states(name, [slot]).get(slot) or StepState()
         if state.status == "done" or turn_of(answer.custom_id) != state.calls_done:
-            return True  # journaled by an earlier collect of this batch
+            return 0.0  # journaled by an earlier collect of this batch
         if wire.unanswered(answer):
-            return False
+            return None
         turn_info = state.info.get("batch_turn") or {}
         turn, turns = state.calls_done, int(turn_info.get("turns", 1))
         multi = turns > 1
@@ -92,7 +98,7 @@ class Collector:
             state.info.pop("batch_turn", None)
             self.rows.fail(step, slot, state, exc)
             self.rows.upstream_failed(step, slot)
-            return True
+            return 0.0
         cost = (actual_cost(step.spec, params, result.usage, len(result.images)) or 0.0) \
             * (1.0 - (step.spec.price.batch_discount or 0.0))
         ctx.stats.spent += cost
@@ -114,7 +120,7 @@ class Collector:
         self.rows.save(name, slot, state)
         if state.status == "done" and name == self.last:
             ctx.stats.rows_done += 1
-        return True
+        return cost
 
     def _key_of(self, slot: int) -> tuple[str, int]:
         found = self.ctx.journal.db.execute("SELECT key, position FROM records WHERE row = ?", (slot,)).fetchone()

@@ -24,13 +24,15 @@ Order of a run, so that a crash anywhere neither loses a paid line nor creates a
 A multi-turn row (a conversation) goes one turn per batch round: turn t's line carries turn t-1's images.
 A line that comes back unanswered is sent again in a later batch, at most `ROUNDS` batches per run.
 
-Refused before anything is sent (ConfigError): --max-cost; a step marked `batch: true` (or the one step of
+With --max-cost, each line reserves its maximum as it joins a batch and a batch is never built past the budget
+(engine/batch/budget.py: split, wait for bills, or stop with the budget's line).
+
+Refused before anything is sent (ConfigError): a step marked `batch: true` (or the one step of
 generate/edit with --batch) whose provider has no batch API pixelmill drives (OpenAI's Batch API and Gemini Batch
 Mode, providers/gemini/batch.py, are; Azure's batch API takes no image requests; Vertex AI's batch prediction
 reads Cloud Storage or BigQuery), or that has fallback models. `--batch` on a pipeline batches every step that
 can be; the others run synchronously. A row whose step would need more than one call for one turn (`n` above one
-call's)
-fails with that reason; the other rows are batched.
+call's) fails with that reason; the other rows are batched.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pixelmill.config import RunConfig
+from pixelmill.engine.batch.budget import BatchBudget
 from pixelmill.engine.batch.building import ROUNDS, StepBatches, batch_name
 from pixelmill.engine.batch.collect import Collector
 from pixelmill.engine.batch.frontier import FrontierPass
@@ -78,11 +81,6 @@ def check_batch(plan: RunPlan, config: RunConfig) -> frozenset[str]:
     if config.batch and pipeline and not batched:
         raise ConfigError("--batch: no step of this pipeline can be batched (OpenAI and Gemini steps without "
                           "fallback models can); run without --batch")
-    if batched and config.limits.max_cost is not None:
-        # A batch's lines are billed when it ends, not when sent: without reserving each batch's maximum when it
-        # is created (not built yet), the budget could not be kept, so it is not offered.
-        raise ConfigError("--batch with --max-cost is not supported yet (a batch's maximum is not reserved against "
-                          "the budget); drop one of them")
     return frozenset(batched)
 
 
@@ -126,14 +124,16 @@ class BatchFlow:
         self.folder = ctx.rundir / ".pixelmill" / "batches"
         self.poll = ctx.config.limits.batch_poll
         self.leftovers: Counter[tuple[str, str]] = Counter()  # lines back unanswered in this run
+        self.money = BatchBudget(rows.sender.admission.budget, self.book, ctx.stats)  # --max-cost
         # One builder per step a batch API can take (live batches of a step batched no more are still collected).
         self.batches: dict[str, StepBatches] = {}
         for number, step in enumerate(plan.steps):
             wire = wire_for(step.provider) if _unbatchable(step) is None else None
             if wire is not None:
                 self.batches[step.config.name] = StepBatches(ctx, step, number, wire, rows, self.book, self.folder,
-                                                             notice, self.leftovers)
-        self.collector = Collector(ctx, plan.steps, rows, self.book, self.folder, notice, self.leftovers)
+                                                             notice, self.leftovers, self.money)
+        self.collector = Collector(ctx, plan.steps, rows, self.book, self.folder, notice, self.leftovers,
+                                   self.money)
         self.passes = 0
         self._shown: dict[int, str] = {}  # each batch's progress line last shown
 
@@ -145,11 +145,14 @@ class BatchFlow:
             await self._detached()
         else:
             await self._attended()
+        halt = self.ctx.halt
+        if not halt.stopping.is_set() and self.money.exhausted() and not self.book.batches(live_only=True):
+            # Rows held back by the budget, and no batch left whose bills could free budget for them.
+            halt.stop(self.money.reached_message(), "budget")
         held = sum(b.held for b in self.batches.values())
         if held:
             self.notice(f"{held} row(s) stay pending: {ROUNDS} batches of this run left them unanswered; run the "
                         "same command again to send them again")
-        halt = self.ctx.halt
         left = len(self.book.batches(live_only=True))
         if left and halt.kind == "interrupted" and halt.reason is not None:
             # Stopping the wait stops nothing at the provider: the batches run on and are paid for.
@@ -205,12 +208,30 @@ class BatchFlow:
             self.ctx.halt.stop(f"{len(live)} batch(es) {DETACHED} (or `pixelmill status` to follow them)",
                                "submitted")
 
+    async def collect(self) -> None:
+        """Wait for the live batches and collect them, sending nothing (`pixelmill cancel`, once it has cancelled
+        them at the provider and dropped those never created: engine/batch/cancel.py)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stop = self.ctx.halt.stopping
+        interval = 0.25
+        while not stop.is_set():
+            live = self._submitted()
+            if not live:
+                return
+            if not await self._poll(live):
+                try:
+                    await asyncio.wait_for(stop.wait(), interval)
+                except TimeoutError:
+                    interval = min(interval * 2, self.poll)
+
     async def _pass(self) -> None:
-        before = sum(b.resubmitted for b in self.batches.values())
+        self.money.new_round()
+        for batches in self.batches.values():
+            batches.resubmits.new_round()
         await FrontierPass(self.ctx, self.plan.steps, self.rows, self.batches, self.book, id_field=self.id_field,
                            concurrency=self.plan.concurrency, first=self.passes == 0, notice=self.notice).run()
         self.passes += 1
-        again = sum(b.resubmitted for b in self.batches.values()) - before
+        again = sum(b.resubmits.round for b in self.batches.values())
         if again:
             self.notice(f"resubmitted {again} row(s) that an expired, cancelled or failed batch left unanswered")
 

@@ -59,16 +59,16 @@ class OpenAIBatchWire:
     def __init__(self, provider: OpenAIProvider) -> None:
         self.provider = provider
         self.base = provider.base_url
-        self._http = provider._http
-        self._headers = provider._headers
+        self.http = provider.http
+        self.headers = provider.headers
 
     async def _json(self, method: str, path: str, *, data: Any = None, label: str,
                     params: dict[str, str] | None = None) -> Any:
-        headers = dict(self._headers)
+        headers = dict(self.headers)
         if isinstance(data, dict):
             data = orjson.dumps(data)
             headers["Content-Type"] = "application/json"
-        reply = await self._http.send(method, f"{self.base}/{path}", data=data, headers=headers, params=params,
+        reply = await self.http.send(method, f"{self.base}/{path}", data=data, headers=headers, params=params,
                                       time_limit=_CALL_TIME, max_bytes=_ANSWER_BYTES, label=label)
         if reply.status != 200:
             raise error_from_reply(reply, self._context(label, ""))
@@ -76,7 +76,7 @@ class OpenAIBatchWire:
 
     def _context(self, label: str, model: str) -> ErrorContext:
         spec = self.provider.spec_for(model or "batch")
-        return ErrorContext(label=label, model=model, spec=spec, key_hint=self.provider._key_hint(),
+        return ErrorContext(label=label, model=model, spec=spec, key_hint=self.provider.key_hint(),
                             secrets=self.provider.secrets())
 
     def line(self, custom_id: str, request: ImageRequest) -> bytes:
@@ -151,8 +151,8 @@ class OpenAIBatchWire:
         label = "openai batch download"
         url = f"{self.base}/files/{file_id}/content"
         try:
-            async with self._http.session().get(url, headers=self._headers,
-                                                timeout=self._http.timeout(3600)) as resp:
+            async with self.http.session().get(url, headers=self.headers,
+                                                timeout=self.http.timeout(3600)) as resp:
                 if resp.status != 200:
                     body = await resp.content.read(_ANSWER_BYTES)
                     raise error_from_reply(Reply(resp.status, resp.headers, body), self._context(label, ""))
@@ -171,7 +171,7 @@ class OpenAIBatchWire:
             return None
         label = f"openai batch {request.model}"
         request_id = _text(response.get("request_id"))
-        return await self.provider._result(response.get("body"), request, spec, request_id, label)
+        return await self.provider.read_result(response.get("body"), request, spec, request_id, label)
 
     def error(self, answer: LineAnswer, model: str) -> ProviderError:
         """A failed line as the error its synchronous call would have raised (refused, rejected, transient)."""

@@ -122,27 +122,29 @@ class OpenAIProvider(Provider):
     def __init__(self, settings: ProviderSettings, env: Mapping[str, str]) -> None:
         super().__init__(settings, env)
         self._key = _first(settings.api_key, *(env.get(var) for var in self.key_vars))
-        self._headers = self._auth_headers(settings, env)
+        # `headers` (the key's), `http` (the connection pool), `key_hint` and `read_result` are public: the batch
+        # wire (openai/batch.py) sends with the same key and pool and reads a batch line's body as a call's answer.
+        self.headers = self._auth_headers(settings, env)
         self.base_url = self._base_url(settings, env)
-        if userinfo_secrets(self.base_url) and "Authorization" in self._headers:
+        if userinfo_secrets(self.base_url) and "Authorization" in self.headers:
             # aiohttp sends the URL's user and password as an Authorization header, which the key's would clash
             # with; refused here rather than as an exception in the middle of the run.
             raise ConfigError(f"the base URL carries a user and password, and a key is set for {self.name}: "
                               "use one of them (drop the credentials from the URL, or unset the key)")
         max_connections = int(settings.options.get("max_connections", 1024))
-        self._http = HttpClient(self.name, connect_timeout=settings.connect_timeout,
-                                max_connections=max_connections)
+        self.http = HttpClient(self.name, connect_timeout=settings.connect_timeout,
+                               max_connections=max_connections)
 
     # ------------------------------------------------------------ configuration
 
-    def _key_hint(self) -> str:
+    def key_hint(self) -> str:
         first, *rest = self.key_vars
         return f"set {first}" + (f" (or {', '.join(rest)})" if rest else "") + " to a valid key"
 
     def _auth_headers(self, settings: ProviderSettings, env: Mapping[str, str]) -> dict[str, str]:
         if self._key is None:
             if self.key_required:
-                raise ConfigError(f"no API key for {self.name}: {self._key_hint()}")
+                raise ConfigError(f"no API key for {self.name}: {self.key_hint()}")
             return {}
         headers = {"Authorization": f"Bearer {self._key}"}
         optional = (("OpenAI-Organization", "OPENAI_ORG_ID"), ("OpenAI-Project", "OPENAI_PROJECT_ID"))
@@ -162,7 +164,7 @@ class OpenAIProvider(Provider):
         return f"{self.base_url}/images/{_ENDPOINTS[task]}", None
 
     def secrets(self) -> tuple[str, ...]:
-        found = (self._key, *self._headers.values(), *userinfo_secrets(self.base_url))
+        found = (self._key, *self.headers.values(), *userinfo_secrets(self.base_url))
         return tuple(dict.fromkeys(v for v in found if v and len(v) >= 8))
 
     def spec_for(self, model: str) -> ModelSpec:
@@ -200,17 +202,17 @@ class OpenAIProvider(Provider):
         data: bytes | aiohttp.FormData
         if request.task == "generate":
             data = orjson.dumps({"model": request.model, "prompt": request.prompt, **request.params})
-            headers = {**self._headers, "Content-Type": "application/json"}
+            headers = {**self.headers, "Content-Type": "application/json"}
         else:
             data = _multipart(request)
-            headers = self._headers
-        reply = await self._http.send(
+            headers = self.headers
+        reply = await self.http.send(
             "POST", url, data=data, headers=headers, params=query, time_limit=request.timeout,
             max_bytes=answer_limit(spec, _asked(request, spec), per_image_cap=self.settings.max_download_bytes,
                                    envelope=_ENVELOPE),
             label=label,
         )
-        ctx = ErrorContext(label=label, model=request.model, spec=spec, key_hint=self._key_hint(),
+        ctx = ErrorContext(label=label, model=request.model, spec=spec, key_hint=self.key_hint(),
                            secrets=self.secrets(), deployment=self._deployment_urls())
         if reply.status != 200:
             raise error_from_reply(reply, ctx)
@@ -218,13 +220,13 @@ class OpenAIProvider(Provider):
         answer = parse_json(reply.body, label=label, http_status=200, request_id=request_id)
         if isinstance(answer, dict) and answer.get("error") and not answer.get("data"):
             raise error_from_reply(reply, ctx, error_body=answer)  # Azure: content filter inside a 200
-        result = await self._result(answer, request, spec, request_id, label)
+        result = await self.read_result(answer, request, spec, request_id, label)
         if reply.headers.get(EMULATOR_HEADER):  # a rehearsal's image: never a real run's (engine/runner.py)
             result.extra["emulated"] = strip_userinfo(self.base_url)  # done again only for this same emulator
         result.rate_limits = parse_rate_limits(reply.headers)
         return result
 
-    async def _result(
+    async def read_result(
         self, answer: Any, request: ImageRequest, spec: ModelSpec, request_id: str | None, label: str
     ) -> ImageResult:
         if not isinstance(answer, dict):
@@ -290,7 +292,7 @@ class OpenAIProvider(Provider):
             absolute = urljoin(self.base_url + "/", url)
         except ValueError:  # "http://[::1" and the like
             raise malformed(label, "an image URL that is not a URL", request_id) from None
-        return await self._http.download_image(
+        return await self.http.download_image(
             absolute, time_limit=request.timeout,
             max_bytes=self.settings.max_download_bytes, trusted_origin=self.base_url,
         )
@@ -299,7 +301,7 @@ class OpenAIProvider(Provider):
         return False
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self.http.aclose()
 
 
 class OpenAICompatibleProvider(OpenAIProvider):
@@ -350,11 +352,11 @@ class AzureProvider(OpenAIProvider):
         if self._ad_token is not None:
             return {"Authorization": f"Bearer {self._ad_token}"}
         raise ConfigError(
-            f"no API key for azure: {self._key_hint()} (or AZURE_OPENAI_AD_TOKEN to an Entra ID token), and "
+            f"no API key for azure: {self.key_hint()} (or AZURE_OPENAI_AD_TOKEN to an Entra ID token), and "
             "AZURE_OPENAI_ENDPOINT to https://<resource>.openai.azure.com"
         )
 
-    def _key_hint(self) -> str:
+    def key_hint(self) -> str:
         return "set AZURE_OPENAI_API_KEY (or DF_API_KEY) to a key of the resource"
 
     def _base_url(self, settings: ProviderSettings, env: Mapping[str, str]) -> str:

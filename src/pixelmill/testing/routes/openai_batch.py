@@ -255,9 +255,11 @@ class OpenAIBatchRoutes:
         batch.times[VALIDATING] = batch.created
         self.store.batches[batch.id] = batch
         self.store.counters.batches_created["openai"] += 1
-        if batch.fate == "reset":  # created, and the answer lost: the client's outcome is unknown
-            cut(request)
-            return web.Response()
+        if config.batch_create_hold:
+            await asyncio.sleep(config.batch_create_hold)
+        if batch.fate == "reset" or self.store.lose_create_answer(config.batch_lost_creates):
+            cut(request)  # created, and its answer lost: the client finds it by listing (its name, input file)
+            return web.Response(status=200)  # never written: the transport is gone
         return web.json_response(self._object(batch), dumps=_dumps)
 
     async def get_batch(self, request: web.Request) -> web.StreamResponse:
