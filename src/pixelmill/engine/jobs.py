@@ -210,7 +210,7 @@ class JobSender:
             else:
                 ticket.settle(0.0)  # an error answer: no job, nothing billed
                 book.answered()
-            delay = self.sender._verdict(retry, exc, sent)
+            delay = self.sender._verdict(self.admission.limiter, retry, exc, sent)
             return None, delay, exc if delay is None else None
         except asyncio.CancelledError:  # sent and abandoned: its intent stays, a re-run looks for the job
             self._charge(ticket, unanswered=True)

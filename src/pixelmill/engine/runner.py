@@ -140,7 +140,7 @@ class Runner:
                 policy = RetryPolicy(limits.max_retries, limits.max_billed_retries, self.plan.deadline,
                                      limits.retry_base, limits.retry_cap)
                 sender = Sender(Admission(limiter, budget, self.halt.stopping), policy, self.stats,
-                                watch=FailureWatch(self.halt.stop))
+                                watch=FailureWatch(self.halt.stop), notice=self.notice, secrets=self.plan.secrets)
                 executor = RowExecutor(ctx, self.plan.steps, sender)
                 if config.batch:
                     await BatchFlow(ctx, self.plan, executor, detach=config.detach, notice=self.notice,
