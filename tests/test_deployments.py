@@ -6,6 +6,7 @@ and the run completes on the others; a key is never in RUNDIR nor in what the ru
 from __future__ import annotations
 
 import shlex
+import socket
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -175,3 +176,23 @@ def test_the_resume_command_keeps_the_deployments_and_no_key(tmp_path: Path) -> 
                                                       deployment=[args[args.index("--deployment") + 1]]))
     assert again.steps[0].deployments == (config.steps[0].deployments[0].model_copy(
         update={"base_url": "https://east.example/v1"}),)
+
+
+def test_an_unreachable_deployment_is_taken_out_and_the_run_completes_on_the_other(
+        tmp_path: Path, make_emulator: Callable[..., Emulator]) -> None:
+    with socket.socket() as sock:  # a loopback port with nothing listening: every connection is refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    emu = make_emulator(latency=0.02)
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(20))
+    out = tmp_path / "out"
+    result = cli("generate", src, "-o", out, "--concurrency", "4",
+                 "--deployment", f"name=gone,base_url=http://127.0.0.1:{port}/v1",
+                 "--deployment", f"name=here,base_url={emu.openai_base_url}")
+    assert result.code == 0, result.output
+    rows = read_output(out)
+    assert [row["pixelmill"]["status"] for row in rows] == ["done"] * 20
+    assert {row["pixelmill"]["response"]["deployment"] for row in rows} == {"here"}
+    shown = " ".join(result.output.split())
+    assert shown.count("deployment 'gone' taken out") == 1
+    assert f"127.0.0.1:{port}" in shown and "could not connect" in shown

@@ -53,9 +53,18 @@ from pixelmill.engine.plan import StepPlan, images_per_call
 from pixelmill.engine.retry import RetryPolicy, RetryState, next_delay
 from pixelmill.engine.stats import RunStats
 from pixelmill.engine.systematic import FailureWatch
-from pixelmill.errors import FatalError, PixelmillError, ProviderError, RateLimited, Refused, TransientError, redact
+from pixelmill.errors import (
+    FatalError,
+    PixelmillError,
+    ProviderError,
+    RateLimited,
+    Refused,
+    SystematicFailure,
+    TransientError,
+    redact,
+)
 from pixelmill.models.cost import expected_cost
-from pixelmill.providers.base import ImageRequest, ImageResult
+from pixelmill.providers.base import ImageRequest, ImageResult, Provider
 
 
 class Stopped(PixelmillError):
@@ -142,6 +151,7 @@ class Sender:
         key = (target.spec.name, plan_key(params))
         retry = RetryState.start()
         attempts = 0
+        provider = target.provider  # the last attempt's (a deployment's, when the step has several)
         while True:
             if self.stopping.is_set() and attempts:
                 raise Stopped()
@@ -165,12 +175,12 @@ class Sender:
                 try:
                     result = await provider.call(sending, target.spec)
                     self._learn(limiter, result, sent)
-                    self._observe(target, None, attempts)
+                    self._observe(target, None, attempts, provider)
                     if deployment is not None:  # which key or endpoint served the row: a name, never the key
                         result.extra.setdefault("deployment", deployment.name)
                 except ProviderError as exc:
                     error = exc
-                    self._observe(target, exc, attempts)
+                    self._observe(target, exc, attempts, provider)
                     if maybe_billed(exc):  # no usable answer, and perhaps billed: charged at its reservation
                         self._charge_unanswered(ticket)
                         if book is not None:
@@ -203,21 +213,22 @@ class Sender:
                                     reason=result.finish_reason or "no_image")
             # Given up: the slot and reservation are back before the row records the failure.
             assert error is not None
-            if self.watch is not None and self.watch.gave_up(target, error):
+            if self.watch is not None and self.watch.gave_up(target, error, provider):
                 raise Stopped()  # the run stops for this very reason: the row stays pending
             yield Failure(error, attempts)
             return
 
-    def _observe(self, target: StepPlan, error: ProviderError | None, attempts: int) -> None:
-        """Every attempt's outcome, for the live counters and the watch on systematic failure."""
+    def _observe(self, target: StepPlan, error: ProviderError | None, attempts: int, provider: Provider) -> None:
+        """Every attempt's outcome, for the live counters and the watch on systematic failure (which judges
+        each deployment of a step by its own provider)."""
         if error is None:
             self.stats.attempt_answered()
             if self.watch is not None:
-                self.watch.answered(target)
+                self.watch.answered(target, provider)
             return
         self.stats.attempt_failed(error.kind, str(error))
         if self.watch is not None:
-            self.watch.failed(target, error, retry=attempts > 1)
+            self.watch.failed(target, error, retry=attempts > 1, provider=provider)
 
     def _charge_unanswered(self, ticket: Ticket) -> None:
         ticket.settle(ticket.reserved)
@@ -231,11 +242,28 @@ class Sender:
         pool = target.pool
         assert pool is not None
         if pool.take_out(deployment, error):
-            left = len(pool.live())
-            carry = f"{left} other{'s' if left != 1 else ''} carry on" if left else "none is left: the run stops"
-            self.notice(redact(f"step {target.config.name!r}: deployment {deployment.name!r} taken out "
-                               f"({error.kind}: {error}); {carry}", self.secrets))
+            self._tell_out(target, deployment, f"{error.kind}: {error}")
         return bool(pool.live())
+
+    def divert(self, target: StepPlan, url: str, reason: str) -> bool:
+        """`FailureWatch`'s verdict on a deployment (its first calls all fail the same way): take the step's
+        deployments at `url` out, unless none would be left (then the watch stops the run)."""
+        pool = target.pool
+        if pool is None:
+            return False
+        at_url = [d for d in pool.live() if getattr(d.provider, "base_url", None) == url]
+        if not at_url or len(at_url) == len(pool.live()):
+            return False
+        for deployment in at_url:
+            pool.take_out(deployment, SystematicFailure(reason))
+            self._tell_out(target, deployment, reason)
+        return True
+
+    def _tell_out(self, target: StepPlan, deployment: Deployment, why: str) -> None:
+        left = len(target.pool.live()) if target.pool else 0
+        carry = f"{left} other{'s' if left != 1 else ''} carry on" if left else "none is left: the run stops"
+        self.notice(redact(f"step {target.config.name!r}: deployment {deployment.name!r} taken out ({why}); "
+                           f"{carry}", self.secrets))
 
     def _verdict(self, limiter: Limiter, retry: RetryState, error: ProviderError, sent: float) -> float | None:
         """The policy's delay before another attempt, or None to give up; a 429 pauses every sender of the

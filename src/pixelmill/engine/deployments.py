@@ -12,8 +12,9 @@ ready alike the least loaded (calls in flight over its slots), of those with a f
 answers 429 is paused on its own: the row's next attempt goes to another one that is ready. A deployment that
 fails for a reason that is not the row's (a wrong key: 401/403, an exhausted quota, a missing model or
 deployment) is taken out for the rest of the run, with one notice, and the call is sent again elsewhere at once;
-the run stops as before (exit 3) only when every deployment of the step is out. The deployment that served a
-call is recorded on its row (`pixelmill.response.deployment`: its name, never its key).
+so is one whose first calls fail systematically (unreachable, the same 4xx every time: engine/systematic.py) while
+others carry on. The run stops as before (exit 3) only when every deployment of the step is out. The deployment
+that served a call is recorded on its row (`pixelmill.response.deployment`: its name, never its key).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from dataclasses import dataclass
 
 from pixelmill.engine.limiter import Limiter
-from pixelmill.errors import FatalError
+from pixelmill.errors import FatalError, PixelmillError
 from pixelmill.providers.base import Provider
 
 
@@ -36,7 +37,7 @@ class Deployment:
     wire_model: str  # the name sent (an Azure deployment's own name)
     limiter: Limiter
     in_flight: int = 0
-    out: FatalError | None = None  # why it was taken out
+    out: PixelmillError | None = None  # why it was taken out
 
     @property
     def load(self) -> float:
@@ -86,11 +87,13 @@ class DeploymentPool:
         deployment.limiter.release()
         self._wake()
 
-    def take_out(self, deployment: Deployment, error: FatalError) -> bool:
+    def take_out(self, deployment: Deployment, error: PixelmillError) -> bool:
         """Take `deployment` out for the rest of the run. True when it was in until now (say so once)."""
         if deployment.out is not None:
             return False
-        deployment.out = self._last_out = error
+        deployment.out = error
+        if isinstance(error, FatalError):
+            self._last_out = error
         self._wake()
         return True
 

@@ -139,8 +139,10 @@ class Runner:
                 limiter = Limiter(self.plan.concurrency, limits.rpm, limits.ipm)
                 policy = RetryPolicy(limits.max_retries, limits.max_billed_retries, self.plan.deadline,
                                      limits.retry_base, limits.retry_cap)
-                sender = Sender(Admission(limiter, budget, self.halt.stopping), policy, self.stats,
-                                watch=FailureWatch(self.halt.stop), notice=self.notice, secrets=self.plan.secrets)
+                watch = FailureWatch(self.halt.stop)
+                sender = Sender(Admission(limiter, budget, self.halt.stopping), policy, self.stats, watch=watch,
+                                notice=self.notice, secrets=self.plan.secrets)
+                watch.divert = sender.divert  # a deployment failing systematically is taken out, not the run
                 executor = RowExecutor(ctx, self.plan.steps, sender)
                 if config.batch:
                     await BatchFlow(ctx, self.plan, executor, detach=config.detach, notice=self.notice,
