@@ -1,14 +1,16 @@
 """Planning a run: everything that can be wrong with a configuration, found before anything is opened or sent.
 
 `plan_run` first checks that every optional package the run needs is installed (engine/prerequisites.py), then
-builds each step's provider (and its fallbacks'), looks its model up in the model table (presets
-resolved, unknown models allowed with a notice), checks that the model can do the step's task and take its mask,
-plans the wire parameters, tells of retired or unknown models, and refuses `--max-cost` for a model without a
-price. Last, it reads a bounded sample of the source's first rows (reading/sample.py) and checks every field the
-configuration names against them (engine/preflight.py) and that no output field is an input column. It opens no
-connection and writes nothing (the run directory is not touched): `reports/estimate.py` plans the same way a run
-does and sends nothing. `StepPlan.turn_plan` is the one place that says which task and wire plan each turn of a
-row uses, so a run (engine/row.py) and an estimate count the same calls.
+builds each step's provider (and its fallbacks'), looks its model up in the model table (presets resolved, unknown
+models allowed with a notice), checks that the model can do the step's task and take its mask, plans the wire
+parameters, tells of retired or unknown models, and refuses `--max-cost` for a model without a price. A step with
+`deployments` gets one provider and one limiter per entry (`StepPlan.pool`, engine/deployments.py), each key read
+from the variable its entry names (a variable not set is a `ConfigError` naming it); steps with the same model over
+the same entries share them. Last, it reads a bounded sample of the source's first rows (reading/sample.py) and
+checks every field the configuration names against them (engine/preflight.py) and that no output field is an input
+column. It opens no connection and writes nothing (the run directory is not touched): `reports/estimate.py` plans
+the same way a run does and sends nothing. `StepPlan.turn_plan` is the one place that says which task and wire plan
+each turn of a row uses, so a run (engine/row.py) and an estimate count the same calls.
 """
 
 from __future__ import annotations
