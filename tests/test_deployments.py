@@ -196,3 +196,12 @@ def test_an_unreachable_deployment_is_taken_out_and_the_run_completes_on_the_oth
     shown = " ".join(result.output.split())
     assert shown.count("deployment 'gone' taken out") == 1
     assert f"127.0.0.1:{port}" in shown and "could not connect" in shown
+
+
+def test_an_estimate_needs_no_deployment_key_set(tmp_path: Path) -> None:
+    from pixelmill.reports.estimate import estimate
+
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(3))
+    config = pipeline_config({"source": str(src), "output": str(tmp_path / "out"), "steps": [
+        {"name": "s", "prompt": "x", "deployments": [{"api_key_env": "KEY_EAST"}, {"api_key_env": "KEY_WEST"}]}]})
+    assert estimate(config, env={}).requests == 3
