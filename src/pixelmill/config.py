@@ -2,10 +2,10 @@
 
 The command line and pipeline files both produce a `RunConfig`; the engine takes nothing else.
 `fingerprint()` is what makes "another configuration": provider, model, prompt field or template, image and mask
-fields, image parameters, per step, and the id field. Base URLs, keys, concurrency, limits, retries, budget and
-output format are not part of it. The journal judges a change per step (writing/fingerprints.py): a changed step
-and the steps that read its outputs are made again (`--restart-step NAME`, or without a flag when nothing of them
-was paid for), the others keep their done rows.
+fields, image parameters, per step, and the id field. Base URLs, keys, deployments, concurrency, limits, retries,
+budget and output format are not part of it. The journal judges a change per step (writing/fingerprints.py): a
+changed step and the steps that read its outputs are made again (`--restart-step NAME`, or without a flag when
+nothing of them was paid for), the others keep their done rows.
 """
 
 from __future__ import annotations
@@ -36,6 +36,56 @@ class ModelRef(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)  # provider settings (diffusers: batch_size, devices)
 
 
+# What a literal key in a deployment is told (a pipeline file may be committed; a command line is kept in shell
+# histories and `ps`): the key goes in an environment variable, and the entry names the variable.
+KEY_LITERAL = ("a key is never written here (a pipeline file may be committed, a command line is kept in your "
+               "shell history): put it in an environment variable and name the variable with api_key_env: NAME")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+class Deployment(BaseModel):
+    """One key or endpoint a step's calls are spread over (engine/deployments.py), with its own limits.
+
+    Every entry uses the step's provider and model; what differs is where calls go (`base_url`), with which key
+    (`api_key_env`: the name of the environment variable that holds it, never the key), the Azure deployment and
+    API version, and the limits of that key or endpoint. Unset fields keep the step's own (its base URL, the
+    provider's key variable, --concurrency as the only bound on calls in flight, no rate but the learned one)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: str | None = None  # shown in notices and recorded on each row (pixelmill.response.deployment)
+    base_url: str | None = None
+    api_key_env: str | None = None
+    deployment: str | None = None  # Azure: the deployment name sent (default: the step's model)
+    api_version: str | None = None
+    rpm: float | None = Field(default=None, gt=0)
+    ipm: float | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, ge=1, le=4096)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in ("api_key", "key", "token")):
+            raise ValueError(KEY_LITERAL)
+        return data
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        # The value is never repeated in the message: a key pasted here by mistake stays out of the output.
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError("api_key_env names the environment variable that holds the key (like "
+                             "OPENAI_API_KEY_2), not the key itself")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", value):
+            raise ValueError(f"deployment name {value!r} must be letters, digits, '_', '-', '.' or ':'")
+        return value
+
+
 class StepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -43,6 +93,9 @@ class StepConfig(BaseModel):
     task: Literal["generate", "edit", "auto"] = "generate"
     model: ModelRef = Field(default_factory=ModelRef)
     fallback: tuple[ModelRef, ...] = ()
+    # Keys or endpoints the model's calls are spread over, each with its own limits (not part of the
+    # fingerprint: like a base URL or a key, where calls go does not change what is asked).
+    deployments: tuple[Deployment, ...] = ()
     prompt: str | None = None  # a template with {field} placeholders, or a static prompt
     prompt_field: str | None = None
     image_field: str | None = None  # default "images" for edit
@@ -204,6 +257,7 @@ class RunConfig(BaseModel):
     def snapshot(self) -> dict[str, Any]:
         """What the journal keeps for `status` and the gallery (never a key, nor a base URL's credentials)."""
         data = self.model_dump(mode="json", exclude={"api_key"})
-        for ref in (ref for step in data["steps"] for ref in (step["model"], *step["fallback"])):
+        for ref in (ref for step in data["steps"]
+                    for ref in (step["model"], *step["fallback"], *step.get("deployments", ()))):
             ref["base_url"] = ref["base_url"] and strip_userinfo(ref["base_url"])
         return data

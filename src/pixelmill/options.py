@@ -118,6 +118,11 @@ class JobOptions:
                                      "headers].", panel=LIMITS, run_only=True)
     ipm: float | None = option(None, "Images per minute at most [default: learned from 429s and rate-limit "
                                      "headers].", panel=LIMITS, run_only=True)
+    deployment: list[str] | None = option(
+        None, "Spread calls over several keys or endpoints, each with its own limits (repeatable): KEY=VALUE pairs "
+        "joined by commas, KEY one of name, api_key_env (the variable that holds the key, never the key), "
+        'base_url, deployment (Azure), api_version, rpm, ipm, concurrency; e.g. "name=east, api_key_env=KEY_EAST, '
+        'ipm=60".', panel=LIMITS, run_only=True)
     max_retries: int = option(defaults.MAX_RETRIES,
                               "Retries of transient errors per call (429s: bounded by --deadline).", panel=LIMITS,
                               run_only=True)
@@ -276,6 +281,7 @@ def build_config(task: str, input: Path, options: JobOptions, *, input_dir: Path
                            api_version=o.api_version, options=model_options),
             prompt=o.prompt_template, prompt_field=o.prompt_field, image_field=o.image_field,
             mask_field=o.mask_field, output_field=o.output_field, name_template=o.name_template, params=params,
+            deployments=_parse_deployments(o.deployment),
         )
         config = RunConfig(
             source=input, input_dir=input_dir, output=o.output or defaults.OUTPUT_ROOT / input.stem, steps=(step,),
@@ -322,6 +328,35 @@ def pipeline_config(path: Path | Mapping[str, Any], options: PipelineOptions | N
     if isinstance(path, Mapping):
         return pipeline_from_mapping(path, overrides)
     return load_pipeline(path, overrides)
+
+
+def _parse_deployments(specs: list[str] | None) -> tuple[Any, ...]:
+    """`--deployment "name=east,api_key_env=KEY_EAST,ipm=60"` (repeated): the step's deployments (config.py)."""
+    from pydantic import ValidationError
+
+    from pixelmill.config import KEY_LITERAL, Deployment
+    from pixelmill.errors import ConfigError
+
+    out = []
+    for number, spec in enumerate(specs or [], 1):
+        fields: dict[str, str] = {}
+        for pair in spec.split(","):
+            key, sep, value = pair.strip().partition("=")
+            if key in ("api_key", "key", "token"):  # the value is never repeated: it may be a key
+                raise ConfigError(f"--deployment #{number}: {KEY_LITERAL}")
+            if not sep or not key or key not in Deployment.model_fields:
+                got = f"; got {key!r}" if sep else ""  # a pair without `=` is not echoed: it may be a pasted key
+                raise ConfigError(f"--deployment #{number}: expected KEY=VALUE pairs separated by commas, with KEY "
+                                  f"one of {', '.join(Deployment.model_fields)}{got}")
+            fields[key] = value
+        try:
+            out.append(Deployment(**fields))  # type: ignore[arg-type]  # pydantic parses the numbers
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            message = first["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"--deployment #{number}: {where + ': ' if where else ''}{message}") from None
+    return tuple(out)
 
 
 def _parse_params(pairs: list[str] | None) -> dict[str, Any]:
@@ -392,6 +427,12 @@ def command_line(config: RunConfig) -> str | None:
             args.append(flag)
     for folder in config.allowed_paths:
         args += ["--allow-path", str(folder)]
+    for entry in step.deployments:  # names of key variables, never keys; URLs without their credentials
+        fields = entry.model_dump(exclude_none=True)
+        if "base_url" in fields:
+            fields["base_url"] = strip_userinfo(fields["base_url"])
+        args += ["--deployment", ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in fields.items())]
     return shlex.join(args)
 
 

@@ -25,6 +25,10 @@ steps:
     prompt: "Put this product on a marble table."
     output_field: marble_image
 ```
+
+`deployments:` (in a step, or at the top for every step without its own) spreads a step's calls over several keys
+or endpoints of its provider, each with its own limits; a key is named by its environment variable
+(`api_key_env`), and a key written in the file is refused.
 """
 
 from __future__ import annotations
@@ -39,17 +43,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from pixelmill import defaults
-from pixelmill.config import Limits, ModelRef, RunConfig, StepConfig
+from pixelmill.config import KEY_LITERAL, Deployment, Limits, ModelRef, RunConfig, StepConfig
 from pixelmill.errors import ConfigError, UnknownAlias
 from pixelmill.models.table import builtin_table
 from pixelmill.params import ImageParams
 
 TOP_KEYS = {"source", "output", "models", "limits", "steps", "id_field", "format", "embed_images",
-            "allow_private_urls", "allowed_paths"}
+            "allow_private_urls", "allowed_paths", "deployments"}
 REF_KEYS = {"provider", "model", "base_url", "base_model", "api_version", "options"}
 PARAM_KEYS = set(ImageParams.model_fields) - {"extra"}
 STEP_KEYS = {"name", "task", "model", "fallback", "prompt", "prompt_field", "images", "image_field", "mask",
-             "mask_field", "output_field", "name_template", "param", "batch"} | PARAM_KEYS
+             "mask_field", "output_field", "name_template", "param", "batch", "deployments"} | PARAM_KEYS
+DEPLOYMENT_KEYS = set(Deployment.model_fields)
 LIMIT_KEYS = set(Limits.model_fields)
 _FIELD_REF = re.compile(r"^\{([^{}]+)\}$")
 
@@ -119,10 +124,11 @@ def _pipeline(raw: Any, where: _Where, base: Path, origin: str | None, stem: str
         raise where.unknown(unknown, LIMIT_KEYS, section="limits")
     if not isinstance(raw["steps"], list) or not raw["steps"]:
         raise where.error("must be a non-empty list of steps", key="steps")
+    shared = _deployments(raw["deployments"], where, None) if "deployments" in raw else ()
     steps = []
     earlier_outputs: set[str] = set()
     for i, body in enumerate(raw["steps"]):
-        step = _step(body, i, aliases, where, earlier_outputs)
+        step = _step(body, i, aliases, where, earlier_outputs, shared)
         earlier_outputs.add(step.out_field)
         steps.append(step)
     names = [s.name for s in steps]
@@ -256,8 +262,33 @@ def _field(value: Any, where: _Where, step: str, key: str) -> str:
     return match.group(1) if match else value
 
 
+def _deployments(value: Any, where: _Where, step: str | None) -> tuple[Deployment, ...]:
+    """`deployments:` (top level: every step's that gives none of its own): keys or endpoints to spread calls over,
+    each `{name, base_url, api_key_env, deployment, api_version, rpm, ipm, concurrency}`."""
+    if not isinstance(value, list) or not value:
+        raise where.error("must be a list of {base_url, api_key_env, rpm, ipm, concurrency, ...}", step=step,
+                          key="deployments")
+    out = []
+    for i, body in enumerate(value):
+        key = f"deployments[{i}]"
+        if not isinstance(body, dict):
+            raise where.error("must be a mapping", step=step, key=key)
+        literal = sorted(set(body) & {"api_key", "key", "token"})
+        if literal:
+            raise where.error(KEY_LITERAL, step=step, key=f"{key}.{literal[0]}")
+        if unknown := set(body) - DEPLOYMENT_KEYS:
+            raise where.unknown(unknown, DEPLOYMENT_KEYS, step=step, section=key)
+        try:
+            out.append(Deployment(**body))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join([key, *(str(p) for p in first["loc"])])
+            raise where.error(first["msg"].removeprefix("Value error, "), step=step, key=loc) from None
+    return tuple(out)
+
+
 def _step(body: Any, index: int, aliases: dict[str, tuple[ModelRef, dict[str, Any]]], where: _Where,
-          earlier_outputs: set[str]) -> StepConfig:
+          earlier_outputs: set[str], shared: tuple[Deployment, ...] = ()) -> StepConfig:
     if not isinstance(body, dict):
         raise where.error("must be a mapping", key=f"steps[{index}]")
     name = str(body.get("name", f"step{index + 1}"))
@@ -292,6 +323,7 @@ def _step(body: Any, index: int, aliases: dict[str, tuple[ModelRef, dict[str, An
             task=task,
             model=ref,
             fallback=fallback,
+            deployments=_deployments(body["deployments"], where, name) if "deployments" in body else shared,
             prompt=prompt,
             prompt_field=body.get("prompt_field"),
             image_field=_field(body["images"], where, name, "images") if "images" in body

@@ -12,6 +12,8 @@ The order is the budget's rule: the reservation is made (waiting while calls in 
 budget, or while a model's first call is not yet billed) before the slot is taken, so a call waiting for budget
 holds no slot. `reserve` is the table's bound; the budget scales it by what the model's bills have shown. The
 pacing and 429 pause are the limiter's (engine/limiter.py), the budget policy the budget's (engine/budget.py).
+A step spread over several deployments (engine/deployments.py) takes one more thing last: a deployment, with its
+own slot and pace (`ticket.deployment`), given back with the rest.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 
 from pixelmill.engine.budget import Budget, CostKey
+from pixelmill.engine.deployments import Deployment, DeploymentPool
 from pixelmill.engine.limiter import Limiter
 
 
@@ -33,10 +36,12 @@ class Admission:
         self.budget = budget
         self.stopping = stopping
 
-    def ticket(self, *, images: int, reserve: float, key: CostKey | None = None) -> Ticket:
+    def ticket(self, *, images: int, reserve: float, key: CostKey | None = None,
+               pool: DeploymentPool | None = None) -> Ticket:
         """A ticket for one call of `images` images that the table says may cost up to `reserve` (its bills are
-        learned under `key`: model and plan); enter it to be let in."""
-        return Ticket(self, images, reserve, key)
+        learned under `key`: model and plan); enter it to be let in. With `pool` (a step spread over several
+        deployments), the ticket also holds the deployment chosen (`ticket.deployment`) and its slot."""
+        return Ticket(self, images, reserve, key, pool)
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -53,10 +58,13 @@ class Admission:
 class Ticket:
     """One call's slot and reservation, from entering the `async with` to leaving it."""
 
-    __slots__ = ("_admission", "_bound", "_held", "_images", "_key", "_reserved", "_settled")
+    __slots__ = ("_admission", "_bound", "_held", "_images", "_key", "_pool", "_reserved", "_settled", "deployment")
 
-    def __init__(self, admission: Admission, images: int, reserve: float, key: CostKey | None = None) -> None:
+    def __init__(self, admission: Admission, images: int, reserve: float, key: CostKey | None = None,
+                 pool: DeploymentPool | None = None) -> None:
         self._admission = admission
+        self._pool = pool
+        self.deployment: Deployment | None = None  # where the call goes, when its step has deployments
         self._images = images
         self._bound = reserve
         self._key = key
@@ -71,7 +79,9 @@ class Ticket:
 
     async def __aenter__(self) -> Ticket:
         """Reserve the budget (raises `BudgetReached` when the call cannot fit even alone), then wait for a slot
-        and the pace. The waits end early when the run stops: the holder checks `stopping` before sending."""
+        and the pace, then (a step with deployments) for a deployment's slot and pace. The waits end early when
+        the run stops: the holder checks `stopping` before sending. A step whose deployments are all out raises
+        the `FatalError` that took the last one out."""
         gate = self._admission
         self._reserved = await gate.budget.reserve(self._bound, self._key)
         self._settled = False
@@ -81,6 +91,12 @@ class Ticket:
             self.settle(0.0)
             raise
         self._held = True
+        if self._pool is not None:
+            try:
+                self.deployment = await self._pool.admit(self._images, gate.stopping)
+            except BaseException:
+                await self.__aexit__(None, None, None)
+                raise
         return self
 
     def settle(self, actual: float, *, billed: bool = False) -> None:
@@ -96,6 +112,9 @@ class Ticket:
                         traceback: TracebackType | None) -> None:
         if not self._settled:
             self.settle(0.0)
+        if self.deployment is not None and self._pool is not None:
+            self._pool.release(self.deployment)
+            self.deployment = None
         if self._held:
             self._held = False
             self._admission.limiter.release()

@@ -197,7 +197,7 @@ class JobSender:
         try:
             handle = await provider.submit(request, target.spec)
         except ProviderError as exc:
-            self.sender._observe(target, exc, submits)  # a wrong base URL stops the run (engine/systematic.py)
+            self.sender._observe(target, exc, submits, provider)  # a wrong base URL stops the run (systematic.py)
             if maybe_billed(exc):  # sent, answer lost: the job may exist; look for it before charging it
                 found = await self._recover(provider, target, request, sent_wall)
                 if found is not None:
@@ -210,7 +210,7 @@ class JobSender:
             else:
                 ticket.settle(0.0)  # an error answer: no job, nothing billed
                 book.answered()
-            delay = self.sender._verdict(retry, exc, sent)
+            delay = self.sender._verdict(self.admission.limiter, retry, exc, sent)
             return None, delay, exc if delay is None else None
         except asyncio.CancelledError:  # sent and abandoned: its intent stays, a re-run looks for the job
             self._charge(ticket, unanswered=True)
@@ -218,7 +218,7 @@ class JobSender:
         finally:
             self.stats.in_flight -= 1
         self.admission.limiter.on_answer(None, sent)  # an answer: the pace may probe up (engine/ratefinder.py)
-        self.sender._observe(target, None, submits)
+        self.sender._observe(target, None, submits, provider)
         book.submitted(handle, ticket.reserved, submits)
         self._started()
         return handle, None, None

@@ -53,6 +53,12 @@ class Pacer:
             self.waited_at = now
         return max(0.0, start - now)
 
+    def ready_at(self) -> float:
+        """When the next event could go (monotonic seconds), claiming nothing."""
+        if not self.interval:
+            return 0.0
+        return max(self._next, time.monotonic() - self.interval * (self.burst - 1))
+
 
 class Limiter:
     def __init__(self, concurrency: int, rpm: float | None, ipm: float | None) -> None:
@@ -70,23 +76,33 @@ class Limiter:
         checks `stopping`: the waits here end early when the run stops)."""
         await self.slots.acquire()
         try:
-            while not stopping.is_set():
-                wait = self.paused_until - time.monotonic()
-                if wait > 0:
-                    await _sleep_unless(stopping, wait)
-                    continue
-                wait = max(self.requests.reserve(), self.images.reserve(images))
-                if wait > 0:
-                    await _sleep_unless(stopping, wait)
-                if self.paused_until <= time.monotonic():
-                    self.finder.admitted(time.monotonic())
-                    break  # else a 429 came while this call waited for its turn: wait out the pause too
+            await self.pace(images, stopping)
         except BaseException:
             self.slots.release()
             raise
 
+    async def pace(self, images: int, stopping: asyncio.Event) -> None:
+        """The pacing part of `admit`, for a caller that holds a slot already: wait out a 429 pause and this
+        call's turn in the request and image paces."""
+        while not stopping.is_set():
+            wait = self.paused_until - time.monotonic()
+            if wait > 0:
+                await _sleep_unless(stopping, wait)
+                continue
+            wait = max(self.requests.reserve(), self.images.reserve(images))
+            if wait > 0:
+                await _sleep_unless(stopping, wait)
+            if self.paused_until <= time.monotonic():
+                self.finder.admitted(time.monotonic())
+                break  # else a 429 came while this call waited for its turn: wait out the pause too
+
     def release(self) -> None:
         self.slots.release()
+
+    def ready_at(self, images: int = 1) -> float:
+        """When a call could go here at the soonest (monotonic seconds; the past means now), claiming nothing:
+        the end of a 429 pause, the request pace's next turn and the image pace's."""
+        return max(self.paused_until, self.requests.ready_at(), self.images.ready_at())
 
     def on_answer(self, limits: RateLimits | None, sent_at: float) -> None:
         """An answer (any but a 429) to a call sent at `sent_at`: learn from its headers, probe the pace up."""

@@ -1,14 +1,16 @@
 """Planning a run: everything that can be wrong with a configuration, found before anything is opened or sent.
 
 `plan_run` first checks that every optional package the run needs is installed (engine/prerequisites.py), then
-builds each step's provider (and its fallbacks'), looks its model up in the model table (presets
-resolved, unknown models allowed with a notice), checks that the model can do the step's task and take its mask,
-plans the wire parameters, tells of retired or unknown models, and refuses `--max-cost` for a model without a
-price. Last, it reads a bounded sample of the source's first rows (reading/sample.py) and checks every field the
-configuration names against them (engine/preflight.py) and that no output field is an input column. It opens no
-connection and writes nothing (the run directory is not touched): `reports/estimate.py` plans the same way a run
-does and sends nothing. `StepPlan.turn_plan` is the one place that says which task and wire plan each turn of a
-row uses, so a run (engine/row.py) and an estimate count the same calls.
+builds each step's provider (and its fallbacks'), looks its model up in the model table (presets resolved, unknown
+models allowed with a notice), checks that the model can do the step's task and take its mask, plans the wire
+parameters, tells of retired or unknown models, and refuses `--max-cost` for a model without a price. A step with
+`deployments` gets one provider and one limiter per entry (`StepPlan.pool`, engine/deployments.py), each key read
+from the variable its entry names (a variable not set is a `ConfigError` naming it); steps with the same model over
+the same entries share them. Last, it reads a bounded sample of the source's first rows (reading/sample.py) and
+checks every field the configuration names against them (engine/preflight.py) and that no output field is an input
+column. It opens no connection and writes nothing (the run directory is not touched): `reports/estimate.py` plans
+the same way a run does and sends nothing. `StepPlan.turn_plan` is the one place that says which task and wire plan
+each turn of a row uses, so a run (engine/row.py) and an estimate count the same calls.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pixelmill import defaults
+from pixelmill.config import Deployment as DeploymentEntry
 from pixelmill.config import Limits, ModelRef, RunConfig, StepConfig
+from pixelmill.engine.deployments import Deployment, DeploymentPool
+from pixelmill.engine.limiter import Limiter
 from pixelmill.engine.preflight import check_fields
 from pixelmill.engine.prerequisites import check_prerequisites
 from pixelmill.errors import ConfigError
 from pixelmill.models.cost import expected_cost
 from pixelmill.models.table import ModelSpec, ModelTable, builtin_table
 from pixelmill.params import WirePlan
-from pixelmill.providers.base import Provider, ProviderSettings, provider_class
+from pixelmill.providers.base import Provider, ProviderSettings, is_job_provider, provider_class
 from pixelmill.reading.sample import Sample, first_rows
 
 
@@ -41,6 +46,9 @@ class StepPlan:
     plans: dict[tuple[str, bool], WirePlan] = field(default_factory=dict)
     fallbacks: list[StepPlan] = field(default_factory=list)  # tried in order when this model fails a row
     timeout: float = defaults.TIMEOUT  # seconds for one request (`request_timeout`)
+    # The keys or endpoints this model's calls are spread over (engine/deployments.py); None: `provider` alone.
+    # `provider` is then the first deployment's, which plans the wire parameters for all of them.
+    pool: DeploymentPool | None = None
 
     def plan(self, task: str, single: bool = False) -> WirePlan:
         """The wire plan for `task`; `single` asks for one image (intermediate turns of a conversation)."""
@@ -95,10 +103,15 @@ class RunPlan:
 
     async def aclose(self) -> None:
         """Close every provider (their connection pools); errors while closing are not the run's concern."""
+        closed: set[int] = set()  # steps may share deployments, and so providers
         for step in self.steps:
             for target in (step, *step.fallbacks):
-                with contextlib.suppress(Exception):
-                    await target.provider.aclose()
+                providers = [target.provider, *(d.provider for d in (target.pool.deployments if target.pool else ()))]
+                for provider in providers:
+                    if id(provider) not in closed:
+                        closed.add(id(provider))
+                        with contextlib.suppress(Exception):
+                            await provider.aclose()
 
 
 def plan_run(
@@ -115,7 +128,9 @@ def plan_run(
     steps: list[StepPlan] = []
     for step in config.steps:
         try:
-            target = planner.target(step, step.model)
+            target = planner.target(step, step.model, step.deployments[0] if step.deployments else None)
+            if step.deployments:
+                target.pool = planner.pool(step, target)
             target.fallbacks = [planner.target(step, ref) for ref in step.fallback]
         except ConfigError as exc:
             where = f"{config.origin}: " if config.origin else ""
@@ -131,6 +146,11 @@ def plan_run(
     timeouts = [t.timeout for s in steps for t in (s, *s.fallbacks)]
     return RunPlan(steps, planner.secrets, max(config.limits.concurrency, wanted),
                    call_deadline(config.limits, timeouts))
+
+
+def _entry_name(entry: DeploymentEntry, index: int) -> str:
+    """A deployment's name: its own, else its key variable's (a name, never the key), else its place."""
+    return entry.name or entry.api_key_env or f"deployment{index + 1}"
 
 
 def _check_output_fields(config: RunConfig, sample: Sample) -> None:
@@ -165,15 +185,13 @@ class _Planner:
         if config.models_file is not None:
             self.table = self.table.merged(config.models_file)
         self.secrets: tuple[str, ...] = ()
+        # Steps with the same model over the same deployments share them: one limiter per key, not per step.
+        self.pools: dict[tuple[str, str, tuple[DeploymentEntry, ...]], DeploymentPool] = {}
 
-    def target(self, step: StepConfig, ref: ModelRef) -> StepPlan:
-        """One model a step can use: its provider, rules and wire plans, checked now."""
-        settings = ProviderSettings(
-            base_url=ref.base_url, api_key=self.config.api_key, api_version=ref.api_version,
-            options=dict(ref.options),
-            connect_timeout=float(ref.options.get("connect_timeout", 30.0)),  # seconds to open a connection
-        )
-        provider = provider_class(ref.provider)(settings, self.env)
+    def target(self, step: StepConfig, ref: ModelRef, entry: DeploymentEntry | None = None) -> StepPlan:
+        """One model a step can use: its provider (`entry`: the first of the step's deployments), rules and wire
+        plans, checked now."""
+        provider = provider_class(ref.provider)(self.settings(ref, entry), self.env)
         model = self.table.resolve_preset(ref.provider, ref.model)
         lookup = ref.base_model or model
         provider = provider.for_model(self.table.get(lookup) or provider.spec_for(lookup))
@@ -199,6 +217,50 @@ class _Planner:
             )
         self.secrets += provider.secrets()
         return target
+
+    def settings(self, ref: ModelRef, entry: DeploymentEntry | None, index: int = 0) -> ProviderSettings:
+        """A provider's settings: the model's, with a deployment's base URL, key and API version over them."""
+        key = self.config.api_key
+        if entry is not None and entry.api_key_env is not None:
+            key = (self.env.get(entry.api_key_env) or "").strip()
+            if not key:
+                raise ConfigError(f"deployment {_entry_name(entry, index)!r}: the environment variable "
+                                  f"{entry.api_key_env} is not set (api_key_env names the variable that holds "
+                                  "this deployment's key)")
+        return ProviderSettings(
+            base_url=(entry and entry.base_url) or ref.base_url, api_key=key,
+            api_version=(entry and entry.api_version) or ref.api_version, options=dict(ref.options),
+            connect_timeout=float(ref.options.get("connect_timeout", 30.0)),  # seconds to open a connection
+        )
+
+    def pool(self, step: StepConfig, target: StepPlan) -> DeploymentPool:
+        """The step's deployments: one provider and one limiter each, the first one `target`'s provider."""
+        ref = step.model
+        shared = (ref.provider, target.spec.name, step.deployments)
+        if shared in self.pools:
+            return self.pools[shared]
+        if is_job_provider(target.provider) or target.provider.family == "diffusers" or ref.provider == "emulator":
+            raise ConfigError(f"deployments spread calls over keys or endpoints of openai, azure, "
+                              f"openai-compatible or gemini; provider {ref.provider!r} takes none")
+        names = [_entry_name(entry, i) for i, entry in enumerate(step.deployments)]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"deployment names must be unique (name them with name:); got {', '.join(names)}")
+        deployments = []
+        for i, (name, entry) in enumerate(zip(names, step.deployments, strict=True)):
+            if i == 0:
+                provider = target.provider
+            else:
+                settings = self.settings(ref, entry, i)
+                try:
+                    provider = provider_class(ref.provider)(settings, self.env)
+                except ConfigError as exc:
+                    raise ConfigError(f"deployment {name!r}: {exc}") from None
+                provider = provider.for_model(target.spec)
+                self.secrets += provider.secrets()
+            limiter = Limiter(entry.concurrency or self.config.limits.concurrency, entry.rpm, entry.ipm)
+            deployments.append(Deployment(name, provider, entry.deployment or target.wire_model, limiter))
+        pool = self.pools[shared] = DeploymentPool(deployments)
+        return pool
 
     def spec(self, provider: Provider, model: str, base_model: str | None) -> ModelSpec:
         lookup = base_model or model

@@ -145,8 +145,10 @@ class Runner:
                 limiter = Limiter(self.plan.concurrency, limits.rpm, limits.ipm)
                 policy = RetryPolicy(limits.max_retries, limits.max_billed_retries, self.plan.deadline,
                                      limits.retry_base, limits.retry_cap)
-                sender = Sender(Admission(limiter, budget, self.halt.stopping), policy, self.stats,
-                                watch=FailureWatch(self.halt.stop))
+                watch = FailureWatch(self.halt.stop)
+                sender = Sender(Admission(limiter, budget, self.halt.stopping), policy, self.stats, watch=watch,
+                                notice=self.notice, secrets=self.plan.secrets)
+                watch.divert = sender.divert  # a deployment failing systematically is taken out, not the run
                 executor = RowExecutor(ctx, self.plan.steps, sender, self.batched)
                 if self.batched:
                     flow = BatchFlow(ctx, self.plan, executor, detach=config.detach, notice=self.notice,

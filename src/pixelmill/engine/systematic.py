@@ -5,12 +5,12 @@ of failing every row one by one after its retries (a wrong `--base-url` made 576
 96 rows, about two hours for 10,000).
 
 `FailureWatch` sees the outcome of every attempt of every call (engine/call.py), per target (a step's model at its
-base URL: a fallback model is watched on its own). It judges a target only until its first answer: an image, a
-refusal, any answer from the model. After that the URL, the key and the model are known to work, and a later
-outage is the provider's: retries ride out short ones, and rows that run out of retries fail with the reason
-(`--retry-failed` sends them again). A sustained outage after success is therefore not stopped: stopping would
-turn a provider's blip into a stopped run, and the live display shows the latest reason and the counts per kind,
-so a user watching can stop it.
+base URL: a fallback model is watched on its own, and so is each deployment of a step spread over several). It
+judges a target only until its first answer: an image, a refusal, any answer from the model. After that the URL,
+the key and the model are known to work, and a later outage is the provider's: retries ride out short ones, and
+rows that run out of retries fail with the reason (`--retry-failed` sends them again). A sustained outage after
+success is therefore not stopped: stopping would turn a provider's blip into a stopped run, and the live display
+shows the latest reason and the counts per kind, so a user watching can stop it.
 
 "The same way" is one signature: the error's class, HTTP status, code and message (providers build messages
 from the answer, so a gateway's fixed answer gives one message, while errors about a row usually name it).
@@ -62,6 +62,7 @@ from pixelmill.errors import (
     Unreachable,
 )
 from pixelmill.netpolicy import strip_userinfo
+from pixelmill.providers.base import Provider
 
 UNREACHABLE_ATTEMPTS = 4  # identical connection failures, one of them a retry
 REJECTED_CALLS = 5  # identical 4xx answers, one row each
@@ -95,26 +96,31 @@ class _Streak:
 class FailureWatch:
     """Judges whether the first calls of each target fail systematically; calls `stop(reason, kind)` if so."""
 
-    def __init__(self, stop: Callable[[str, str], None]) -> None:
+    def __init__(self, stop: Callable[[str, str], None],
+                 divert: Callable[[StepPlan, str, str], bool] | None = None) -> None:
         self._stop = stop
+        # A step spread over several deployments: `divert(target, url, reason)` takes the deployments at `url`
+        # out instead of stopping the run, and says whether others carry on (engine/deployments.py).
+        self.divert = divert
         self._answered: set[tuple[str, str, str]] = set()
         self._streaks: dict[tuple[str, str, str], _Streak] = {}
         self._tripped: dict[tuple[str, str, str], Signature] = {}
 
-    def answered(self, target: StepPlan) -> None:
-        """The target answered (an image, a refusal): it works; it is judged no more."""
-        key = _key(target)
+    def answered(self, target: StepPlan, provider: Provider | None = None) -> None:
+        """The target answered (an image, a refusal): it works; it is judged no more. `provider`: the deployment's
+        that sent the call, when the step has several (each one is judged on its own)."""
+        key = _key(target, provider)
         if key is not None:
             self._answered.add(key)
             self._streaks.pop(key, None)
 
-    def failed(self, target: StepPlan, error: ProviderError, *, retry: bool) -> None:
+    def failed(self, target: StepPlan, error: ProviderError, *, retry: bool, provider: Provider | None = None) -> None:
         """One attempt failed with `error`; `retry`: the attempt was a retry of the same call."""
-        key = _key(target)
+        key = _key(target, provider)
         if key is None or key in self._answered or key in self._tripped:
             return
         if isinstance(error, Refused):  # the model answered: the route, the key and the model work
-            self.answered(target)
+            self.answered(target, provider)
             return
         if isinstance(error, RateLimited):  # says nothing about the configuration either way
             return
@@ -131,10 +137,10 @@ class FailureWatch:
         if unreachable or (isinstance(error, Rejected) and streak.attempts >= REJECTED_CALLS):
             self._trip(key, target, streak)
 
-    def gave_up(self, target: StepPlan, error: ProviderError) -> bool:
+    def gave_up(self, target: StepPlan, error: ProviderError, provider: Provider | None = None) -> bool:
         """A call was given up on with `error`. True when the run is stopping for this very reason: the row then
         stays pending, like every row the stop leaves unsent."""
-        key = _key(target)
+        key = _key(target, provider)
         signature = _signature(error)
         if key is None or signature is None:
             return False
@@ -147,12 +153,17 @@ class FailureWatch:
         return self._tripped.get(key) == signature
 
     def _trip(self, key: tuple[str, str, str], target: StepPlan, streak: _Streak) -> None:
+        reason = _reason(target, streak, key[2])
+        if self.divert is not None and self.divert(target, key[2], reason):
+            self._answered.add(key)  # out of the run, judged no more; its rows go on elsewhere
+            self._streaks.pop(key, None)
+            return
         self._tripped[key] = streak.signature
-        self._stop(str(SystematicFailure(_reason(target, streak))), SystematicFailure.kind)
+        self._stop(str(SystematicFailure(reason)), SystematicFailure.kind)
 
 
-def _key(target: StepPlan) -> tuple[str, str, str] | None:
-    url = getattr(target.provider, "base_url", None)
+def _key(target: StepPlan, provider: Provider | None = None) -> tuple[str, str, str] | None:
+    url = getattr(provider or target.provider, "base_url", None)
     if not isinstance(url, str):
         return None  # a local model
     return target.config.name, target.wire_model, url
@@ -181,9 +192,9 @@ def _about_the_row(error: Rejected) -> bool:
     return param.startswith(ROW_PARAMS) or _ROW_WORDS.search(str(error)) is not None
 
 
-def _reason(target: StepPlan, streak: _Streak) -> str:
+def _reason(target: StepPlan, streak: _Streak, url: str) -> str:
     """The run's stop line: what failed, how many times, and what to check."""
-    url = strip_userinfo(getattr(target.provider, "base_url", ""))
+    url = strip_userinfo(url)
     error = streak.error
     step = f"step {target.config.name!r}: " if target.config.name not in ("generate", "edit") else ""
     if isinstance(error, Unreachable):

@@ -103,7 +103,9 @@ def estimate(config: RunConfig, *, env: Mapping[str, str] | None = None) -> RunE
     """What `config` would send and cost. Raises `ConfigError` where the run itself would refuse to start."""
     notices: list[str] = []
     offline = _offline(config)
-    environment = {**_PLACEHOLDER_ENV, **(os.environ if env is None else env)}
+    # Deployments' keys are named by variables an estimate does not need set (it sends nothing).
+    named = {d.api_key_env: PLACEHOLDER_KEY for step in config.steps for d in step.deployments if d.api_key_env}
+    environment = {**_PLACEHOLDER_ENV, **named, **(os.environ if env is None else env)}
     plan = plan_run(offline, env=environment, notice=notices.append)  # the run's own checks; opens nothing
     done_rows, spent_before, notes = _journal_state(config, offline)
     notices += notes

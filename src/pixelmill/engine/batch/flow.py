@@ -97,6 +97,9 @@ def _unbatchable(step: StepPlan, flag: str = "--batch") -> str | None:
                 f"Mode only); use --provider openai or gemini, or run without {flag}")
     if step.fallbacks:
         return f"a step with fallback models cannot be batched; drop the fallbacks or {flag}"
+    if step.pool:
+        return (f"a batch is sent through a single key, while deployments spread calls sent one by one; run without "
+                f"{flag}, or without deployments")
     return None
 
 
