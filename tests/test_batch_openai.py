@@ -303,3 +303,19 @@ def test_estimate_batch_prices_at_the_batch_rate(tmp_path: Path) -> None:
 
     assert total(batch.output) == pytest.approx(total(online.output) / 2, abs=1e-4)
     assert "priced at the batch rate (--batch)" in batch.output
+
+
+def test_a_run_without_batch_refuses_rows_in_live_batches_instead_of_paying_twice(emu: Emulator,
+                                                                                  tmp_path: Path) -> None:
+    emu.configure(batch_latency=30.0)  # the batch is still running when the next command comes
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(3))
+    args = ("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--quiet")
+    assert cli(*args, "--batch", "--detach").code == 4
+    journal_before = (tmp_path / "run" / ".pixelmill" / "journal.sqlite").read_bytes()
+    sent_before = emu.count()
+    result = cli(*args)  # --batch forgotten
+    assert result.code == 2, result.output
+    assert "3 row(s) of step 'generate' are in 1 live batch(es) of an earlier --batch run" in \
+        " ".join(result.output.split())
+    assert emu.count() == sent_before  # nothing sent, one by one or otherwise
+    assert (tmp_path / "run" / ".pixelmill" / "journal.sqlite").read_bytes() == journal_before

@@ -54,7 +54,7 @@ from pixelmill.engine.retry import RetryPolicy
 from pixelmill.engine.row import Row, RowExecutor
 from pixelmill.engine.stats import RunStats
 from pixelmill.engine.systematic import FailureWatch
-from pixelmill.errors import DiskFull, InternalError, ProviderError, redact
+from pixelmill.errors import ConfigError, DiskFull, InternalError, ProviderError, redact
 from pixelmill.netpolicy import strip_userinfo
 from pixelmill.reading.images import InputPolicy
 from pixelmill.reading.records import Record, read_records
@@ -111,6 +111,8 @@ class Runner:
         session: aiohttp.ClientSession | None = None
         store: ImageStore | None = None
         try:
+            if not self.batched:
+                _refuse_live_batches(journal)
             rebinding = journal.bind(config.fingerprint(), config.snapshot(), restart=config.restart,
                                      restart_steps=config.restart_steps)
             # The images of discarded results go, so that an output never mixes two configurations' images.
@@ -367,6 +369,18 @@ async def _drain(tasks: list[asyncio.Task[None]], hurry: asyncio.Task[Any], seco
         _, pending = await asyncio.wait([*pending, hurry], timeout=left, return_when=asyncio.FIRST_COMPLETED)
         pending.discard(hurry)
     hurry.cancel()
+
+
+def _refuse_live_batches(journal: Journal) -> None:
+    """A run without batch steps would send the rows of an earlier run's live batches again, one by one, and pay
+    for them twice: it stops first (ConfigError: nothing sent, the journal as it was)."""
+    live = [b for b in read_batches(journal) if b.state in ("uploaded", "submitted")]
+    if live:
+        lines = sum(b.lines for b in live)
+        steps = ", ".join(sorted({repr(b.step) for b in live}))
+        raise ConfigError(f"{lines} row(s) of step {steps} are in {len(live)} live batch(es) of an earlier --batch "
+                          "run; sent again one by one they would be paid twice. Run the same command with --batch "
+                          "(or the step's `batch: true`) to collect them, or `pixelmill cancel RUNDIR` first")
 
 
 def _base_url(provider: object) -> str | None:
