@@ -46,4 +46,4 @@ async def on_cluster(provider: Provider, env: Mapping[str, str], info: ClusterIn
         return made
     from pixelmill.cluster.remote import remote_provider
 
-    return await remote_provider(provider, env, info.nodes, concurrency)
+    return await remote_provider(provider, env, info.nodes, concurrency, notice)

@@ -63,9 +63,12 @@ def connect() -> ClusterInfo:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ConfigError(f"--ray: cannot reach the Ray cluster at RAY_ADDRESS={address}: {exc}; start it "
                               "(`ray start --head`) or unset RAY_ADDRESS to run on a local one") from None
+        address = address or "local"
+    else:  # joined earlier in this process (a notebook's own ray.init, or an earlier run)
+        address = str(ray.get_runtime_context().gcs_address)
     alive = [node for node in ray.nodes() if node.get("Alive")]
     total = ray.cluster_resources()
-    return ClusterInfo(address or "local", [str(node["NodeID"]) for node in alive],
+    return ClusterInfo(address, [str(node["NodeID"]) for node in alive],
                        float(total.get("CPU", 0.0)), float(total.get("GPU", 0.0)))
 
 
@@ -73,8 +76,3 @@ def _on_loopback(address: str) -> bool:
     host = address.split("://")[-1].rsplit(":", 1)[0]
     return host in ("localhost", "::1", "[::1]") or host.startswith("127.")
 
-
-def live_nodes() -> list[str]:
-    """The ids of the cluster's live nodes now."""
-    ray = import_ray()
-    return [str(node["NodeID"]) for node in ray.nodes() if node.get("Alive")]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,7 +148,7 @@ class CallPool:
         if node is not None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-            strategy: Any = NodeAffinitySchedulingStrategy(node, soft=True)
+            strategy: Any = NodeAffinitySchedulingStrategy(node, soft=False)
         else:
             strategy = "SPREAD"
         actor_class = ray.remote(CallWorker)
@@ -158,7 +158,7 @@ class CallPool:
         ).remote(*self._args)
 
     async def ready(self) -> list[str]:
-        """Wait for every actor to start; the nodes they run on."""
+        """Wait for every actor to start; the node each runs on."""
         refs = [slot.actor.ready.remote() for slot in self.slots]
         try:
             return list(await asyncio.wait_for(asyncio.gather(*refs), READY_TIMEOUT))
@@ -253,11 +253,14 @@ class RemoteProvider(Provider):
         return self.inner.secrets()
 
 
-async def remote_provider(provider: Provider, env: Mapping[str, str], nodes: list[str],
-                          concurrency: int) -> RemoteProvider:
+async def remote_provider(provider: Provider, env: Mapping[str, str], nodes: list[str], concurrency: int,
+                          notice: Callable[[str], None]) -> RemoteProvider:
     """`provider`'s calls on an actor pool over `nodes` (one actor each), started and ready."""
     pool = CallPool(provider, read_env(provider, env), nodes, concurrency)
-    await pool.ready()
+    where = await pool.ready()
+    n = len(where)
+    notice(f"--ray: {provider.name} calls go out from {n} actor{'s' if n != 1 else ''} on {len(set(where))} "
+           f"node{'s' if len(set(where)) != 1 else ''}")
     cls = type(f"Remote{type(provider).__name__}", (RemoteProvider,),
                {"name": provider.name, "family": provider.family, "chat": provider.chat, "__module__": __name__})
     wrapper: RemoteProvider = cls(provider, pool)
