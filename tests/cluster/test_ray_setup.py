@@ -51,3 +51,31 @@ async def test_local_models_wait_for_their_cluster_pool() -> None:
     provider = provider_class("diffusers")(ProviderSettings(), {})
     with pytest.raises(ConfigError, match="--ray with local models: not built yet"):
         await on_cluster(provider, {}, INFO, 4, lambda _: None)
+
+
+def ray_importers(root: Path) -> list[str]:
+    """Modules outside pixelmill/cluster/ that import Ray (inside functions too)."""
+    import ast
+
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).parts[0] == "cluster":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            if any(name == "ray" or name.startswith("ray.") for name in names):
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def test_only_the_cluster_package_imports_ray(tmp_path: Path) -> None:
+    """`import ray` lives in pixelmill/cluster/ only (the optional extra); the check sees a stray one."""
+    import shutil
+
+    package = Path(__file__).resolve().parents[2] / "src" / "pixelmill"
+    assert ray_importers(package) == []
+    copy = tmp_path / "pixelmill"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "engine" / "stray.py").write_text("def f():\n    import ray.util\n", encoding="utf-8")
+    assert ray_importers(copy) == ["engine/stray.py:2"]
