@@ -7,6 +7,7 @@ Top to bottom; a module imports its own layer and the layers below it, never one
     reports          reports/ (status, estimate, gallery, progress, model listing)
     options          options, pipeline (what a run is told, turned into a RunConfig)
     engine           engine/
+    cluster          cluster/ (--ray: provider calls on a Ray cluster; the only importer of ray)
     data             reading/, writing/, config
     providers        providers/
     emulator         testing/ (the emulator: a product part, reached only through its provider and `emulate`)
@@ -34,6 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("reports", ("pixelmill.reports",)),
     ("options", ("pixelmill.options", "pixelmill.pipeline")),
     ("engine", ("pixelmill.engine",)),
+    ("cluster", ("pixelmill.cluster",)),
     ("data", ("pixelmill.reading", "pixelmill.writing", "pixelmill.config")),
     ("providers", ("pixelmill.providers",)),
     ("emulator", ("pixelmill.testing",)),

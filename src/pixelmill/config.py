@@ -225,6 +225,9 @@ class RunConfig(BaseModel):
     # may switch between them (a row is never in two live batches either way).
     batch: bool = False
     detach: bool = False
+    # --ray: provider calls run on a Ray cluster (pixelmill/cluster/); the driver keeps everything else. Not part
+    # of the fingerprint: a run may move between one machine and a cluster and resume.
+    ray: bool = False
 
     @model_validator(mode="after")
     def _steps_apart(self) -> RunConfig:

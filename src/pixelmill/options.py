@@ -143,6 +143,9 @@ class JobOptions:
                                 "within 24 h; re-running the same command collects.", panel=RUN)
     detach: bool = option(False, "With --batch: submit the batches and exit 4; run the same command again to "
                                  "collect.", panel=RUN)
+    ray: bool = option(False, "Send the calls from a Ray cluster: the one RAY_ADDRESS names, else a local one "
+                              "(pip install 'pixelmill[ray]'); RUNDIR stays on this machine.", panel=RUN,
+                       run_only=True)
     restart: bool = option(False, "Discard the run in the output folder and start over.", panel=RUN)
     restart_step: list[str] | None = option(
         None, "Make step NAME (generate or edit here) again, with the steps that read it (repeatable).", panel=RUN)
@@ -196,10 +199,12 @@ class PipelineOptions:
         None, "Budget in USD for this run directory, across resumes [default: the file's, else none].", panel=LIMITS)
     retry_failed: bool = option(False, "Also re-request rows that failed.", panel=RUN)
     batch: bool = option(False, "Send the rows of every step that can be batched through the provider's batch "
-                                "API (OpenAI): half price; re-running the same command collects [default: the "
+                                "API (OpenAI, Gemini): half price; re-running the same command collects [default: the "
                                 "steps with `batch: true`].", panel=RUN)
     detach: bool = option(False, "With batch steps: submit the batches and exit 4; run the same command again to "
                                  "collect.", panel=RUN)
+    ray: bool = option(False, "Send the calls from a Ray cluster: the one RAY_ADDRESS names, else a local one "
+                              "(pip install 'pixelmill[ray]'); RUNDIR stays on this machine.", panel=RUN)
     restart: bool = option(False, "Discard the run in the output folder and start over.", panel=RUN)
     restart_step: list[str] | None = option(
         None, "Make step NAME again, with the steps that read its outputs; the others keep their done rows "
@@ -291,7 +296,7 @@ def build_config(task: str, input: Path, options: JobOptions, *, input_dir: Path
             restart_steps=tuple(o.restart_step or ()),
             verify_images=o.verify_images, report_broken=o.report_broken,
             allow_private_urls=o.allow_private_urls, allowed_paths=tuple(o.allow_path or ()), api_key=o.api_key,
-            models_file=o.models_file, batch=o.batch or o.detach, detach=o.detach,
+            models_file=o.models_file, batch=o.batch or o.detach, detach=o.detach, ray=o.ray,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -321,7 +326,7 @@ def pipeline_config(path: Path | Mapping[str, Any], options: PipelineOptions | N
         "restart_steps": tuple(o.restart_step) if o.restart_step else None,
         "verify_images": o.verify_images or None, "report_broken": o.report_broken or None,
         "embed_images": o.embed_images or None, "allow_private_urls": o.allow_private_urls or None,
-        "allowed_paths": tuple(o.allow_path) if o.allow_path else None,
+        "allowed_paths": tuple(o.allow_path) if o.allow_path else None, "ray": o.ray or None,
         "limits": {name: getattr(o, name) for name in LIMIT_OPTIONS},
         **settings,
     }
@@ -391,6 +396,8 @@ def command_line(config: RunConfig) -> str | None:
         for flag, value in (("--limit", config.limit), ("--max-cost", config.limits.max_cost)):
             if value is not None:
                 args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+        if config.ray:
+            args.append("--ray")
         return shlex.join(args)
     if len(config.steps) != 1:
         return None
@@ -422,7 +429,8 @@ def command_line(config: RunConfig) -> str | None:
     for flag, value in values:
         if value is not None:
             args += [flag, str(value)]
-    for flag, on in (("--embed-images", config.embed_images), ("--allow-private-urls", config.allow_private_urls)):
+    for flag, on in (("--embed-images", config.embed_images), ("--allow-private-urls", config.allow_private_urls),
+                     ("--ray", config.ray)):
         if on:
             args.append(flag)
     for folder in config.allowed_paths:

@@ -9,7 +9,8 @@ from the variable its entry names (a variable not set is a `ConfigError` naming 
 the same entries share them. Last, it reads a bounded sample of the source's first rows (reading/sample.py) and
 checks every field the configuration names against them (engine/preflight.py) and that no output field is an input
 column. It opens no connection and writes nothing (the run directory is not touched): `reports/estimate.py` plans
-the same way a run does and sends nothing. `StepPlan.turn_plan` is the one place that says which task and wire plan
+the same way a run does and sends nothing; `spread_on_cluster` (--ray, called by the runner before it opens RUNDIR)
+moves the providers' calls onto a Ray cluster. `StepPlan.turn_plan` is the one place that says which task and wire plan
 each turn of a row uses, so a run (engine/row.py) and an estimate count the same calls.
 """
 
@@ -100,6 +101,8 @@ class RunPlan:
     # to fill its batches (it has no rate limit to respect).
     concurrency: int
     deadline: float = defaults.DEADLINE  # seconds for one call with its retries (`call_deadline`)
+    # The environment the providers were built from: --ray builds the same providers on the cluster's actors.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     async def aclose(self) -> None:
         """Close every provider (their connection pools); errors while closing are not the run's concern."""
@@ -145,7 +148,33 @@ def plan_run(
     wanted = max([int(getattr(s.provider, "preferred_concurrency", 0)) for s in steps] or [0])
     timeouts = [t.timeout for s in steps for t in (s, *s.fallbacks)]
     return RunPlan(steps, planner.secrets, max(config.limits.concurrency, wanted),
-                   call_deadline(config.limits, timeouts))
+                   call_deadline(config.limits, timeouts), env)
+
+
+async def spread_on_cluster(plan: RunPlan, config: RunConfig, notice: Callable[[str], None]) -> None:
+    """--ray: each step's provider (and its fallbacks') sends its calls from the cluster (pixelmill/cluster/);
+    everything else of the run stays here. A `ConfigError` (no Ray, no cluster, actors that cannot start) comes
+    before anything is sent or written; the pools already started are closed then."""
+    import asyncio
+
+    from pixelmill.cluster import connect, on_cluster
+
+    info = await asyncio.to_thread(connect)
+    notice(info.line())
+    if config.batch:
+        notice("--ray with --batch: the driver submits and collects the batches (the provider runs them)")
+        return
+    try:
+        for step in plan.steps:
+            for target in (step, *step.fallbacks):
+                if target.pool is not None:  # each deployment's key and limits: not spread over the cluster yet
+                    notice(f"--ray: step {step.config.name!r} spreads its calls over deployments: they go out from "
+                           "this machine (deployments are not sent from the cluster yet)")
+                    continue
+                target.provider = await on_cluster(target.provider, plan.env, info, plan.concurrency, notice)
+    except BaseException:
+        await plan.aclose()
+        raise
 
 
 def _entry_name(entry: DeploymentEntry, index: int) -> str:

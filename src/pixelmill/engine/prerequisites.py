@@ -4,7 +4,7 @@ An output written with `--format hf` needs `datasets` only at the very end, afte
 saved as a Hugging Face dataset needs it to read the first row; a local model needs torch and diffusers to load.
 `check_prerequisites` (called first by `plan_run`, so `estimate` says it too) looks each one up without importing
 it (`importlib.util.find_spec`: importing torch or datasets takes seconds) and raises one `MissingDependency`
-(exit 2) naming what needs which package and the pip command to run.
+(exit 2) naming what needs which package and the pip command to run; `--ray` without Ray says its extra.
 """
 
 from __future__ import annotations
@@ -54,7 +54,12 @@ def requirements(config: RunConfig) -> list[Requirement]:
 
 
 def check_prerequisites(config: RunConfig) -> None:
-    """Raise `MissingDependency` for the first requirement of `config` whose packages are not installed."""
+    """Raise `MissingDependency` for the first requirement of `config` whose packages are not installed (and
+    `ConfigError` for --ray without Ray: the cluster's own message, before RUNDIR is touched)."""
+    if config.ray and not installed("ray"):
+        from pixelmill.cluster.connect import INSTALL
+
+        raise ConfigError(INSTALL)
     for need in requirements(config):
         missing = tuple(name for name in need.packages if not installed(name))
         if missing:

@@ -1,7 +1,8 @@
 """The flow of rows: read records, hand each row with work left to a worker, drain, stop.
 
 Shape of a run:
-- the run is planned first (engine/plan.py: providers, models, wire plans; nothing opened or sent), then
+- the run is planned first (engine/plan.py: providers, models, wire plans; nothing opened or sent); with --ray
+  the providers' calls move onto a Ray cluster (pixelmill/cluster/: only the calls; all below stays here); then
   `Runner.run` opens the journal, the image store and a URL session and puts them, with the limits, counters
   and the stop signal, in one `RunContext` (engine/context.py) that it passes down;
 - one producer reads the source in chunks, gives every record its key (through the journal, so a resume names
@@ -48,7 +49,7 @@ from pixelmill.engine.budget import Budget
 from pixelmill.engine.call import Sender
 from pixelmill.engine.context import Halt, RunContext
 from pixelmill.engine.limiter import Limiter
-from pixelmill.engine.plan import RunPlan
+from pixelmill.engine.plan import RunPlan, spread_on_cluster
 from pixelmill.engine.recheck import FileCheck
 from pixelmill.engine.retry import RetryPolicy
 from pixelmill.engine.row import Row, RowExecutor
@@ -106,6 +107,8 @@ class Runner:
     # ------------------------------------------------------------ the run
     async def run(self) -> RunOutcome:
         config, limits = self.config, self.config.limits
+        if config.ray:  # before RUNDIR is touched: no cluster (or no Ray) is a ConfigError, nothing sent
+            await spread_on_cluster(self.plan, config, self.notice)
         rundir = config.output
         journal = Journal.open(rundir)
         session: aiohttp.ClientSession | None = None
