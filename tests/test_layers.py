@@ -3,10 +3,12 @@
 Top to bottom; a module imports its own layer and the layers below it, never one above:
 
     entry points     cli, __main__
-    front ends       the package itself (`import pixelmill`), api, report, console, demo, compat
+    front ends       the package itself (`import pixelmill`), api, report, console, demo, compat, ray (Ray Data)
     reports          reports/ (status, estimate, gallery, progress, model listing)
     options          options, pipeline (what a run is told, turned into a RunConfig)
     engine           engine/
+    cluster          cluster/ (provider calls on a Ray cluster: the only place besides `pixelmill.ray` that
+                     imports ray)
     data             reading/, writing/, config
     providers        providers/
     emulator         testing/ (the emulator: a product part, reached only through its provider and `emulate`)
@@ -30,10 +32,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pixelmill"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", ("pixelmill.cli", "pixelmill.__main__")),
     ("front ends", ("pixelmill", "pixelmill.api", "pixelmill.report", "pixelmill.console", "pixelmill.demo",
-                    "pixelmill.compat")),
+                    "pixelmill.compat", "pixelmill.ray")),
     ("reports", ("pixelmill.reports",)),
     ("options", ("pixelmill.options", "pixelmill.pipeline")),
     ("engine", ("pixelmill.engine",)),
+    ("cluster", ("pixelmill.cluster",)),
     ("data", ("pixelmill.reading", "pixelmill.writing", "pixelmill.config")),
     ("providers", ("pixelmill.providers",)),
     ("emulator", ("pixelmill.testing",)),
