@@ -144,13 +144,13 @@ class Step:
             shutil.rmtree(rundir, ignore_errors=True)
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self._wait(RunPlan.aclose(self.plan))
+        with contextlib.suppress(Exception):  # the actor is going: its providers close, its scratch folder goes
+            self._wait(RunPlan.aclose(self.plan), timeout=30.0)
             self._loop.call_soon_threadsafe(self._loop.stop)
-            shutil.rmtree(self._scratch, ignore_errors=True)
+        shutil.rmtree(self._scratch, ignore_errors=True)
 
-    def _wait(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+    def _wait(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _run(self, batch: pyarrow.Table, rundir: Path) -> pyarrow.Table:
         import pyarrow as pa
