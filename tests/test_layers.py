@@ -3,11 +3,12 @@
 Top to bottom; a module imports its own layer and the layers below it, never one above:
 
     entry points     cli, __main__
-    front ends       the package itself (`import pixelmill`), api, report, console, demo, compat
+    front ends       the package itself (`import pixelmill`), api, report, console, demo, compat, ray (Ray Data)
     reports          reports/ (status, estimate, gallery, progress, model listing)
     options          options, pipeline (what a run is told, turned into a RunConfig)
     engine           engine/
-    cluster          cluster/ (--ray: provider calls on a Ray cluster; the only importer of ray)
+    cluster          cluster/ (provider calls on a Ray cluster: the only place besides `pixelmill.ray` that
+                     imports ray)
     data             reading/, writing/, config
     providers        providers/
     emulator         testing/ (the emulator: a product part, reached only through its provider and `emulate`)
@@ -31,7 +32,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pixelmill"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("entry points", ("pixelmill.cli", "pixelmill.__main__")),
     ("front ends", ("pixelmill", "pixelmill.api", "pixelmill.report", "pixelmill.console", "pixelmill.demo",
-                    "pixelmill.compat")),
+                    "pixelmill.compat", "pixelmill.ray")),
     ("reports", ("pixelmill.reports",)),
     ("options", ("pixelmill.options", "pixelmill.pipeline")),
     ("engine", ("pixelmill.engine",)),

@@ -80,3 +80,31 @@ async def test_cancelled_rows_are_skipped() -> None:
     finally:
         await batcher.aclose()
     assert [works for _, works in devices.calls] == [["kept"]]
+
+
+async def test_a_device_not_ready_takes_no_rows_and_when_none_is_left_the_rows_fail() -> None:
+    """Devices that can be lost (Ray actors): `ready` is asked before each batch; a device that says no takes no
+    rows (the others take them all); when every device is gone, `fail` ends the waiting rows and refuses more."""
+    devices = FakeDevices(0.0)
+    gone: set[int] = {1}
+    batcher: Batcher[str, str] | None = None
+
+    async def ready(device: int) -> bool:
+        if device in gone:
+            if batcher is not None and gone == {0, 1}:
+                batcher.fail(RuntimeError("no device left"))
+            return False
+        return True
+
+    batcher = Batcher(2, 1, window=0.0, run=devices.run, ready=ready)
+    try:
+        results = await asyncio.gather(*[batcher.submit(f"r{i}", "same", 1) for i in range(6)])
+        assert results == [f"done r{i}" for i in range(6)]
+        assert {device for device, _ in devices.calls} == {0}
+        gone.add(0)  # device 0 already waits for its next batch: it runs it, then asks again and is gone
+        assert await asyncio.wait_for(batcher.submit("late", "same", 1), 5) == "done late"
+        await asyncio.sleep(0.01)
+        with pytest.raises(RuntimeError, match="no device left"):
+            await batcher.submit("later", "same", 1)
+    finally:
+        await batcher.aclose()

@@ -224,9 +224,10 @@ class PipelineOptions:
 # The limits a pipeline run takes from the command line, by field name (they are also JobOptions fields).
 LIMIT_OPTIONS = ("concurrency", "rpm", "ipm", "max_retries", "max_billed_retries", "timeout", "deadline",
                  "max_cost")
-# Provider settings of local models that --param may also give (they configure the provider, not a request).
+# Provider settings of local models that --param may also give (they configure the provider, not a request;
+# ray_resource and ray_actors: with --ray, pixelmill/cluster/local.py).
 LOCAL_OPTIONS = ("batch_size", "devices", "dtype", "scheduler", "attention_slicing", "vae_tiling", "cpu_offload",
-                 "batch_window", "variant")
+                 "batch_window", "variant", "ray_resource", "ray_actors")
 
 
 def job_options(**overrides: Any) -> JobOptions:

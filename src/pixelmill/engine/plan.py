@@ -172,6 +172,8 @@ async def spread_on_cluster(plan: RunPlan, config: RunConfig, notice: Callable[[
                            "this machine (deployments are not sent from the cluster yet)")
                     continue
                 target.provider = await on_cluster(target.provider, plan.env, info, plan.concurrency, notice)
+                # A pool of model copies wants rows enough to batch on every copy: the planner sized for this machine.
+                plan.concurrency = max(plan.concurrency, int(getattr(target.provider, "preferred_concurrency", 0)))
     except BaseException:
         await plan.aclose()
         raise

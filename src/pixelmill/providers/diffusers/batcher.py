@@ -31,15 +31,19 @@ class Pending(Generic[W, R]):
 
 
 RunBatch = Callable[[int, list[W]], Awaitable[list[R]]]
+Ready = Callable[[int], Awaitable[bool]]
 
 
 class Batcher(Generic[W, R]):
     """`submit` a row's work and await its result; `run(device_index, works)` does the batches."""
 
-    def __init__(self, devices: int, batch_size: int, window: float, run: RunBatch[W, R]) -> None:
+    def __init__(self, devices: int, batch_size: int, window: float, run: RunBatch[W, R],
+                 ready: Ready | None = None) -> None:
         self.batch_size = batch_size
         self.window = window
         self._run = run
+        self._ready = ready
+        self._failed: Exception | None = None  # set by `fail`: no device is left
         self._waiting: dict[Hashable, list[Pending[W, R]]] = {}
         self._changed = asyncio.Condition()
         self._drivers = [asyncio.create_task(self._drive(i), name=f"pixelmill-diffusers-{i}")
@@ -50,6 +54,8 @@ class Batcher(Generic[W, R]):
         self.busy_seconds = 0.0
 
     async def submit(self, work: W, key: Hashable, images: int) -> R:
+        if self._failed is not None:
+            raise self._failed
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         async with self._changed:
             self._waiting.setdefault(key, []).append(Pending(work, key, images, future))
@@ -67,8 +73,19 @@ class Batcher(Generic[W, R]):
                 pending.future.cancel()
         self._waiting.clear()
 
+    def fail(self, error: Exception) -> None:
+        """No device is left: the rows waiting and every later `submit` get `error`."""
+        self._failed = error
+        for group in self._waiting.values():
+            for pending in group:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+        self._waiting.clear()
+
     async def _drive(self, device: int) -> None:
         while True:
+            if self._ready is not None and not await self._ready(device):
+                return  # this device is gone for good (the caller decides when none is left)
             batch = await self._next_batch()
             self.calls += 1
             self.batched_rows += len(batch)

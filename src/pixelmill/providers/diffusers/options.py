@@ -28,6 +28,11 @@ class LocalOptions(BaseModel):
     # How long a partial batch waits for more rows with the same parameters (seconds).
     batch_window: float = Field(default=0.05, ge=0.0, le=10.0)
     variant: str | None = None  # weights variant to load ("fp16"), as from_pretrained's `variant`
+    # On a Ray cluster only (pixelmill/cluster/local.py; `devices` is then each actor's own GPU): the resource
+    # each model copy takes instead of one GPU (a custom resource such as "gpu_slot", for CPU nodes and tests),
+    # and how many copies (default: as many as the cluster has of that resource).
+    ray_resource: str | None = None
+    ray_actors: int | None = Field(default=None, ge=1, le=4096)
 
     @field_validator("dtype", mode="before")
     @classmethod

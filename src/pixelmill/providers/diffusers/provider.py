@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from pixelmill.params import ImageParams, WirePlan
     from pixelmill.providers.diffusers.execute import Outcome, Work
 
-__all__ = ["DiffusersProvider", "derive_seed"]
+__all__ = ["DiffusersProvider", "derive_seed", "encode_pngs", "load_mapped", "prepare_work"]
 
 # Wire parameters that are not pipeline kwargs: the provider uses them itself.
 _NOT_KWARGS = ("seed", "scheduler")
@@ -125,11 +125,11 @@ class DiffusersProvider(Provider):
         await self._load(local)
         seed = request.params.get("seed")
         seed = derive_seed(request) if seed is None else int(seed)
-        work, key, share = await asyncio.to_thread(_prepare, local, request, seed, self.options.batch_size)
+        work, key, share = await asyncio.to_thread(prepare_work, local, request, seed, self.options.batch_size)
         outcome = await self._batches().submit(work, key, share)
         if isinstance(outcome, ProviderError):
             raise outcome
-        pngs = await asyncio.to_thread(_encode_pngs, outcome.images)
+        pngs = await asyncio.to_thread(encode_pngs, outcome.images)
         height, width = outcome.images[0].shape[:2]
         extra: dict[str, Any] = {"seed": seed, "device": outcome.device, "batch_rows": outcome.batch_rows,
                                  "size": f"{width}x{height}"}
@@ -198,7 +198,7 @@ class DiffusersProvider(Provider):
 
     async def _load_copies(self, local: LocalModel) -> list[LoadedCopy]:
         loop = asyncio.get_running_loop()
-        jobs = [loop.run_in_executor(pool, _load_one, local, device, self.options)
+        jobs = [loop.run_in_executor(pool, load_mapped, local, device, self.options)
                 for pool, device in zip(self._threads, self.devices, strict=True)]
         copies = await asyncio.gather(*jobs)
         for index, copy in enumerate(copies):
@@ -212,7 +212,7 @@ def derive_seed(request: ImageRequest) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-def _load_one(local: LocalModel, device: str, options: Any) -> LoadedCopy:
+def load_mapped(local: LocalModel, device: str, options: Any) -> LoadedCopy:
     """`load_copy` with its failures mapped: a model that cannot load stops the run (every row would fail)."""
     try:
         return load_copy(local, device, options)
@@ -230,7 +230,7 @@ def _load_one(local: LocalModel, device: str, options: Any) -> LoadedCopy:
                                f"{type(exc).__name__}: {str(exc)[:500]}; {hint}") from None
 
 
-def _prepare(local: LocalModel, request: ImageRequest, seed: int, batch_size: int) -> tuple[Work, Hashable, int]:
+def prepare_work(local: LocalModel, request: ImageRequest, seed: int, batch_size: int) -> tuple[Work, Hashable, int]:
     """The row's work, its batch key, and the share of a batch it takes (in a thread: images are decoded)."""
     from pixelmill.providers.diffusers.execute import Work
 
@@ -316,7 +316,7 @@ def _resized(image: Image.Image, size: tuple[int, int], nearest: bool = False) -
     return image.resize(size, Image.Resampling.NEAREST if nearest else Image.Resampling.LANCZOS)
 
 
-def _encode_pngs(arrays: list[Any]) -> list[bytes]:
+def encode_pngs(arrays: list[Any]) -> list[bytes]:
     from PIL import Image
 
     out = []
