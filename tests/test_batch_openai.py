@@ -163,6 +163,7 @@ def test_ctrl_c_while_waiting_exits_3_and_the_batch_keeps_running(emu: Emulator,
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
     assert b"keep running at the provider" in err and b"run the same command again to collect" in err
+    assert b"or `pixelmill cancel RUNDIR` to cancel them" in err
     assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["pending"] * 3
     again = cli(*args)
     assert again.code == 0, again.output

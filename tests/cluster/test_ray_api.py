@@ -5,6 +5,7 @@ failures of issue 16 (a node lost, the driver killed, Ctrl-C) bounded by the emu
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import signal
 import subprocess
@@ -211,3 +212,38 @@ def test_max_cost_holds_across_the_cluster(ray_cluster: RayCluster, emulator_thr
     assert answered == done > 0
     assert sum(r["pixelmill"].get("cost_usd", 0.0) for r in rows) <= budget
     assert answered * 272 * 30.0 / 1e6 <= budget
+
+
+def test_deployments_are_spread_from_the_cluster_each_with_its_limits(
+        ray_cluster: RayCluster, make_emulator: Any, tmp_path: Path) -> None:
+    """A step over two keys (two emulators): with --ray both deployments' calls go out from the cluster's actors,
+    each under its own limit (no 429 from either), every row once, and neither key in RUNDIR or the notices."""
+    key_a, key_b = "sk-cluster-a-7c1e9b2f4d6a8e0c3b5d", "sk-cluster-b-2e4c6a8b0d1f3e5a7c9b"
+    a = make_emulator(api_keys={key_a}, ipm=10, rate_window=2.0, latency=0.05)
+    b = make_emulator(api_keys={key_b}, ipm=20, rate_window=2.0, latency=0.05)
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(24))
+    notes: list[str] = []
+    config = build_config("generate", src, job_options(
+        output=tmp_path / "run", concurrency=8, ray=True, engine={"retry_base": 0.01, "retry_cap": 0.05},
+        deployment=[f"name=a,base_url={a.openai_base_url},api_key_env=CLUSTER_KEY_A,ipm=240",
+                    f"name=b,base_url={b.openai_base_url},api_key_env=CLUSTER_KEY_B,ipm=480"]))
+    os.environ.update(CLUSTER_KEY_A=key_a, CLUSTER_KEY_B=key_b)
+    try:
+        report = run_config(config, notice=notes.append)
+    finally:
+        for name in ("CLUSTER_KEY_A", "CLUSTER_KEY_B"):
+            os.environ.pop(name, None)
+    assert report.exit_code == 0, notes
+    rows = read_output(tmp_path / "run")
+    assert [r["pixelmill"]["status"] for r in rows] == ["done"] * 24
+    served = Counter(r["pixelmill"]["response"]["deployment"] for r in rows)
+    assert served["a"] == a.count(endpoint="generations", status=200) > 0
+    assert served["b"] == b.count(endpoint="generations", status=200) > 0
+    assert a.count(status=429) == 0 and b.count(status=429) == 0
+    assert sum("calls go out from" in note for note in notes) == 2, notes  # one actor pool per deployment
+    text = "\n".join(notes)
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert key_a.encode() not in data and key_b.encode() not in data, path
+    assert key_a not in text and key_b not in text

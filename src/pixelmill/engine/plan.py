@@ -164,14 +164,20 @@ async def spread_on_cluster(plan: RunPlan, config: RunConfig, notice: Callable[[
     if config.batch:
         notice("--ray with --batch: the driver submits and collects the batches (the provider runs them)")
         return
+    moved: dict[int, Provider] = {}  # a provider shared by steps (a deployment pool) is moved once
+
+    async def move(provider: Provider) -> Provider:
+        if id(provider) not in moved:
+            moved[id(provider)] = await on_cluster(provider, plan.env, info, plan.concurrency, notice)
+        return moved[id(provider)]
+
     try:
         for step in plan.steps:
             for target in (step, *step.fallbacks):
-                if target.pool is not None:  # each deployment's key and limits: not spread over the cluster yet
-                    notice(f"--ray: step {step.config.name!r} spreads its calls over deployments: they go out from "
-                           "this machine (deployments are not sent from the cluster yet)")
-                    continue
-                target.provider = await on_cluster(target.provider, plan.env, info, plan.concurrency, notice)
+                for deployment in target.pool.deployments if target.pool is not None else ():
+                    # Each key or endpoint keeps its limiter here; its calls go out from the cluster.
+                    deployment.provider = await move(deployment.provider)
+                target.provider = await move(target.provider)
                 # A pool of model copies wants rows enough to batch on every copy: the planner sized for this machine.
                 plan.concurrency = max(plan.concurrency, int(getattr(target.provider, "preferred_concurrency", 0)))
     except BaseException:

@@ -160,7 +160,7 @@ class BatchFlow:
         if left and halt.kind == "interrupted" and halt.reason is not None:
             # Stopping the wait stops nothing at the provider: the batches run on and are paid for.
             halt.reason += (f"; {left} batch(es) keep running at the provider (`pixelmill status` shows them): run "
-                            "the same command again to collect them")
+                            "the same command again to collect them, or `pixelmill cancel RUNDIR` to cancel them")
 
     async def _attended(self) -> None:
         """Passes and polls side by side until no batch is live and a pass found nothing more to send."""
