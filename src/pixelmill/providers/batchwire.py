@@ -10,7 +10,7 @@ by `pixelmill status`; `state` is one of `STATES`, `status` the provider's own w
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -107,6 +107,23 @@ class BatchWire(Protocol):
     def error(self, answer: LineAnswer, model: str) -> ProviderError:
         """A failed line as the error its synchronous call would have raised (refused, rejected, transient)."""
         ...
+
+
+async def downloaded_answers(download: Callable[[str, Path], Awaitable[None]], files: list[str], folder: Path,
+                             stem: str, key: str) -> AsyncIterator[LineAnswer]:
+    """The answer lines of a batch's files, in order: each file downloaded to `folder` first (a results file may
+    be GBs: never in memory), read line by line, and removed after; `key` names the field that carries a line's
+    custom id (`custom_id` for OpenAI, `key` for Gemini). A line without one is no answer."""
+    for n, file_id in enumerate(files):
+        path = folder / f"answers-{stem}-{n}.jsonl"
+        await download(file_id, path)
+        try:
+            async for item in lines_of(path):
+                custom_id = item.get(key)
+                if isinstance(custom_id, str):
+                    yield LineAnswer(custom_id, item)
+        finally:
+            path.unlink(missing_ok=True)
 
 
 async def lines_of(path: Path) -> AsyncIterator[dict[str, Any]]:

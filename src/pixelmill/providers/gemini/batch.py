@@ -41,7 +41,7 @@ from pixelmill.errors import ProviderError, Rejected, TransientError, Unreachabl
 from pixelmill.models.table import ModelSpec
 from pixelmill.netpolicy import strip_userinfo
 from pixelmill.providers.base import ImageRequest, ImageResult
-from pixelmill.providers.batchwire import BatchState, BatchSummary, LineAnswer, lines_of
+from pixelmill.providers.batchwire import BatchState, BatchSummary, LineAnswer, downloaded_answers
 from pixelmill.providers.boundary import code, obj, scrub_error, scrub_result, text
 from pixelmill.providers.gemini.provider import GeminiProvider, error_from_answer, read_answer, request_body
 from pixelmill.providers.http import EMULATOR_HEADER, parse_json, transport_error
@@ -217,16 +217,9 @@ class GeminiBatchWire:
     async def answers(self, batch: BatchSummary, folder: Path) -> AsyncIterator[LineAnswer]:
         """The results file's lines (`{key, response}` or `{key, error}`), downloaded to `folder` first and
         removed after. An expired or failed batch has no results file: no line, every row unanswered."""
-        for n, file_id in enumerate(batch.files):
-            path = folder / f"answers-{batch.id.rsplit('/', 1)[-1]}-{n}.jsonl"
-            await self.download(file_id, path)
-            try:
-                async for item in lines_of(path):
-                    key = item.get("key")
-                    if isinstance(key, str):
-                        yield LineAnswer(key, item)
-            finally:
-                path.unlink(missing_ok=True)
+        async for answer in downloaded_answers(self.download, batch.files, folder, batch.id.rsplit("/", 1)[-1],
+                                               "key"):
+            yield answer
 
     async def download(self, file_id: str, dest: Path) -> None:
         """Stream a generated file to `dest` (a results file may be GBs: never held in memory)."""

@@ -22,7 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from pixelmill.errors import ProviderError, TransientError
 from pixelmill.models.table import ModelSpec
 from pixelmill.providers.base import ImageRequest, ImageResult
-from pixelmill.providers.batchwire import BatchState, BatchSummary, LineAnswer, lines_of
+from pixelmill.providers.batchwire import BatchState, BatchSummary, LineAnswer, downloaded_answers
 from pixelmill.providers.http import Reply, parse_json, transport_error
 from pixelmill.providers.openai.errors import ErrorContext, error_from_reply
 from pixelmill.providers.openai.provider import OpenAIProvider
@@ -131,16 +131,8 @@ class OpenAIBatchWire:
 
     async def answers(self, batch: BatchSummary, folder: Path) -> AsyncIterator[LineAnswer]:
         """The output file's lines, then the error file's, each downloaded to `folder` first and removed after."""
-        for n, file_id in enumerate(batch.files):
-            path = folder / f"answers-{batch.id}-{n}.jsonl"
-            await self.download(file_id, path)
-            try:
-                async for item in lines_of(path):
-                    custom_id = item.get("custom_id")
-                    if isinstance(custom_id, str):
-                        yield LineAnswer(custom_id, item)
-            finally:
-                path.unlink(missing_ok=True)
+        async for answer in downloaded_answers(self.download, batch.files, folder, batch.id, "custom_id"):
+            yield answer
 
     def unanswered(self, answer: LineAnswer) -> bool:
         error = answer.body.get("error")
