@@ -68,3 +68,30 @@ def test_cancel_is_refused_while_a_run_holds_the_rundir(emu: Emulator, tmp_path:
     assert result.code == 2 and "cannot cancel the jobs or batches of a run in progress" in result.output
     [batch] = emu.batches.batches.values()
     assert batch.cancel_requested is None
+
+
+def test_cancel_of_a_gemini_batch_then_a_rerun_submits_its_rows_anew(emu: Emulator, tmp_path: Path) -> None:
+    """Gemini Batch Mode through `pixelmill cancel`: the batch is cancelled at the provider (`:cancel`), the rows it
+    did not answer are pending again and not billed, and the same command submits them in a new batch."""
+    emu.configure(batch_fates=("stall",))  # nothing answered until it is cancelled
+    key = {"GEMINI_API_KEY": "gemini-test-key-0123456789"}
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(4))
+    args = ("generate", src, "-o", tmp_path / "run", "--provider", "gemini", "--model", "gemini-3.1-flash-image",
+            "--base-url", emu.gemini_base_url, "--batch", "--quiet")
+    assert cli(*args, "--detach", env=key).code == 4
+    [batch] = emu.batches.batches.values()
+    result = cli("cancel", tmp_path / "run", env=key)
+    assert result.code == 0, result.output
+    assert batch.cancel_requested is not None
+    assert "4 row(s) are pending again (not billed)" in " ".join(result.output.split())
+    assert [r["pixelmill"]["status"] for r in read_output(tmp_path / "run")] == ["pending"] * 4
+    assert not emu.batches.counters.billed("gemini")
+
+    emu.configure(batch_latency=0.3, batch_fates=())
+    again = cli(*args, env=key)
+    assert again.code == 0, again.output
+    out = read_output(tmp_path / "run")
+    assert [r["pixelmill"]["status"] for r in out] == ["done"] * 4
+    assert all(r["pixelmill"].get("resubmits") == 1 for r in out)
+    assert emu.batches.counters.batches_created["gemini"] == 2
+    assert sum(emu.batches.counters.billed("gemini").values()) == 4 and not emu.batches.counters.billed_twice("gemini")
