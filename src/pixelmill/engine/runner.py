@@ -34,11 +34,9 @@ Shape of a run:
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -55,15 +53,14 @@ from pixelmill.engine.retry import RetryPolicy
 from pixelmill.engine.row import Row, RowExecutor
 from pixelmill.engine.stats import RunStats
 from pixelmill.engine.systematic import FailureWatch
-from pixelmill.errors import ConfigError, DiskFull, InternalError, ProviderError, redact
+from pixelmill.engine.workers import RowQueue, flow_rows, source_records
+from pixelmill.errors import ConfigError, DiskFull, ProviderError, redact
 from pixelmill.netpolicy import strip_userinfo
 from pixelmill.reading.images import InputPolicy
-from pixelmill.reading.records import Record, read_records
+from pixelmill.reading.records import Record
 from pixelmill.writing.batches import read_batches
 from pixelmill.writing.journal import Journal, RowIdentity, StepState
 from pixelmill.writing.store import ImageStore
-
-CHUNK = 256
 
 
 @dataclass(slots=True)
@@ -227,59 +224,15 @@ class Runner:
         self.halt.stop_now(reason)
 
     async def _run_rows(self, ctx: RunContext, rows: RowExecutor) -> None:
-        stop = ctx.halt.stopping
-        workers = self.plan.concurrency * 2 + 2
-        queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=max(CHUNK, workers * 2))
-        producer = asyncio.create_task(self._produce(ctx, queue, workers))
-        tasks = [asyncio.create_task(self._work(ctx, rows, queue)) for _ in range(workers)]
-        stopping = asyncio.create_task(stop.wait())
-        everything: asyncio.Future[Any] = asyncio.gather(*tasks)
-        try:
-            await asyncio.wait([producer, stopping], return_when=asyncio.FIRST_COMPLETED)
-            if not stop.is_set():
-                producer.result()
-                await asyncio.wait([everything, stopping], return_when=asyncio.FIRST_COMPLETED)
-                if not stop.is_set():
-                    everything.result()
-                    return
-            # Stopping: calls in flight finish and are recorded (bounded by drain_timeout, or cut short by
-            # stop_now); workers see `stopping` and take nothing new.
-            producer.cancel()
-            await _drain(tasks, asyncio.create_task(ctx.halt.now.wait()), ctx.limits.drain_timeout)
-        finally:
-            for task in (producer, stopping, *tasks):
-                task.cancel()
-            await asyncio.gather(producer, stopping, everything, return_exceptions=True)
+        async def route(chunk: list[Record], queue: RowQueue) -> None:
+            await self._enqueue(ctx, chunk, queue)
 
-    async def _produce(self, ctx: RunContext, queue: asyncio.Queue[Row | None], workers: int) -> None:
-        stop = ctx.halt.stopping
-        try:
-            chunk: list[Record] = []
-            for record in self._records():
-                chunk.append(record)
-                if len(chunk) >= CHUNK:
-                    await self._enqueue(ctx, chunk, queue)
-                    chunk = []
-                if stop.is_set():
-                    return
-            if chunk:
-                await self._enqueue(ctx, chunk, queue)
-        except DiskFull as exc:  # the journal cannot record new rows: stop like any abort
-            ctx.halt.stop(str(exc), exc.kind)
-            ctx.store.release_reserve()
-        finally:
-            if not stop.is_set():
-                for _ in range(workers):
-                    await queue.put(None)
+        async def work(row: Row) -> None:
+            await rows.run(row)
 
-    def _records(self) -> Iterator[Record]:
-        limit = self.config.limit
-        for record in read_records(self.config.source, self.config.source_format):
-            if limit is not None and record.index >= limit:
-                return
-            yield record
+        await flow_rows(ctx, source_records(self.config), route, work, self.plan.concurrency * 2 + 2)
 
-    async def _enqueue(self, ctx: RunContext, chunk: list[Record], queue: asyncio.Queue[Row | None]) -> None:
+    async def _enqueue(self, ctx: RunContext, chunk: list[Record], queue: RowQueue) -> None:
         journal, steps = ctx.journal, self.plan.steps
         # Each row's entry is found by its identity (id, else content), wherever the row stands now: inserting,
         # deleting or reordering rows re-sends only rows that are new or changed.
@@ -342,36 +295,6 @@ class Runner:
             if state.status == "failed":
                 return not self.config.retry_failed
         return True
-
-    @staticmethod
-    async def _work(ctx: RunContext, rows: RowExecutor, queue: asyncio.Queue[Row | None]) -> None:
-        stop = ctx.halt.stopping
-        while not stop.is_set():
-            item = await queue.get()
-            if item is None:
-                return
-            try:
-                await rows.run(item)
-            except Exception as exc:
-                # Escaped the row's own handling (which fails the row for what it sees): stop like an abort, with
-                # the exception named and the output written, rather than end the run with neither.
-                ctx.halt.stop(f"row {item.record.index}: {InternalError.of(exc)}; rows not done stay pending",
-                              "internal")
-                return
-
-
-async def _drain(tasks: list[asyncio.Task[None]], hurry: asyncio.Task[Any], seconds: float) -> None:
-    """Wait for the workers to finish their calls in flight, for at most `seconds` or until a second stop
-    (`hurry`)."""
-    deadline = time.monotonic() + seconds
-    pending: set[asyncio.Task[Any]] = {t for t in tasks if not t.done()}
-    while pending and not hurry.done():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        _, pending = await asyncio.wait([*pending, hurry], timeout=left, return_when=asyncio.FIRST_COMPLETED)
-        pending.discard(hurry)
-    hurry.cancel()
 
 
 def _refuse_live_batches(journal: Journal) -> None:

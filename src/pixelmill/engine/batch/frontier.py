@@ -18,21 +18,17 @@ passes send again only `upstream` failures whose earlier step is now done.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
-from typing import Any
 
 from pixelmill.engine.batch.building import StepBatches
 from pixelmill.engine.context import RunContext
 from pixelmill.engine.plan import StepPlan
 from pixelmill.engine.row import Row, RowExecutor
-from pixelmill.errors import DiskFull, InternalError
-from pixelmill.reading.records import Record, read_records
+from pixelmill.engine.workers import RowQueue, flow_rows, source_records
+from pixelmill.reading.records import Record
 from pixelmill.writing.batches import BatchBook
 from pixelmill.writing.journal import RowIdentity, StepState
 
-CHUNK = 256  # rows read at a time
 Retry = Callable[[StepState], bool]
 
 
@@ -59,60 +55,14 @@ class FrontierPass:
         self.notice = notice
 
     async def run(self) -> None:
-        ctx = self.ctx
-        stop = ctx.halt.stopping
-        queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=max(CHUNK, self.workers * 2))
-        producer = asyncio.create_task(self._produce(queue))
-        tasks = [asyncio.create_task(self._work(queue)) for _ in range(self.workers)]
-        stopping = asyncio.create_task(stop.wait())
-        everything: asyncio.Future[Any] = asyncio.gather(*tasks)
-        try:
-            await asyncio.wait([producer, stopping], return_when=asyncio.FIRST_COMPLETED)
-            if not stop.is_set():
-                producer.result()
-                await asyncio.wait([everything, stopping], return_when=asyncio.FIRST_COMPLETED)
-                if not stop.is_set():
-                    everything.result()
-                    for batches in self.batches.values():
-                        await batches.flush()
-                    return
-            # Stopping: calls in flight finish and are recorded (bounded by drain_timeout, or cut short by a
-            # second Ctrl-C); the open batches never reach the provider.
-            producer.cancel()
-            await _drain(tasks, asyncio.create_task(ctx.halt.now.wait()), ctx.limits.drain_timeout)
-            for batches in self.batches.values():
+        done = await flow_rows(self.ctx, source_records(self.ctx.config), self._route, self._work, self.workers)
+        for batches in self.batches.values():
+            if done:
+                await batches.flush()
+            else:  # stopped: the open batches never reach the provider
                 batches.abandon()
-        finally:
-            for task in (producer, stopping, *tasks):
-                task.cancel()
-            await asyncio.gather(producer, stopping, everything, return_exceptions=True)
 
-    async def _produce(self, queue: asyncio.Queue[Row | None]) -> None:
-        ctx = self.ctx
-        stop = ctx.halt.stopping
-        try:
-            chunk: list[Record] = []
-            limit = ctx.config.limit
-            for record in read_records(ctx.config.source, ctx.config.source_format):
-                if limit is not None and record.index >= limit:
-                    break
-                chunk.append(record)
-                if len(chunk) >= CHUNK:
-                    await self._route(chunk, queue)
-                    chunk = []
-                if stop.is_set():
-                    return
-            if chunk:
-                await self._route(chunk, queue)
-        except DiskFull as exc:  # the journal cannot record new rows: stop like any abort
-            ctx.halt.stop(str(exc), exc.kind)
-            ctx.store.release_reserve()
-        finally:
-            if not stop.is_set():
-                for _ in range(self.workers):
-                    await queue.put(None)
-
-    async def _route(self, chunk: list[Record], queue: asyncio.Queue[Row | None]) -> None:
+    async def _route(self, chunk: list[Record], queue: RowQueue) -> None:
         ctx, journal, stats = self.ctx, self.ctx.journal, self.ctx.stats
         entries, changed = journal.claim([RowIdentity.of(r, self.id_field) for r in chunk])
         if self.first:
@@ -169,32 +119,7 @@ class FrontierPass:
                 return None if all(s is not None and s.status == "failed" for s in later) else i
         return None
 
-    async def _work(self, queue: asyncio.Queue[Row | None]) -> None:
-        ctx = self.ctx
-        stop = ctx.halt.stopping
-        while not stop.is_set():
-            item = await queue.get()
-            if item is None:
-                return
-            try:
-                frontier = await self.rows.run(item, self.retry)
-                if frontier is not None:
-                    await self.batches[frontier.step.config.name].join(item, frontier)
-            except Exception as exc:
-                # Escaped the row's own handling: stop like an abort, with the exception named (engine/runner.py).
-                ctx.halt.stop(f"row {item.record.index}: {InternalError.of(exc)}; rows not done stay pending",
-                              "internal")
-                return
-
-
-async def _drain(tasks: list[asyncio.Task[None]], hurry: asyncio.Task[Any], seconds: float) -> None:
-    """Wait for the workers to finish their calls in flight, for at most `seconds` or until a second stop."""
-    deadline = time.monotonic() + seconds
-    pending: set[asyncio.Task[Any]] = {t for t in tasks if not t.done()}
-    while pending and not hurry.done():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        _, pending = await asyncio.wait([*pending, hurry], timeout=left, return_when=asyncio.FIRST_COMPLETED)
-        pending.discard(hurry)
-    hurry.cancel()
+    async def _work(self, row: Row) -> None:
+        frontier = await self.rows.run(row, self.retry)
+        if frontier is not None:
+            await self.batches[frontier.step.config.name].join(row, frontier)
