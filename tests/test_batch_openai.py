@@ -320,3 +320,36 @@ def test_a_run_without_batch_refuses_rows_in_live_batches_instead_of_paying_twic
         " ".join(result.output.split())
     assert emu.count() == sent_before  # nothing sent, one by one or otherwise
     assert (tmp_path / "run" / ".pixelmill" / "journal.sqlite").read_bytes() == journal_before
+
+
+def test_a_completed_batch_whose_answer_line_is_damaged_fails_that_row_and_never_pays_it_twice(
+        emu: Emulator, tmp_path: Path) -> None:
+    """The output file of a completed batch comes back with one line cut short: that line ran and may have been
+    billed, so its row fails as an unknown outcome charged at its maximum, and is not sent again in a new batch
+    (which would pay it twice); the other rows are done."""
+    import time
+
+    emu.configure(batch_latency=0.2)
+    src = write_jsonl(tmp_path / "in.jsonl", prompts(4))
+    args = ("generate", src, "-o", tmp_path / "run", "--base-url", emu.openai_base_url, "--batch", "--quiet")
+    assert cli(*args, "--detach").code == 4
+    [batch] = emu.batches.batches.values()
+    deadline = time.monotonic() + 30
+    while batch.status != "completed" and time.monotonic() < deadline:
+        emu.batches.advance(batch)
+        time.sleep(0.05)
+    assert batch.status == "completed" and batch.output_path is not None
+    lines = batch.output_path.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 4
+    batch.output_path.write_bytes(b"".join(lines[:3]) + lines[3][:40] + b"\n")  # the last line cut short
+    result = cli(*args)
+    assert result.code == 1, result.output
+    out = read_output(tmp_path / "run")
+    statuses = [r["pixelmill"]["status"] for r in out]
+    assert statuses.count("done") == 3 and statuses.count("failed") == 1
+    [lost] = [r["pixelmill"] for r in out if r["pixelmill"]["status"] == "failed"]
+    assert lost["error"]["kind"] == "unknown_outcome" and "may have been billed" in lost["error"]["message"]
+    assert lost["cost_usd"] > 0  # charged at its maximum, as a call whose answer was lost
+    counters = emu.batches.counters
+    assert counters.batches_created["openai"] == 1  # not sent again in a second batch
+    assert sum(counters.billed("openai").values()) == 4 and not counters.billed_twice("openai")

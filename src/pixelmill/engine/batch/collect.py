@@ -9,6 +9,9 @@ is mapped to its row by `custom_id` and journaled as the synchronous path journa
   recorded as not run (`upstream`).
 - Unanswered (an expired or cancelled batch's leftovers, a batch that failed validation): the row stays pending
   and the next pass puts it in a new batch (counted in `leftovers`, at most `ROUNDS` times in one run).
+- No readable answer in a *completed* batch (its files damaged, a line cut or missing): the line ran and may have
+  been billed, so it is not sent again on its own: the row fails as an unknown outcome, charged at its line's
+  maximum (`--retry-failed` sends it again).
 
 A line already journaled (a collect cut short by a crash, then done again) is recognised by its turn: it is not
 stored twice. The batch is then marked collected, which frees its rows.
@@ -24,10 +27,10 @@ from pixelmill.engine.batch.budget import BatchBudget
 from pixelmill.engine.batch.building import turn_of
 from pixelmill.engine.context import RunContext
 from pixelmill.engine.outcome import merge_result
-from pixelmill.engine.plan import StepPlan
+from pixelmill.engine.plan import StepPlan, images_per_call
 from pixelmill.engine.row import RowExecutor, finish
-from pixelmill.errors import ProviderError, redact
-from pixelmill.models.cost import actual_cost
+from pixelmill.errors import ProviderError, UnknownOutcome, redact
+from pixelmill.models.cost import actual_cost, batch_cost, expected_cost
 from pixelmill.providers.base import ImageRequest
 from pixelmill.providers.batchwire import BatchSummary, BatchWire, LineAnswer
 from pixelmill.writing.batches import BatchBook, BatchEntry
@@ -48,6 +51,7 @@ class Collector:
     async def collect(self, entry: BatchEntry, summary: BatchSummary, wire: BatchWire, task: str) -> None:
         step = self.steps[entry.step]
         answered: set[int] = set()
+        never_ran: set[int] = set()  # lines the provider says it did not run (expired, cancelled): not billed
         async for answer in wire.answers(summary, self.folder):
             row = self.book.row_of(entry.seq, answer.custom_id)
             if row is None or row in answered:
@@ -56,6 +60,15 @@ class Collector:
             if cost is not None:
                 answered.add(row)
                 self.money.settle(entry.seq, answer.custom_id, cost)
+            else:
+                never_ran.add(row)
+        if summary.state == "completed" and len(answered) + len(never_ran) < entry.lines:
+            # A completed batch ran every line: one with no readable answer (a damaged or missing line of its
+            # files) may have been billed. Sent again it could be paid twice: it fails, charged at its maximum.
+            for key, row in self.book.lines(entry.seq):
+                if row not in answered and row not in never_ran:
+                    self.money.settle(entry.seq, key, self._lost(step, task, entry.seq, key, row))
+                    answered.add(row)
         self.money.release_rest(entry.seq)
         left = entry.lines - len(answered)
         if left:
@@ -121,6 +134,28 @@ class Collector:
         if state.status == "done" and name == self.last:
             ctx.stats.rows_done += 1
         return cost
+
+    def _lost(self, step: StepPlan, task: str, seq: int, key: str, slot: int) -> float:
+        """Fail row `slot`, whose answer in a completed batch could not be read, as an unknown outcome charged at
+        its line's maximum (its reservation, else the table's at the batch rate). Returns the charge."""
+        ctx, name = self.ctx, step.config.name
+        state = ctx.journal.states(name, [slot]).get(slot) or StepState()
+        if state.status != "pending" or turn_of(key) != state.calls_done:
+            return 0.0  # journaled already (an earlier collect of this batch)
+        charge = self.book.reserved_of(seq, key)
+        if not charge:
+            params = step.plan(task).calls[0]
+            expected = expected_cost(step.spec, params, images_per_call(params))
+            charge = (batch_cost(step.spec, expected) or expected).high if expected is not None else 0.0
+        state.cost += charge
+        ctx.stats.spent += charge
+        state.info.pop("batch_turn", None)
+        error = UnknownOutcome("the batch completed but its answer for this row could not be read (a damaged or "
+                               "missing line of its files): it may have been billed, and is charged at its maximum; "
+                               "--retry-failed sends it again (and may pay again)")
+        self.rows.fail(step, slot, state, error)
+        self.rows.upstream_failed(step, slot)
+        return charge
 
     def _key_of(self, slot: int) -> tuple[str, int]:
         found = self.ctx.journal.db.execute("SELECT key, position FROM records WHERE row = ?", (slot,)).fetchone()
